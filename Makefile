@@ -1,0 +1,43 @@
+# Everything a fresh machine needs is created here from nothing: a virtualenv in .venv with the
+# package and its dev tools. Only Python >= 3.11 and git are required up front.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	@command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: the main job on an embedded default (temporary repo, real daemon, deploy, bad tag, rollback)
+demo: venv
+	$(BIN)/coordinator demo
+
+## test: lint, type-check and the whole test suite
+test: lint typecheck unit
+
+lint: venv
+	$(BIN)/ruff check coordinator tests benchmarks
+	$(BIN)/ruff format --check coordinator tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: the benchmarks; results land in benchmarks/results/
+bench: venv
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,252 @@
+"""Settings: one table of options, each settable on the command line, as ``COORDINATOR_<OPTION>``
+in the environment, or as a key in a TOML ``--config`` file. The first of those that is set wins.
+
+Paths given relative are taken relative to the working directory (command line, environment) or
+to the config file's directory (TOML).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.exceptions import ConfigError
+
+__all__ = ["OPTIONS", "Config", "Layout", "Option", "resolve_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its name (``status-file``), type, default and help text."""
+
+    name: str
+    type: str  # "str" | "path" | "int" | "float" | "bool"
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "COORDINATOR_" + self.name.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+OPTIONS: dict[str, Option] = {
+    o.name: o
+    for o in [
+        Option("root", "path", None, "the shared volume: releases/, current, marker, status"),
+        Option("repo", "str", None, "git repository to deploy from: anything `git fetch` accepts"),
+        Option("marker", "path", None, "deploy marker file (default ROOT/deploy.request)"),
+        Option("status-file", "path", None, "status file (default ROOT/deploy.status.json)"),
+        Option("reload-file", "path", None, "file touched to reload the app (default ROOT/reload.touch)"),
+        Option("keep", "int", 5, "successful releases to keep on disk (current and previous always kept)"),
+        Option("tag-pattern", "str", None, "only deploy tags matching this glob, e.g. 'v*'"),
+        Option("build-command", "str", None, "shell command run in a new release before the swap"),
+        Option("build-timeout", "float", 600.0, "seconds before the build command's process group is killed"),
+        Option("git-timeout", "float", 300.0, "seconds allowed for each git command"),
+        Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
+        Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
+        Option("watch-step-ms", "int", 5, "watcher batching step in ms: lower reacts faster, costs CPU"),
+        Option("log-format", "str", "auto", "auto (console on a terminal, else json), json or console"),
+        Option("log-level", "str", "info", "debug, info, warning or error"),
+    ]
+}
+
+
+def _convert(opt: Option, raw: Any, base: Path | None, source: str) -> Any:
+    try:
+        if opt.type == "path":
+            if not isinstance(raw, str | os.PathLike) or not str(raw):
+                raise ValueError("expected a path")
+            p = Path(raw).expanduser()
+            if not p.is_absolute():
+                p = (base or Path.cwd()) / p
+            return Path(os.path.normpath(p))
+        if opt.type == "int":
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if opt.type == "float":
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if opt.type == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError("expected true or false")
+        if not isinstance(raw, str):
+            raise ValueError("expected a string")
+        return raw
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"invalid value {str(raw)[:80]!r} for {opt.name} (from {source}): {e}",
+            fix=f"see `coordinator run --help` for {opt.name}",
+            option=opt.name,
+        ) from e
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file; keys may be written ``status-file`` or ``status_file``."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} not found", fix="check --config") from e
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}", fix="check --config") from e
+    section = data.get("coordinator", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [coordinator] must be a table", fix="check --config")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        name = key.replace("_", "-")
+        if name not in OPTIONS:
+            raise ConfigError(
+                f"config file {path}: unknown key {key!r}",
+                fix="known keys: " + ", ".join(OPTIONS),
+            )
+        out[name] = value
+    return out
+
+
+def resolve_options(
+    cli: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Merge command line > environment > config file > default for ``names`` (default: all)."""
+    env = os.environ if env is None else env
+    toml = load_toml(config_file) if config_file else {}
+    base = config_file.parent if config_file else None
+    out: dict[str, Any] = {}
+    for name in names or list(OPTIONS):
+        opt = OPTIONS[name]
+        if cli.get(opt.dest) is not None:
+            out[opt.dest] = _convert(opt, cli[opt.dest], None, f"--{name}")
+        elif opt.env in env:
+            out[opt.dest] = _convert(opt, env[opt.env], None, opt.env)
+        elif name in toml:
+            out[opt.dest] = _convert(opt, toml[name], base, str(config_file))
+        else:
+            out[opt.dest] = opt.default
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where everything lives on the volume. This layout is a contract (see the README)."""
+
+    root: Path
+    marker: Path
+    status_file: Path
+    reload_file: Path
+
+    @classmethod
+    def for_root(
+        cls,
+        root: Path,
+        marker: Path | None = None,
+        status_file: Path | None = None,
+        reload_file: Path | None = None,
+    ) -> Layout:
+        root = Path(os.path.abspath(root))
+        return cls(
+            root=root,
+            marker=marker or root / "deploy.request",
+            status_file=status_file or root / "deploy.status.json",
+            reload_file=reload_file or root / "reload.touch",
+        )
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".coordinator"
+
+    @property
+    def git_dir(self) -> Path:
+        return self.state_dir / "git"
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.state_dir / "releases"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.state_dir / "tmp"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def journal(self) -> Path:
+        return self.state_dir / "journal.jsonl"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon needs, already validated."""
+
+    layout: Layout
+    repo: str
+    keep: int = 5
+    tag_pattern: str | None = None
+    build_command: str | None = None
+    build_timeout: float = 600.0
+    git_timeout: float = 300.0
+    resync_interval: float = 30.0
+    poll: bool = False
+    watch_step_ms: int = 5
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ConfigError(f"--keep must be at least 1, not {self.keep}", fix="use --keep 1 or more")
+        for name in ("build_timeout", "git_timeout", "resync_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive", fix="give seconds > 0")
+        if not 1 <= self.watch_step_ms <= 1000:
+            raise ConfigError("--watch-step-ms must be between 1 and 1000", fix="the default is 5")
+        if not self.repo:
+            raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
+
+    @classmethod
+    def from_options(cls, opts: Mapping[str, Any]) -> Config:
+        if opts.get("root") is None:
+            raise ConfigError("no root given", fix="pass --root DIR or set COORDINATOR_ROOT")
+        layout = Layout.for_root(opts["root"], opts.get("marker"), opts.get("status_file"), opts.get("reload_file"))
+        return cls(
+            layout=layout,
+            repo=opts.get("repo") or "",
+            keep=opts.get("keep", 5),
+            tag_pattern=opts.get("tag_pattern"),
+            build_command=opts.get("build_command"),
+            build_timeout=opts.get("build_timeout", 600.0),
+            git_timeout=opts.get("git_timeout", 300.0),
+            resync_interval=opts.get("resync_interval", 30.0),
+            poll=opts.get("poll", False),
+            watch_step_ms=opts.get("watch_step_ms", 5),
+        )

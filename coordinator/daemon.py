@@ -1,0 +1,125 @@
+"""The daemon loop: hold the ROOT lock, reconcile at start, on every hint and on a periodic resync.
+
+Hints coalesce: while a deploy runs, any number of marker changes only mark the daemon dirty, and
+the next reconcile reads the marker once, so the latest request wins. A hint during the
+cancellable part of a deploy (before the swap) also checks whether the marker now asks for another
+release and, if so, cancels it. SIGTERM and SIGINT stop the daemon after any swap in progress has
+been reloaded.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from coordinator.config import Config
+from coordinator.deployer import Attempt, Deployer
+from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError
+from coordinator.lock import hold_lock
+from coordinator.watch import watch_marker
+
+__all__ = ["run"]
+
+log = structlog.get_logger("coordinator")
+
+
+class _Wake:
+    """A level-triggered wake-up flag (an anyio Event that can be re-armed)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+
+async def run(config: Config, *, once: bool = False, ready: Callable[[], None] | None = None) -> Attempt | None:
+    """Run the daemon (or one reconcile with ``once``). Returns the last attempt with ``once``.
+
+    Raises LockHeldError when another coordinator runs on ROOT; with ``once``, DeployFailed when
+    the attempt failed.
+    """
+    lay = config.layout
+    if not lay.root.is_dir():
+        raise LayoutError(f"root {lay.root} is not a directory", fix="create it or fix --root")
+    state_dir = lay.state_dir
+    try:
+        state_dir.mkdir(mode=0o755, exist_ok=True)
+    except FileExistsError as e:
+        raise LayoutError(f"{state_dir} is not a directory", fix=f"remove {state_dir}") from e
+    except OSError as e:
+        raise LayoutError(f"cannot create {state_dir}: {e.strerror}", fix="check ROOT is writable") from e
+    with hold_lock(lay.lock_file):
+        deployer = Deployer(config)
+        await deployer.startup()
+        log.info("started", root=str(lay.root), marker=str(lay.marker), once=once)
+        if once:
+            attempt = await deployer.reconcile()
+            if attempt is not None and attempt.result == "failed":
+                err = attempt.error or {}
+                raise DeployFailed(
+                    f"deploy of {attempt.tag} failed: {err.get('message', 'unknown error')}",
+                    fix=err.get("fix"),
+                )
+            return attempt
+        await _loop(config, deployer, ready)
+        return None
+
+
+async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | None) -> None:
+    wake = _Wake()
+    stop = anyio.Event()
+
+    async with anyio.create_task_group() as tg:
+
+        def on_hint() -> None:
+            wake.set()
+            tg.start_soon(deployer.check_superseded)
+
+        tg.start_soon(_signals, tg, stop)
+        tg.start_soon(
+            lambda: watch_marker(
+                config.layout.marker,
+                on_hint,
+                poll=config.poll,
+                step_ms=config.watch_step_ms,
+                stop_event=stop,
+            )
+        )
+        if ready is not None:
+            ready()
+        try:
+            while True:
+                wake.clear()
+                try:
+                    await deployer.reconcile()
+                except CoordinatorError as e:
+                    log.error("reconcile_failed", **e.as_dict())
+                except Exception:  # a bug must not take the daemon down: log it, retry on the next hint/resync
+                    log.exception("reconcile_crashed")
+                with anyio.move_on_after(config.resync_interval):
+                    await wake.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await deployer.publish_stopped()
+                log.info("stopped")
+
+
+async def _signals(tg: TaskGroup, stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()
+            tg.cancel_scope.cancel()
+            return

@@ -1,0 +1,596 @@
+"""The executor: observes the marker, the git cache and the volume, asks :func:`coordinator.plan.plan`
+what to do, and performs the steps.
+
+Ordering that makes a crash at any instant harmless:
+
+1. a new release is written under a hidden temporary name in ``releases/``, flushed to disk, then
+   renamed to its final name (``releases/<name>``) and the directory fsynced: a release that has its
+   final name is complete;
+2. ``current`` is replaced by renaming a temporary symlink over it, and ``ROOT`` is fsynced;
+3. the state file records the reload about to be done (release and token), the reload is done, and
+   the state file records it as done. At start, a ``current`` whose reload is not recorded is reloaded
+   once (unless the reload strategy can tell it already happened: the touch strategy compares mtimes).
+
+Steps 2 and 3 run shielded from cancellation: SIGTERM waits for them, so a swapped ``current`` is never
+left without its reload. Steps before the swap are cancellable (by SIGTERM, or when a newer marker
+supersedes the deploy) and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import stat
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import anyio
+import structlog
+
+from coordinator.config import Config
+from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, MarkerError
+from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, swap_symlink, sync_tree, temp_name
+from coordinator.git import GitCache
+from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker
+from coordinator.plan import Action, Observation, ReleaseInfo, Step, plan, plan_prune
+from coordinator.reload import Reloader, TouchReloader
+from coordinator.state import (
+    STATUS_VERSION,
+    PendingReload,
+    ReleaseMeta,
+    State,
+    append_journal,
+    iso,
+    load_state,
+    read_journal,
+    read_release_meta,
+    save_state,
+    write_json,
+    write_release_meta,
+)
+
+__all__ = ["Attempt", "Deployer", "MarkerReading", "read_current"]
+
+log = structlog.get_logger("coordinator")
+
+_BUILD_OUTPUT_MAX = 64 * 1024
+
+
+@dataclass(slots=True)
+class MarkerReading:
+    """The marker as read once: its request or its error, and a digest of its bytes."""
+
+    request: DeployRequest | None
+    error: CoordinatorError | None
+    digest: str | None  # None when there is no marker
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One deploy attempt, as journaled and shown in the status file."""
+
+    tag: str
+    request_id: str | None
+    sha: str | None = None
+    release: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    result: str = "running"  # running | success | failed | cancelled
+    error: dict[str, Any] | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tag": self.tag,
+            "id": self.request_id,
+            "sha": self.sha,
+            "release": self.release,
+            "result": self.result,
+            "error": self.error,
+            "started_at": iso(self.started),
+            "finished_at": iso(self.finished) if self.finished else None,
+            "duration_ms": round((self.finished - self.started) * 1000, 1) if self.finished else None,
+            "phases_ms": dict(self.phases),
+        }
+        return out
+
+
+def read_current(layout_root: Path) -> str | None:
+    """The release name ``ROOT/current`` points to, or None when it is missing or not ours.
+
+    Raises LayoutError when ``current`` is a real directory (the old in-place layout), which
+    coordinator refuses to replace.
+    """
+    current = layout_root / "current"
+    try:
+        st = os.lstat(current)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISLNK(st.st_mode):
+        raise LayoutError(
+            f"{current} is not a symlink",
+            fix="move the old tree away; coordinator manages current as a symlink to releases/<name>",
+        )
+    target = os.readlink(current)
+    prefix = "releases/"
+    name = target[len(prefix) :] if target.startswith(prefix) else ""
+    if not name or "/" in name or name.startswith(".") or not is_real_dir(layout_root / "releases" / name):
+        log.warning("current_not_ours", target=target)
+        return None
+    return name
+
+
+class Deployer:
+    """Converges the volume to the marker. One instance per daemon, used under the ROOT lock."""
+
+    def __init__(self, config: Config, reloader: Reloader | None = None) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.git = GitCache(self.layout.git_dir, config.repo, config.git_timeout)
+        self.reloader: Reloader = reloader or TouchReloader(self.layout.reload_file)
+        self.state = State()
+        self._status: dict[str, Any] = {}
+        self._last_attempt: Attempt | None = None
+        self._last_success: dict[str, Any] | None = None
+        self._supersede_scope: anyio.CancelScope | None = None
+        self._inflight: DeployRequest | None = None
+        self._inflight_digest: str | None = None
+        self.on_phase: Callable[[str, float], None] | None = None
+
+    # ------------------------------------------------------------------ start-up
+
+    async def startup(self) -> None:
+        """Check the volume, create the layout, remove temporary leftovers, recover a pending reload."""
+        await anyio.to_thread.run_sync(self._prepare_layout)
+        self.state = await anyio.to_thread.run_sync(load_state, self.layout.state_file)
+        await self.git.ensure()
+        current = await anyio.to_thread.run_sync(read_current, self.layout.root)
+        pending = self.state.pending
+        if (
+            current is not None
+            and pending is not None
+            and pending.release == current
+            and await self.reloader.already_done(pending.token)
+        ):
+            # crashed after the reload but before recording it: record, do not reload again
+            self.state.previous = self.state.reloaded if self.state.reloaded != current else self.state.previous
+            self.state.reloaded = current
+            self.state.pending = None
+            if isinstance(pending.token, int):
+                self.state.last_reload_mtime = pending.token
+            await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+            log.info("reload_recovered", release=current, token=pending.token)
+        self._last_success = await anyio.to_thread.run_sync(self._last_journal_success)
+
+    def _prepare_layout(self) -> None:
+        lay = self.layout
+        root = lay.root
+        if not root.is_dir():
+            raise LayoutError(f"root {root} is not a directory", fix="create it or fix --root")
+        for d in (lay.releases, lay.state_dir, lay.meta_dir, lay.tmp_dir):
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                os.mkdir(d, 0o755)
+                fsync_dir(d.parent)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise LayoutError(
+                    f"{d} is not a directory (a symlink or file was planted there)",
+                    fix=f"remove {d}; coordinator recreates it",
+                )
+        read_current(root)  # refuse a real `current` directory up front
+        removed: list[str] = []
+        for d in (lay.releases, root, lay.state_dir, lay.meta_dir, lay.tmp_dir, lay.status_file.parent):
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                if ".tmp-" in entry.name and entry.name.startswith("."):
+                    remove_tree(Path(entry.path))
+                    removed.append(
+                        str(Path(entry.path).relative_to(root)) if d != lay.status_file.parent else entry.path
+                    )
+        if removed:
+            log.info("leftovers_removed", paths=sorted(removed))
+
+    def _last_journal_success(self) -> dict[str, Any] | None:
+        for entry in reversed(read_journal(self.layout.journal, 200)):
+            if entry.get("result") == "success":
+                return dict(entry)
+        return None
+
+    # ------------------------------------------------------------------ observing
+
+    async def read_marker(self) -> MarkerReading:
+        """Read the marker with a size cap; never blocks on a FIFO; validates its content."""
+        path = self.layout.marker
+        try:
+            async with aiofiles.open(path, "rb", opener=_nonblocking_opener) as f:
+                st = await aiofiles.os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise MarkerError(f"marker {path} is not a regular file", fix="write the tag to a regular file")
+                data = await f.read(MARKER_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return MarkerReading(None, None, None)
+        except MarkerError as e:
+            return MarkerReading(None, e, "not-a-file")
+        except OSError as e:
+            err = MarkerError(f"cannot read marker {path}: {e.strerror}", fix="check the marker's permissions")
+            return MarkerReading(None, err, f"oserror-{e.errno}")
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            return MarkerReading(parse_marker(data, self.config.tag_pattern), None, digest)
+        except MarkerError as e:
+            return MarkerReading(None, e, digest)
+
+    def _list_releases(self) -> list[ReleaseInfo]:
+        out = []
+        try:
+            entries = list(os.scandir(self.layout.releases))
+        except FileNotFoundError:
+            return []
+        for e in entries:
+            if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+                continue
+            meta = read_release_meta(self.layout.meta_dir, e.name)
+            if meta is None:
+                out.append(ReleaseInfo(e.name, known=False))
+            else:
+                out.append(ReleaseInfo(e.name, meta.created, meta.ok))
+        return out
+
+    # ------------------------------------------------------------------ reconciling
+
+    async def reconcile(self) -> Attempt | None:
+        """Converge once: returns the attempt made (None if nothing needed doing)."""
+        reading = await self.read_marker()
+        current = await anyio.to_thread.run_sync(read_current, self.layout.root)
+        if reading.error is not None:
+            self._log_marker_error(reading)
+            if current is not None and self.state.reloaded != current:
+                await self._recovery_reload(current)
+            await self._publish("invalid", reading, current)
+            return None
+        req = reading.request
+        blocked = reading.digest is not None and reading.digest == self.state.failed_marker
+        releases = frozenset(r.name for r in await anyio.to_thread.run_sync(self._list_releases))
+        cached = await self.git.resolve(req.tag) if req is not None and not blocked else None
+        obs = Observation(
+            request=req,
+            current=current,
+            reloaded=self.state.reloaded,
+            releases=releases,
+            cached_sha=cached,
+            blocked=blocked,
+            has_build=bool(self.config.build_command),
+        )
+        p = plan(obs)
+        if p.action is Action.NOOP:
+            await self._publish("idle" if req is not None else "waiting", reading, current)
+            return None
+        if p.action is Action.WAIT:
+            await self._publish("failed", reading, current)
+            return None
+        if p.action is Action.RELOAD:
+            assert current is not None
+            await self._recovery_reload(current)
+            await self._publish("idle" if req is not None else "waiting", reading, current)
+            return None
+        assert req is not None
+        attempt = Attempt(tag=req.tag, request_id=req.request_id)
+        self._last_attempt = attempt
+        await self._publish("deploying", reading, current)
+        log.info("deploy_started", tag=req.tag, sha=req.sha, request_id=req.request_id, current=current)
+        try:
+            if p.action is Action.FETCH:
+                async with self._phase(attempt, Step.FETCH):
+                    sha = await self.git.fetch_tag(req.tag)
+                p = plan(replace(obs, cached_sha=sha, fetched=True))
+            if p.action is Action.ERROR:
+                raise MarkerError(p.reason, fix="fix the sha in the marker, or the tag", tag=req.tag)
+            attempt.sha = p.sha
+            attempt.release = p.target
+            if p.action is Action.NOOP:
+                attempt.result = "success"
+            else:
+                assert p.action is Action.DEPLOY and p.target is not None and p.sha is not None
+                cancelled = await self._deploy(attempt, req, reading.digest, p.target, p.sha, p.steps, current)
+                attempt.result = "cancelled" if cancelled else "success"
+        except CoordinatorError as e:
+            attempt.result = "failed"
+            attempt.error = e.as_dict()
+            if not e.retryable:
+                self.state.failed_marker = reading.digest
+                self.state.failed_error = attempt.error
+                await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+            log.error("deploy_failed", **{**e.as_dict(), "tag": req.tag, "request_id": req.request_id, "retryable": e.retryable})
+        except OSError as e:
+            attempt.result = "failed"
+            attempt.error = {"kind": "io", "message": f"{e.strerror or e}: {e.filename or ''}".strip(": ")}
+            log.error("deploy_failed", **{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True})
+        finally:
+            attempt.finished = time.time()
+            if attempt.result == "running":
+                attempt.result = "cancelled"
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()}
+                )
+                current = await anyio.to_thread.run_sync(read_current, self.layout.root)
+                if attempt.result == "success":
+                    self._last_success = attempt.to_dict()
+                    if self.state.failed_marker is not None:
+                        self.state.failed_marker = None
+                        self.state.failed_error = None
+                        await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+                state = {"success": "idle", "failed": "failed", "cancelled": "deploying"}.get(attempt.result, "failed")
+                await self._publish(state, reading, current)
+        if attempt.result == "success":
+            log.info(
+                "deploy_succeeded",
+                tag=req.tag,
+                sha=attempt.sha,
+                release=attempt.release,
+                request_id=req.request_id,
+                duration_ms=round((attempt.finished - attempt.started) * 1000, 1),
+            )
+        elif attempt.result == "cancelled":
+            log.info("deploy_superseded", tag=req.tag, release=attempt.release)
+        return attempt
+
+    async def _deploy(
+        self,
+        attempt: Attempt,
+        req: DeployRequest,
+        digest: str | None,
+        name: str,
+        sha: str,
+        steps: tuple[Step, ...],
+        previous_current: str | None,
+    ) -> bool:
+        """Perform the deploy steps; returns True if a newer marker cancelled it before the swap."""
+        lay = self.layout
+        if Step.PREPARE in steps:
+            scope = anyio.CancelScope()
+            self._supersede_scope, self._inflight, self._inflight_digest = scope, req, digest
+            try:
+                with scope:
+                    await self._build_release(attempt, req, name, sha, previous_current)
+            finally:
+                self._supersede_scope = None
+                self._inflight = self._inflight_digest = None
+            if scope.cancelled_caught:
+                return True
+        with anyio.CancelScope(shield=True):
+            async with self._phase(attempt, Step.SWAP):
+                await anyio.to_thread.run_sync(swap_symlink, lay.current, f"releases/{name}")
+            log.info("swapped", release=name, previous=previous_current)
+            async with self._phase(attempt, Step.RELOAD):
+                await self._reload(name)
+        async with self._phase(attempt, Step.PRUNE):
+            await self._prune()
+        return False
+
+    async def _build_release(
+        self, attempt: Attempt, req: DeployRequest, name: str, sha: str, previous_current: str | None
+    ) -> None:
+        lay = self.layout
+        tmp = lay.releases / temp_name(name)
+        try:
+            async with self._phase(attempt, Step.PREPARE):
+                await anyio.to_thread.run_sync(os.mkdir, tmp, 0o755)
+                await self.git.checkout(sha, tmp, lay.tmp_dir / temp_name("index"))
+            if self.config.build_command:
+                async with self._phase(attempt, Step.BUILD):
+                    prev = str(lay.releases / previous_current) if previous_current else ""
+                    await self._run_build(tmp, name, req.tag, sha, prev)
+            async with self._phase(attempt, Step.PUBLISH):
+                await anyio.to_thread.run_sync(self._publish_release, tmp, name, req.tag, sha)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_tree, tmp)
+            raise
+
+    def _publish_release(self, tmp: Path, name: str, tag: str, sha: str) -> None:
+        lay = self.layout
+        os.chmod(tmp, 0o755)
+        sync_tree(tmp)
+        write_release_meta(lay.meta_dir, ReleaseMeta(name=name, tag=tag, sha=sha, created=time.time()))
+        os.rename(tmp, lay.releases / name)
+        fsync_dir(lay.releases)
+
+    async def _run_build(self, cwd: Path, name: str, tag: str, sha: str, previous: str) -> None:
+        """Run the build command in its own process group; kill the whole group on timeout."""
+        cmd = self.config.build_command
+        assert cmd
+        env = {
+            **os.environ,
+            **self.config.extra_env,
+            "RELEASE_DIR": str(cwd),
+            "RELEASE_NAME": name,
+            "TAG": tag,
+            "SHA": sha,
+            "PREVIOUS_RELEASE": previous,
+        }
+        output = bytearray()
+        timeout = self.config.build_timeout
+        proc = await anyio.open_process(
+            ["/bin/sh", "-c", cmd],
+            cwd=cwd,
+            env=env,
+            stdin=None,
+            stderr=-2,  # subprocess.STDOUT
+            start_new_session=True,
+            umask=0o022,
+        )
+        timed_out = False
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                assert proc.stdout is not None
+                async for chunk in proc.stdout:
+                    output += chunk
+                    if len(output) > _BUILD_OUTPUT_MAX:
+                        del output[: len(output) - _BUILD_OUTPUT_MAX]
+                await proc.wait()
+            timed_out = scope.cancelled_caught
+        finally:
+            if proc.returncode is None or timed_out:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with anyio.CancelScope(shield=True):
+                    await proc.wait()
+            else:
+                # the command exited: kill what it left running in its group
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        tail = output.decode("utf-8", "replace").strip().splitlines()[-20:]
+        if timed_out:
+            raise BuildError(
+                f"build command timed out after {timeout:g} s (its process group was killed)",
+                fix="make the build faster or raise --build-timeout",
+                output="\n".join(tail),
+            )
+        if proc.returncode != 0:
+            raise BuildError(
+                f"build command failed with exit code {proc.returncode}",
+                fix="see the output in the log; current is unchanged",
+                output="\n".join(tail),
+                rc=proc.returncode,
+            )
+
+    async def _reload(self, name: str) -> None:
+        """Reload for ``name`` (already current), recording it before and after in the state file."""
+        st = self.state
+        token = self.reloader.token(st.last_reload_mtime)
+        if st.reloaded != name:
+            st.previous = st.reloaded
+        st.pending = PendingReload(name, token)
+        await anyio.to_thread.run_sync(save_state, self.layout.state_file, st)
+        await self.reloader.reload(token)
+        st.reloaded = name
+        st.pending = None
+        if isinstance(token, int):
+            st.last_reload_mtime = token
+        await anyio.to_thread.run_sync(save_state, self.layout.state_file, st)
+        log.info("reloaded", release=name, strategy=self.reloader.name, token=token)
+
+    async def _recovery_reload(self, current: str) -> None:
+        with anyio.CancelScope(shield=True):
+            log.info("reload_pending", release=current, reloaded=self.state.reloaded)
+            started = time.monotonic()
+            await self._reload(current)
+            log.info("reload", release=current, duration_ms=_ms(started), recovery=True)
+
+    async def _prune(self) -> None:
+        releases = await anyio.to_thread.run_sync(self._list_releases)
+        current = await anyio.to_thread.run_sync(read_current, self.layout.root)
+        doomed = plan_prune(releases, current, self.state.previous, self.config.keep)
+        for name in doomed:
+            await anyio.to_thread.run_sync(remove_tree, self.layout.releases / name)
+            await anyio.to_thread.run_sync(_unlink, self.layout.meta_dir / f"{name}.json")
+        if doomed:
+            log.info("pruned", releases=doomed)
+
+    # ------------------------------------------------------------------ superseding
+
+    async def check_superseded(self) -> None:
+        """Called on every watch event: cancel a deploy not yet swapped if the marker asks for another."""
+        scope, inflight = self._supersede_scope, self._inflight
+        if scope is None or inflight is None:
+            return
+        reading = await self.read_marker()
+        if reading.request is None or reading.digest == self._inflight_digest:
+            return
+        new = reading.request
+        if (new.tag, new.sha) != (inflight.tag, inflight.sha) and scope is self._supersede_scope:
+            log.info("superseding", old_tag=inflight.tag, new_tag=new.tag)
+            scope.cancel()
+
+    # ------------------------------------------------------------------ status and logs
+
+    @contextlib.asynccontextmanager
+    async def _phase(self, attempt: Attempt, step: Step) -> AsyncIterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            ms = _ms(started)
+            attempt.phases[step.value] = ms
+            log.info(step.value, duration_ms=ms, tag=attempt.tag, release=attempt.release)
+            if self.on_phase is not None:
+                self.on_phase(step.value, ms)
+
+    def _log_marker_error(self, reading: MarkerReading) -> None:
+        assert reading.error is not None
+        key = reading.digest
+        if self._status.get("marker_digest") != key:
+            log.error("marker_invalid", **reading.error.as_dict())
+
+    def _release_ref(self, name: str | None) -> dict[str, Any] | None:
+        if not name:
+            return None
+        meta = read_release_meta(self.layout.meta_dir, name)
+        return {"release": name, "tag": meta.tag if meta else None, "sha": meta.sha if meta else None}
+
+    async def _publish(self, state: str, reading: MarkerReading, current: str | None) -> None:
+        """Write the status file if anything in it changed."""
+        req = reading.request
+        status: dict[str, Any] = {
+            "version": STATUS_VERSION,
+            "state": state,
+            "pid": os.getpid(),
+            "desired": {"tag": req.tag, "sha": req.sha, "id": req.request_id} if req else None,
+            "marker_error": reading.error.as_dict() if reading.error else None,
+            "marker_digest": reading.digest,
+            "current": await anyio.to_thread.run_sync(self._release_ref, current),
+            "previous": await anyio.to_thread.run_sync(self._release_ref, self.state.previous),
+            "reloaded": self.state.reloaded,
+            "last_attempt": self._last_attempt.to_dict() if self._last_attempt else None,
+            "last_success": self._last_success,
+            "error": None,
+        }
+        if reading.error:
+            status["error"] = reading.error.as_dict()
+        elif state == "failed":
+            status["error"] = (
+                self._last_attempt.error if self._last_attempt and self._last_attempt.error else self.state.failed_error
+            )
+        if status == self._status:
+            return
+        self._status = status
+        await anyio.to_thread.run_sync(write_json, self.layout.status_file, {**status, "updated_at": iso()})
+
+    async def publish_stopped(self) -> None:
+        if self._status:
+            self._status = {**self._status, "state": "stopped"}
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    write_json, self.layout.status_file, {**self._status, "updated_at": iso()}
+                )
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def _nonblocking_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def new_request_id() -> str:
+    """A fresh request id for ``coordinator deploy``."""
+    return uuid.uuid4().hex[:16]

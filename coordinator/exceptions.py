@@ -1,0 +1,120 @@
+"""Every error coordinator raises on purpose.
+
+One base class carries structured fields (logged as key-value pairs and written to the status file)
+and a ``fix``: the one line a user needs to act on it. Only the CLI turns these into exit codes,
+using :attr:`CoordinatorError.exit_code`.
+
+``retryable`` tells the daemon whether the same marker is worth trying again on the next periodic
+resync (a remote that was down, a tag that is not pushed yet) or not until the marker changes (an
+invalid marker, a failed build).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BuildError",
+    "ConfigError",
+    "CoordinatorError",
+    "DeployFailed",
+    "GitError",
+    "LayoutError",
+    "LockHeldError",
+    "MarkerError",
+    "ReloadError",
+    "TagNotFoundError",
+    "WaitTimeoutError",
+]
+
+
+class CoordinatorError(Exception):
+    """Base of all coordinator errors: a message, an optional fix and structured fields."""
+
+    exit_code: ClassVar[int] = 1
+    kind: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, fix: str | None = None, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message if not self.fix else f"{self.message} ({self.fix})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as it appears in the status file and in log events."""
+        out: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        if self.fix:
+            out["fix"] = self.fix
+        out.update({k: v for k, v in self.fields.items() if v is not None})
+        return out
+
+
+class ConfigError(CoordinatorError):
+    """An option, environment variable or config file value is invalid."""
+
+    exit_code = 2
+    kind = "config"
+
+
+class LockHeldError(CoordinatorError):
+    """Another coordinator already runs on this ROOT."""
+
+    exit_code = 3
+    kind = "locked"
+
+
+class LayoutError(CoordinatorError):
+    """ROOT holds something coordinator will not touch (a real `current` directory, a planted link)."""
+
+    exit_code = 2
+    kind = "layout"
+
+
+class MarkerError(CoordinatorError):
+    """The deploy marker cannot be read or does not state a valid request."""
+
+    kind = "marker"
+
+
+class GitError(CoordinatorError):
+    """A git command failed or timed out; usually transient (remote down), so retried on resync."""
+
+    kind = "git"
+    retryable = True
+
+
+class TagNotFoundError(GitError):
+    """The tag is not in the repository (yet): retried on resync, in case it is pushed later."""
+
+    kind = "tag_not_found"
+
+
+class BuildError(CoordinatorError):
+    """Preparing a release or its build command failed: not retried until the marker changes."""
+
+    kind = "build"
+
+
+class ReloadError(CoordinatorError):
+    """The app server could not be told to reload (reload file not writable, ...)."""
+
+    kind = "reload"
+    retryable = True
+
+
+class DeployFailed(CoordinatorError):
+    """`deploy --wait` / `run --once`: the attempt for the requested tag failed."""
+
+    exit_code = 1
+    kind = "deploy_failed"
+
+
+class WaitTimeoutError(CoordinatorError):
+    """`deploy --wait --timeout S` ran out of time before the tag was served."""
+
+    exit_code = 4
+    kind = "timeout"

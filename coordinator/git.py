@@ -1,0 +1,151 @@
+"""The git cache: a bare repository in the state directory, driven through the ``git`` command.
+
+Every call has a timeout and runs with ``GIT_TERMINAL_PROMPT=0`` (a git server asking for a password
+fails instead of hanging). A tag reaches git only as ``refs/tags/<tag>`` after ``--end-of-options`` or
+in a refspec after ``--``, and only once :func:`coordinator.marker.validate_tag` accepted it, so marker
+text can never become a git option. Credentials in repository URLs are redacted from every message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import structlog
+
+from coordinator.exceptions import GitError, TagNotFoundError
+
+__all__ = ["GitCache", "redact"]
+
+log = structlog.get_logger("coordinator.git")
+
+_CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_SHA40_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def redact(text: str) -> str:
+    """Hide user names and passwords in URLs: ``https://u:p@host/x`` becomes ``https://***@host/x``."""
+    return _CRED_RE.sub(r"\g<scheme>***@", text)
+
+
+class GitCache:
+    """A bare repository that caches the tags we deploy, plus checkouts from it."""
+
+    def __init__(self, git_dir: Path, repo: str, timeout: float = 300.0) -> None:
+        self.git_dir = git_dir
+        self.repo = repo
+        self.timeout = timeout
+
+    async def _git(
+        self,
+        args: Sequence[str],
+        *,
+        limit_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        cmd = ["git", f"--git-dir={self.git_dir}", *args]
+        full_env = {
+            **os.environ,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "false",
+            "LC_ALL": "C",
+            **(env or {}),
+        }
+        limit = limit_s or self.timeout
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(limit):
+                result = await anyio.run_process(cmd, env=full_env, check=False, umask=0o022)
+        except TimeoutError as e:
+            raise GitError(
+                f"git {args[0]} timed out after {limit:g} s",
+                fix="check that the repository is reachable, or raise --git-timeout",
+                repo=redact(self.repo),
+            ) from e
+        except OSError as e:
+            raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
+        log.debug("git", cmd=args[0], rc=result.returncode, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        if check and result.returncode != 0:
+            raise GitError(
+                f"git {args[0]} failed: {redact(_last_line(result.stderr))}",
+                fix="check --repo and that the repository is reachable",
+                repo=redact(self.repo),
+                rc=result.returncode,
+            )
+        return result
+
+    async def ensure(self) -> None:
+        """Create the bare cache repository if it does not exist yet."""
+        if (self.git_dir / "HEAD").exists():
+            return
+        self.git_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with anyio.fail_after(self.timeout):
+                await anyio.run_process(["git", "init", "--bare", "-q", str(self.git_dir)], umask=0o022)
+        except (subprocess.CalledProcessError, OSError, TimeoutError) as e:
+            raise GitError(f"cannot create the git cache in {self.git_dir}: {e}", fix="check ROOT is writable") from e
+
+    async def resolve(self, tag: str) -> str | None:
+        """The commit the cached tag points to (annotated tags peeled), or None if not cached."""
+        result = await self._git(
+            ["rev-parse", "-q", "--verify", "--end-of-options", f"refs/tags/{tag}^{{commit}}"], check=False
+        )
+        sha = result.stdout.decode("ascii", "replace").strip()
+        if result.returncode != 0 or not _SHA40_RE.fullmatch(sha):
+            return None
+        return sha
+
+    async def fetch_tag(self, tag: str) -> str:
+        """Fetch one tag from the repository (force-updating a moved tag); return its commit."""
+        ref = f"refs/tags/{tag}"
+        before = await self.resolve(tag)
+        result = await self._git(
+            ["fetch", "--no-tags", "--no-write-fetch-head", "-q", "--", self.repo, f"+{ref}:{ref}"],
+            check=False,
+        )
+        if result.returncode != 0:
+            err = redact(_last_line(result.stderr))
+            if "couldn't find remote ref" in err:
+                raise TagNotFoundError(
+                    f"tag {tag!r} not found in the repository",
+                    fix="push the tag, or fix the marker",
+                    tag=tag,
+                    repo=redact(self.repo),
+                )
+            raise GitError(
+                f"git fetch failed: {err}",
+                fix="check --repo and that the repository is reachable",
+                repo=redact(self.repo),
+                tag=tag,
+            )
+        after = await self.resolve(tag)
+        if after is None:
+            raise GitError(f"tag {tag!r} was fetched but does not point to a commit", fix="tag a commit", tag=tag)
+        if before is not None and before != after:
+            log.warning("tag_moved", tag=tag, old_sha=before, new_sha=after)
+        return after
+
+    async def checkout(self, sha: str, dest: Path, index_file: Path) -> None:
+        """Write exactly the tracked files of ``sha`` into the empty directory ``dest`` (no ``.git``)."""
+        env = {"GIT_INDEX_FILE": str(index_file)}
+        common = [f"--work-tree={dest}", "-c", "core.autocrlf=false", "-c", "core.symlinks=true"]
+        try:
+            await self._git([*common, "read-tree", "--end-of-options", sha], env=env)
+            await self._git([*common, "checkout-index", "-a", "-f"], env=env)
+        finally:
+            await anyio.Path(index_file).unlink(missing_ok=True)
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    # git's most useful line is usually the first "fatal:" one
+    for ln in lines:
+        if ln.startswith("fatal:"):
+            return ln[:300]
+    return (lines[-1] if lines else "no output")[:300]

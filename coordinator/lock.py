@@ -1,0 +1,45 @@
+"""One coordinator per ROOT: an exclusive ``flock`` on ``ROOT/.coordinator/lock``.
+
+The kernel drops a ``flock`` when its holder dies, even by ``kill -9``, so a stale lock file never
+blocks a restart: the next coordinator simply takes the lock. The holder's pid is written into the
+file only so that the refusal message can name it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from coordinator.exceptions import LayoutError, LockHeldError
+
+__all__ = ["hold_lock"]
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path) -> Iterator[None]:
+    """Hold the ROOT lock for the duration of the block, or raise LockHeldError at once."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LayoutError(f"lock file {path} is a symlink", fix="remove it; coordinator recreates it") from e
+        raise LayoutError(f"cannot open lock file {path}: {e.strerror}", fix="check ROOT is writable") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise LockHeldError(
+                f"another coordinator (pid {holder}) is already running on {path.parent.parent}",
+                fix="stop it first, or use a different --root",
+                pid=holder,
+            ) from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,200 @@
+"""The deploy marker: parsing and validation, with no I/O.
+
+A marker states the desired tag. Two forms are accepted:
+
+* plain text: the tag on the first line (``echo v1.2.3 > deploy.request``); later lines are ignored;
+* a JSON object: ``{"tag": "v1.2.3", "sha": "<full or abbreviated commit id>", "id": "<request id>"}``
+  where ``sha`` (the commit the tag must point to) and ``id`` (echoed in the status file) are optional
+  and any other key is an error, so a typo such as ``"sah"`` is not silently ignored.
+
+Everything here treats the text as hostile. A tag is accepted only when it follows git's ref-name
+rules (``git check-ref-format``) *and* is printable ASCII without a leading ``-``, so it can never
+become a git option, a shell word or a path: it is only ever used as ``refs/tags/<tag>`` after
+``--end-of-options``, and the release directory name is derived from it by :func:`release_name`,
+which always yields one safe path component.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass
+
+from coordinator.exceptions import MarkerError
+
+__all__ = [
+    "MARKER_MAX_BYTES",
+    "DeployRequest",
+    "parse_marker",
+    "release_name",
+    "validate_request_id",
+    "validate_sha",
+    "validate_tag",
+]
+
+#: A marker larger than this is refused without being parsed (a tag plus JSON fits in far less).
+MARKER_MAX_BYTES = 4096
+#: Longest tag accepted; git allows more, but release names and logs stay readable.
+TAG_MAX_LEN = 200
+REQUEST_ID_MAX_LEN = 128
+
+_SHA_RE = re.compile(r"[0-9a-f]{4,64}")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
+_FORBIDDEN_TAG_CHARS = set(" ~^:?*[\\")
+_SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    """What the marker asks for: a tag, optionally pinned to a commit, with an optional request id."""
+
+    tag: str
+    sha: str | None = None
+    request_id: str | None = None
+
+    def to_json(self) -> str:
+        """The marker text for this request (what ``coordinator deploy`` writes)."""
+        body: dict[str, str] = {"tag": self.tag}
+        if self.sha:
+            body["sha"] = self.sha
+        if self.request_id:
+            body["id"] = self.request_id
+        return json.dumps(body, sort_keys=True) + "\n"
+
+    def matches(self, sha: str) -> bool:
+        """True when ``sha`` (a full commit id) satisfies this request's optional sha."""
+        return self.sha is None or sha.startswith(self.sha)
+
+
+def validate_tag(tag: str, pattern: str | None = None) -> str:
+    """Return ``tag`` if it is a safe git tag name (and matches ``pattern``), else raise MarkerError."""
+    problem = _tag_problem(tag)
+    if problem:
+        raise MarkerError(
+            f"invalid tag {tag[:80]!r}: {problem}",
+            fix="write a git tag name such as v1.2.3 to the marker",
+            tag=tag[:80],
+        )
+    if pattern is not None and not fnmatch.fnmatchcase(tag, pattern):
+        raise MarkerError(
+            f"tag {tag!r} does not match --tag-pattern {pattern!r}",
+            fix="deploy a tag that matches the pattern, or change --tag-pattern",
+            tag=tag,
+        )
+    return tag
+
+
+def _tag_problem(tag: str) -> str | None:
+    if not tag:
+        return "empty"
+    if len(tag) > TAG_MAX_LEN:
+        return f"longer than {TAG_MAX_LEN} characters"
+    if not tag.isascii() or not tag.isprintable():
+        return "only printable ASCII characters are allowed"
+    if tag.startswith("-"):
+        return "must not start with '-'"
+    if tag == "@":
+        return "'@' alone is not a ref name"
+    bad = _FORBIDDEN_TAG_CHARS.intersection(tag)
+    if bad:
+        return f"contains forbidden character(s) {''.join(sorted(bad))!r}"
+    if ".." in tag:
+        return "contains '..'"
+    if "@{" in tag:
+        return "contains '@{'"
+    if tag.startswith("/") or tag.endswith("/") or "//" in tag:
+        return "empty path component"
+    if tag.endswith("."):
+        return "ends with '.'"
+    for part in tag.split("/"):
+        if part.startswith("."):
+            return "a component starts with '.'"
+        if part.endswith(".lock"):
+            return "a component ends with '.lock'"
+    return None
+
+
+def validate_sha(sha: str) -> str:
+    """Return ``sha`` lowercased if it is a 4-64 digit hex commit id, else raise MarkerError."""
+    norm = sha.strip().lower()
+    if not _SHA_RE.fullmatch(norm):
+        raise MarkerError(
+            f"invalid sha {sha[:80]!r}: expected 4 to 64 hex digits",
+            fix="give a full or abbreviated commit id, or leave sha out",
+        )
+    return norm
+
+
+def validate_request_id(request_id: str) -> str:
+    """Return ``request_id`` if it is 1-128 characters of ``[A-Za-z0-9._:@+=-]``, else raise."""
+    if not _REQUEST_ID_RE.fullmatch(request_id):
+        raise MarkerError(
+            f"invalid request id {request_id[:80]!r}",
+            fix=f"use 1 to {REQUEST_ID_MAX_LEN} characters from A-Z a-z 0-9 . _ : @ + = -",
+        )
+    return request_id
+
+
+def parse_marker(data: bytes, pattern: str | None = None) -> DeployRequest:
+    """Parse raw marker bytes into a validated :class:`DeployRequest` or raise :class:`MarkerError`."""
+    if len(data) > MARKER_MAX_BYTES:
+        raise MarkerError(
+            f"marker is larger than {MARKER_MAX_BYTES} bytes",
+            fix="the marker holds only a tag or a small JSON object",
+            size=len(data),
+        )
+    if b"\x00" in data:
+        raise MarkerError("marker contains binary data (NUL byte)", fix="write the tag as text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise MarkerError("marker is not valid UTF-8", fix="write the tag as text") from e
+    stripped = text.strip()
+    if not stripped:
+        raise MarkerError("marker is empty", fix="write a tag to the marker, e.g. echo v1.2.3 > deploy.request")
+    if stripped.startswith("{"):
+        return _parse_json(stripped, pattern)
+    first_line = stripped.splitlines()[0].strip()
+    return DeployRequest(tag=validate_tag(first_line, pattern))
+
+
+def _parse_json(text: str, pattern: str | None) -> DeployRequest:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise MarkerError(f"marker is not valid JSON: {e}", fix='write {"tag": "v1.2.3"}') from e
+    if not isinstance(obj, dict):
+        raise MarkerError("marker JSON must be an object", fix='write {"tag": "v1.2.3"}')
+    unknown = sorted(set(obj) - {"tag", "sha", "id"})
+    if unknown:
+        raise MarkerError(
+            f"unknown key(s) in marker: {', '.join(repr(k)[:40] for k in unknown[:5])}",
+            fix="allowed keys are tag, sha and id",
+        )
+    tag = obj.get("tag")
+    if not isinstance(tag, str):
+        raise MarkerError("marker JSON needs a string 'tag'", fix='write {"tag": "v1.2.3"}')
+    sha = obj.get("sha")
+    if sha is not None and not isinstance(sha, str):
+        raise MarkerError("'sha' must be a string", fix="give a commit id as a string or leave it out")
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise MarkerError("'id' must be a string", fix="give the request id as a string or leave it out")
+    return DeployRequest(
+        tag=validate_tag(tag, pattern),
+        sha=validate_sha(sha) if sha is not None else None,
+        request_id=validate_request_id(request_id) if request_id is not None else None,
+    )
+
+
+def release_name(tag: str, sha: str) -> str:
+    """The release directory name for ``tag`` at commit ``sha``: one safe path component.
+
+    Characters outside ``[A-Za-z0-9._+-]`` (such as ``/`` in ``release/1.0``) become ``_``; the
+    first 12 hex digits of the commit make names unique even when two tags sanitize alike or a
+    tag is moved. Names never start with ``.`` (reserved for temporary directories).
+    """
+    safe = _SAFE_NAME_RE.sub("_", tag)[:100].lstrip(".-") or "tag"
+    short = validate_sha(sha)[:12]
+    return f"{safe}-{short}"

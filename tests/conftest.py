@@ -1,0 +1,70 @@
+"""Shared fixtures: real git repositories, an asyncio loop in debug mode that fails any test whose
+code blocks the event loop for more than 100 ms."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.helpers import GitRepo, app_repo
+
+pytest_plugins = ["pytester"]
+
+#: asyncio (debug mode) reports every callback that holds the loop longer than this.
+BLOCKING_LIMIT_S = 0.1
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", {"debug": True})
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Executing") and " took " in msg:
+            self.records.append(msg)
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail an async test if any callback blocked the event loop longer than BLOCKING_LIMIT_S."""
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records and not request.node.get_closest_marker("allow_blocking"):
+        pytest.fail("event loop blocked:\n" + "\n".join(handler.records[:5]), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_structlog() -> Iterator[None]:
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> GitRepo:
+    """A real repository of a tiny app tagged v1, v2, v3."""
+    return app_repo(tmp_path / "repo", 3)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty volume root."""
+    r = tmp_path / "volume"
+    r.mkdir()
+    return r
