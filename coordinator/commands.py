@@ -47,7 +47,7 @@ async def wait_for(
     req: DeployRequest,
     seconds: float,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
-    interval: float = 0.05,
+    interval: float = 0.01,
 ) -> dict[str, Any]:
     """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise."""
     deadline = time.monotonic() + seconds

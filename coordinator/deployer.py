@@ -289,7 +289,10 @@ class Deployer:
         assert req is not None
         attempt = Attempt(tag=req.tag, request_id=req.request_id)
         self._last_attempt = attempt
-        await self._publish("deploying", reading, current)
+        if p.action is Action.FETCH or Step.PREPARE in p.steps:
+            # a long deploy: show it. A swap to a release on disk skips this write (it would delay the
+            # swap by a file and a directory fsync); the status is written once it is done.
+            await self._publish("deploying", reading, current)
         log.info("deploy_started", tag=req.tag, sha=req.sha, request_id=req.request_id, current=current)
         try:
             if p.action is Action.FETCH:

@@ -79,7 +79,6 @@ class TouchReloader:
         try:
             ns = token * 1_000_000_000
             os.utime(fd, ns=(ns, ns))
-            os.fsync(fd)
         except OSError as e:
             raise ReloadError(f"cannot touch the reload file {self.path}: {e.strerror}", path=str(self.path)) from e
         finally:

@@ -19,6 +19,15 @@ pytest_plugins = ["pytester"]
 BLOCKING_LIMIT_S = 0.1
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz",
+        action="store_true",
+        default=False,
+        help="also run the long fuzz tests (hundreds of thousands of examples)",
+    )
+
+
 @pytest.fixture
 def anyio_backend() -> tuple[str, dict[str, Any]]:
     return ("asyncio", {"debug": True})

@@ -1,0 +1,546 @@
+"""The executor against real git repositories and a real volume, in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from coordinator.config import Config, Layout
+from coordinator.deployer import Deployer
+from coordinator.exceptions import LayoutError
+from coordinator.state import load_state, save_state
+from tests.helpers import GitRepo, read_status
+
+pytestmark = pytest.mark.anyio
+
+
+def make(root: Path, repo: GitRepo, **kw: object) -> Deployer:
+    cfg = Config(layout=Layout.for_root(root), repo=str(repo.path), **kw)  # type: ignore[arg-type]
+    return Deployer(cfg)
+
+
+async def started(root: Path, repo: GitRepo, **kw: object) -> Deployer:
+    d = make(root, repo, **kw)
+    await d.startup()
+    return d
+
+
+def mark(root: Path, text: str) -> None:
+    (root / "deploy.request").write_text(text)
+
+
+def tracked(repo: GitRepo, tag: str) -> set[str]:
+    return set(repo.git("ls-tree", "-r", "--name-only", tag).splitlines())
+
+
+def files_in(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir() or p.is_symlink()}
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def outside_snapshot(base: Path, root: Path) -> dict[str, float]:
+    """mtimes of everything under base except the volume, the repo (read by git) and logs."""
+    out = {}
+    for p in base.rglob("*"):
+        if root in p.parents or p == root:
+            continue
+        out[str(p)] = p.lstat().st_mtime
+    return out
+
+
+async def test_first_deploy_publishes_exactly_the_tags_tracked_files(root: Path, repo: GitRepo) -> None:
+    """A first deploy builds releases/<name> holding exactly the tag's tracked files and no .git."""
+    d = await started(root, repo)
+    mark(root, "v1\n")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "success"
+    release = root / "releases" / str(attempt.release)
+    assert files_in(release) == tracked(repo, "v1")
+    assert not (release / ".git").exists()
+    assert (release / "app.py").read_text() == "VERSION = 'v1'\n"
+
+
+async def test_current_is_a_relative_symlink_into_releases(root: Path, repo: GitRepo) -> None:
+    """`current` is the relative link releases/<name>, so the volume can be mounted anywhere."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None
+    assert os.readlink(root / "current") == f"releases/{attempt.release}"
+
+
+async def test_release_name_combines_tag_and_short_sha(root: Path, repo: GitRepo) -> None:
+    """The release directory is named <tag>-<12 hex of the commit>."""
+    d = await started(root, repo)
+    mark(root, "v2")
+    attempt = await d.reconcile()
+    assert attempt is not None
+    assert attempt.release == f"v2-{repo.tag_sha('v2')[:12]}"
+
+
+async def test_annotated_tag_deploys_its_commit(root: Path, tmp_path: Path) -> None:
+    """An annotated tag is peeled to the commit it points to."""
+    repo = GitRepo(tmp_path / "annotated")
+    sha = repo.commit({"a.txt": "a"}, tag="r1", annotated=True)
+    d = await started(root, repo)
+    mark(root, "r1")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.sha == sha
+
+
+async def test_release_preserves_modes_and_symlinks(root: Path, tmp_path: Path) -> None:
+    """Executable bits and symlinks of the tag's tree are reproduced in the release."""
+    repo = GitRepo(tmp_path / "modes")
+    repo.commit({"run.sh": "#!/bin/sh\n", "data.txt": "x"}, executable=("run.sh",), symlinks={"link": "data.txt"})
+    repo.git("tag", "m1")
+    d = await started(root, repo)
+    mark(root, "m1")
+    attempt = await d.reconcile()
+    assert attempt is not None
+    rel = root / "releases" / str(attempt.release)
+    assert os.stat(rel / "run.sh").st_mode & 0o111
+    assert not os.stat(rel / "data.txt").st_mode & 0o111
+    assert os.readlink(rel / "link") == "data.txt"
+
+
+async def test_release_is_not_world_writable(root: Path, repo: GitRepo) -> None:
+    """Release directories and files are not writable by others."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None
+    rel = root / "releases" / str(attempt.release)
+    for p in [rel, *rel.rglob("*")]:
+        if not p.is_symlink():
+            assert not p.stat().st_mode & 0o002, p
+
+
+async def test_deploy_touches_the_reload_file(root: Path, repo: GitRepo) -> None:
+    """After the swap the reload file exists with a whole-second mtime."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    st = os.stat(root / "reload.touch")
+    assert st.st_mtime_ns % 1_000_000_000 == 0
+
+
+async def test_same_tag_again_does_not_reload(root: Path, repo: GitRepo) -> None:
+    """Reconciling an unchanged marker is a no-op: no attempt, no touch."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    before = os.stat(root / "reload.touch").st_mtime_ns
+    assert await d.reconcile() is None
+    assert os.stat(root / "reload.touch").st_mtime_ns == before
+
+
+async def test_successive_reloads_have_strictly_increasing_whole_seconds(root: Path, repo: GitRepo) -> None:
+    """Quick successive deploys still move the reload mtime forward by >= 1 s each (uWSGI rule)."""
+    d = await started(root, repo)
+    seen = []
+    for tag in ("v1", "v2", "v1", "v2"):
+        mark(root, tag)
+        await d.reconcile()
+        seen.append(os.stat(root / "reload.touch").st_mtime_ns // 1_000_000_000)
+    assert all(b >= a + 1 for a, b in zip(seen, seen[1:], strict=False))
+
+
+async def test_release_on_disk_is_swapped_without_fetch_or_prepare(root: Path, repo: GitRepo) -> None:
+    """Going back to a release already on disk only swaps, reloads and prunes."""
+    d = await started(root, repo)
+    for tag in ("v1", "v2"):
+        mark(root, tag)
+        await d.reconcile()
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None and set(attempt.phases) == {"swap", "reload", "prune"}
+
+
+async def test_status_file_describes_a_success(root: Path, repo: GitRepo) -> None:
+    """The status file says idle, with desired, current and the last attempt's phases."""
+    d = await started(root, repo)
+    mark(root, '{"tag": "v1", "id": "req-1"}')
+    await d.reconcile()
+    st = read_status(root)
+    assert st is not None
+    assert st["state"] == "idle"
+    assert st["desired"] == {"tag": "v1", "sha": None, "id": "req-1"}
+    assert st["current"]["tag"] == "v1" and st["current"]["sha"] == repo.tag_sha("v1")
+    assert st["last_attempt"]["result"] == "success" and st["last_attempt"]["id"] == "req-1"
+    assert {"fetch", "prepare", "publish", "swap", "reload"} <= set(st["last_attempt"]["phases_ms"])
+
+
+async def test_matching_sha_in_marker_deploys(root: Path, repo: GitRepo) -> None:
+    """A JSON marker whose abbreviated sha matches the tag deploys it."""
+    d = await started(root, repo)
+    mark(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v2")[:8]}))
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "success"
+
+
+async def test_mismatched_sha_fails_and_leaves_current(root: Path, repo: GitRepo) -> None:
+    """A sha the tag does not point to fails the attempt; current stays where it was."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    before = os.readlink(root / "current")
+    mark(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v1")}))
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "failed"
+    assert os.readlink(root / "current") == before
+    st = read_status(root)
+    assert st is not None and st["state"] == "failed" and "points to" in st["error"]["message"]
+
+
+async def test_permanent_failure_is_not_retried_until_the_marker_changes(root: Path, repo: GitRepo) -> None:
+    """After a permanent failure the same marker is not tried again; a changed marker is."""
+    d = await started(root, repo, build_command="exit 3")
+    mark(root, "v1")
+    first = await d.reconcile()
+    assert first is not None and first.result == "failed"
+    assert await d.reconcile() is None
+    mark(root, '{"tag": "v1", "id": "again"}')
+    again = await d.reconcile()
+    assert again is not None and again.result == "failed"
+
+
+async def test_permanent_failure_survives_a_restart(root: Path, repo: GitRepo) -> None:
+    """A restarted daemon does not retry a marker that already failed for good."""
+    d = await started(root, repo, build_command="exit 3")
+    mark(root, "v1")
+    await d.reconcile()
+    d2 = await started(root, repo, build_command="exit 3")
+    assert await d2.reconcile() is None
+
+
+async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
+    """An unknown tag fails but is tried again on the next reconcile (it may be pushed later)."""
+    d = await started(root, repo)
+    mark(root, "v9")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "failed"
+    assert attempt.error is not None and attempt.error["kind"] == "tag_not_found"
+    repo.commit({"app.py": "VERSION = 'v9'\n"}, tag="v9")
+    later = await d.reconcile()
+    assert later is not None and later.result == "success"
+
+
+async def test_moved_tag_with_new_sha_is_fetched_again(root: Path, repo: GitRepo) -> None:
+    """When a tag moves and the marker names the new sha, coordinator fetches and deploys it."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    first = await d.reconcile()
+    new_sha = repo.commit({"app.py": "VERSION = 'v1-fixed'\n"}, tag="v1")
+    mark(root, json.dumps({"tag": "v1", "sha": new_sha}))
+    with capture_logs() as logs:
+        second = await d.reconcile()
+    assert second is not None and second.release != (first.release if first else None)
+    assert any(e["event"] == "tag_moved" for e in logs)
+
+
+HOSTILE = [
+    b"--upload-pack=touch /tmp/coordinator-pwned",
+    b"-c core.sshCommand=evil",
+    b"../../../../etc/passwd",
+    b"v1; rm -rf /",
+    b"$(touch /tmp/coordinator-pwned)",
+    b"`id`",
+    b"v1\x00v2",
+    b"\xff\xfe\xfa",
+    b"",
+    b"   \n\n",
+    b"x" * (20 * 1024 * 1024),
+    b'{"tag": "v1"',
+    b'{"tag": ["v1"]}',
+    b'{"tag": "v1", "cmd": "id"}',
+    b'["v1"]',
+    b"refs/heads/main@{0}",
+    "v1\u202e".encode(),
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE, ids=lambda d: repr(d[:30]))
+async def test_hostile_marker_is_refused_and_nothing_changes(root: Path, repo: GitRepo, data: bytes) -> None:
+    """A hostile marker gives an invalid status; current, the reload file and the outside are untouched."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    before = (os.readlink(root / "current"), os.stat(root / "reload.touch").st_mtime_ns)
+    outside = outside_snapshot(root.parent, root)
+    (root / "deploy.request").write_bytes(data)
+    with capture_logs() as logs:
+        assert await d.reconcile() is None
+    assert (os.readlink(root / "current"), os.stat(root / "reload.touch").st_mtime_ns) == before
+    st = read_status(root)
+    assert st is not None and st["state"] == "invalid" and st["error"]["message"]
+    assert any(e["event"] == "marker_invalid" for e in logs)
+    assert outside_snapshot(root.parent, root) == outside
+    assert not Path("/tmp/coordinator-pwned").exists()
+
+
+async def test_tag_outside_pattern_is_refused(root: Path, repo: GitRepo) -> None:
+    """With --tag-pattern, a tag that does not match never reaches git."""
+    d = await started(root, repo, tag_pattern="release-*")
+    mark(root, "v1")
+    assert await d.reconcile() is None
+    st = read_status(root)
+    assert st is not None and st["state"] == "invalid" and "tag-pattern" in st["error"]["message"]
+
+
+async def test_missing_marker_means_waiting(root: Path, repo: GitRepo) -> None:
+    """Without a marker the daemon waits and says so."""
+    d = await started(root, repo)
+    assert await d.reconcile() is None
+    st = read_status(root)
+    assert st is not None and st["state"] == "waiting"
+
+
+async def test_marker_that_is_a_fifo_does_not_block(root: Path, repo: GitRepo) -> None:
+    """A FIFO planted as the marker is refused without blocking on it."""
+    d = await started(root, repo)
+    os.mkfifo(root / "deploy.request")
+    with anyio.fail_after(5):
+        assert await d.reconcile() is None
+    st = read_status(root)
+    assert st is not None and st["state"] == "invalid"
+
+
+async def test_build_command_runs_in_the_new_release_with_its_env(root: Path, repo: GitRepo) -> None:
+    """The build command runs inside the new release with TAG, SHA and RELEASE_DIR set."""
+    d = await started(root, repo, build_command='echo "$TAG $SHA $RELEASE_NAME" > built.txt; pwd > where.txt')
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "success"
+    rel = root / "releases" / str(attempt.release)
+    assert (rel / "built.txt").read_text().split() == ["v1", repo.tag_sha("v1"), str(attempt.release)]
+    assert Path((rel / "where.txt").read_text().strip()).parent == root / "releases"
+
+
+async def test_failed_build_discards_the_release(root: Path, repo: GitRepo) -> None:
+    """A failing build leaves no release behind, current untouched, and its output in the status."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    before = sorted(os.listdir(root / "releases"))
+    d2 = await started(root, repo, build_command="echo compile error >&2; exit 7")
+    mark(root, "v2")
+    attempt = await d2.reconcile()
+    assert attempt is not None and attempt.result == "failed"
+    assert sorted(os.listdir(root / "releases")) == before
+    st = read_status(root)
+    assert st is not None and st["state"] == "failed"
+    assert "exit code 7" in st["error"]["message"] and "compile error" in st["error"]["output"]
+
+
+async def test_build_timeout_kills_the_whole_process_group(root: Path, repo: GitRepo, tmp_path: Path) -> None:
+    """A hanging build is killed with every process it started, and the release discarded."""
+    pidfile = tmp_path / "child.pid"
+    d = await started(root, repo, build_command=f"sleep 300 & echo $! > {pidfile}; wait", build_timeout=1.0)
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "failed"
+    assert attempt.error is not None and "timed out" in attempt.error["message"]
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not alive(child):
+            break
+        await anyio.sleep(0.05)
+    else:
+        pytest.fail("the build's child process survived")
+    assert [n for n in os.listdir(root / "releases") if not n.startswith(".")] == []
+
+
+async def test_build_leftover_background_processes_are_killed(root: Path, repo: GitRepo, tmp_path: Path) -> None:
+    """A build that exits but leaves a daemonized child behind does not leak it."""
+    pidfile = tmp_path / "bg.pid"
+    d = await started(root, repo, build_command=f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}")
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "success"
+    child = int(pidfile.read_text())
+    await anyio.sleep(0.2)
+    assert not alive(child)
+
+
+async def test_retention_keeps_n_and_never_current_or_previous(root: Path, tmp_path: Path) -> None:
+    """With --keep 2, older releases are pruned but current and previous stay."""
+    repo = GitRepo(tmp_path / "many")
+    for i in range(1, 6):
+        repo.commit({"v": str(i)}, tag=f"t{i}")
+    d = await started(root, repo, keep=2)
+    for i in range(1, 6):
+        mark(root, f"t{i}")
+        await d.reconcile()
+    names = sorted(os.listdir(root / "releases"))
+    assert [n.split("-")[0] for n in names] == ["t4", "t5"]
+
+
+async def test_keep_one_still_keeps_previous(root: Path, repo: GitRepo) -> None:
+    """Even --keep 1 never deletes the previous release (needed for rollback)."""
+    d = await started(root, repo, keep=1)
+    for tag in ("v1", "v2", "v3"):
+        mark(root, tag)
+        await d.reconcile()
+    assert sorted(n.split("-")[0] for n in os.listdir(root / "releases")) == ["v2", "v3"]
+
+
+async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRepo) -> None:
+    """A failed build leaves nothing that could push a good release out of retention."""
+    d = await started(root, repo, keep=2)
+    for tag in ("v1", "v2"):
+        mark(root, tag)
+        await d.reconcile()
+    bad = await started(root, repo, keep=2, build_command="exit 1")
+    mark(root, "v3")
+    await bad.reconcile()
+    assert sorted(n.split("-")[0] for n in os.listdir(root / "releases")) == ["v1", "v2"]
+
+
+async def test_startup_removes_temporary_leftovers(root: Path, repo: GitRepo) -> None:
+    """Half-built releases and temp links from a crash are removed at start."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    (root / "releases" / ".v2-abc.tmp-1-deadbeef").mkdir()
+    (root / "releases" / ".v2-abc.tmp-1-deadbeef" / "half.py").write_text("x")
+    os.symlink("releases/nothing", root / ".current.tmp-1-cafebabe")
+    await started(root, repo)
+    assert [n for n in os.listdir(root / "releases") if n.startswith(".")] == []
+    assert not os.path.lexists(root / ".current.tmp-1-cafebabe")
+
+
+async def test_swap_without_recorded_reload_is_reloaded_once_at_start(root: Path, repo: GitRepo) -> None:
+    """If current changed but its reload was never recorded, start-up reloads exactly once."""
+    d = await started(root, repo)
+    for tag in ("v1", "v2"):
+        mark(root, tag)
+        await d.reconcile()
+    state = load_state(root / ".coordinator" / "state.json")
+    state.reloaded = "something-else"
+    save_state(root / ".coordinator" / "state.json", state)
+    before = os.stat(root / "reload.touch").st_mtime_ns
+    d2 = await started(root, repo)
+    await d2.reconcile()
+    after = os.stat(root / "reload.touch").st_mtime_ns
+    assert after > before
+    d3 = await started(root, repo)
+    await d3.reconcile()
+    assert os.stat(root / "reload.touch").st_mtime_ns == after
+
+
+async def test_pending_reload_that_already_happened_is_not_repeated(root: Path, repo: GitRepo) -> None:
+    """A crash after the touch but before recording it does not touch again at restart."""
+    d = await started(root, repo)
+    mark(root, "v1")
+    await d.reconcile()
+    state = load_state(root / ".coordinator" / "state.json")
+    touched = os.stat(root / "reload.touch").st_mtime_ns
+    from coordinator.state import PendingReload
+
+    current = os.readlink(root / "current").split("/")[1]
+    state.pending = PendingReload(current, touched // 1_000_000_000)
+    state.reloaded = None
+    save_state(root / ".coordinator" / "state.json", state)
+    d2 = await started(root, repo)
+    await d2.reconcile()
+    assert os.stat(root / "reload.touch").st_mtime_ns == touched
+    assert load_state(root / ".coordinator" / "state.json").reloaded == current
+
+
+async def test_current_as_real_directory_is_refused(root: Path, repo: GitRepo) -> None:
+    """A real `current` directory (the old in-place layout) stops start-up with a clear error."""
+    (root / "current").mkdir()
+    with pytest.raises(LayoutError, match="not a symlink"):
+        await started(root, repo)
+
+
+async def test_planted_symlink_as_releases_dir_is_refused(root: Path, repo: GitRepo, tmp_path: Path) -> None:
+    """A symlink planted as releases/ is refused and nothing is written through it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, root / "releases")
+    with pytest.raises(LayoutError, match="not a directory"):
+        await started(root, repo)
+    assert list(elsewhere.iterdir()) == []
+
+
+async def test_newer_marker_cancels_a_deploy_before_the_swap(root: Path, repo: GitRepo) -> None:
+    """A newer request supersedes a deploy still building; nothing of it is left behind."""
+    d = await started(root, repo, build_command="sleep 30")
+    mark(root, "v1")
+    async with anyio.create_task_group() as tg:
+
+        async def supersede() -> None:
+            while not any(n.startswith(".") for n in os.listdir(root / "releases")):
+                await anyio.sleep(0.02)
+            await anyio.sleep(0.2)
+            mark(root, "v2")
+            await d.check_superseded()
+
+        tg.start_soon(supersede)
+        with anyio.fail_after(20):
+            attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "cancelled"
+    assert os.listdir(root / "releases") == []
+    assert not os.path.lexists(root / "current")
+
+
+async def test_journal_records_every_attempt(root: Path, repo: GitRepo) -> None:
+    """Each attempt is appended to the journal with its result and phases."""
+    d = await started(root, repo)
+    for text in ("v1", "v9"):
+        mark(root, text)
+        await d.reconcile()
+    lines = (root / ".coordinator" / "journal.jsonl").read_text().splitlines()
+    results = [(json.loads(ln)["tag"], json.loads(ln)["result"]) for ln in lines]
+    assert results == [("v1", "success"), ("v9", "failed")]
+
+
+async def test_credentials_in_repo_url_never_reach_status_or_logs(root: Path, repo: GitRepo) -> None:
+    """A repository URL with a password never appears in the status file or log events."""
+    cfg = Config(layout=Layout.for_root(root), repo="https://user:hunter2@127.0.0.1:9/app.git", git_timeout=10)
+    d = Deployer(cfg)
+    await d.startup()
+    mark(root, "v1")
+    with capture_logs() as logs:
+        attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "failed"
+    assert "hunter2" not in (root / "deploy.status.json").read_text()
+    assert "hunter2" not in json.dumps(logs, default=str)
+
+
+def test_git_is_never_given_marker_text_as_an_option(root: Path, repo: GitRepo, tmp_path: Path) -> None:
+    """An option-like tag never reaches git: a git wrapper on PATH logs every argv it gets."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    argv_log = tmp_path / "argv.log"
+    real_git = subprocess.run(["which", "git"], capture_output=True, text=True, check=True).stdout.strip()
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real_git} "$@"\n')
+    wrapper.chmod(0o755)
+    mark(root, "--upload-pack=touch /tmp/coordinator-pwned")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    subprocess.run(
+        ["python", "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    logged = argv_log.read_text() if argv_log.exists() else ""
+    assert "upload-pack" not in logged
