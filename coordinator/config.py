@@ -69,7 +69,7 @@ def _convert(opt: Option, raw: Any, base: Path | None, source: str) -> Any:
                 p = (base or Path.cwd()) / p
             return Path(os.path.normpath(p))
         if opt.type == "int":
-            if isinstance(raw, bool):
+            if isinstance(raw, bool | float):  # no silent truncation of 2.5, no OverflowError on inf
                 raise ValueError("expected an integer")
             return int(raw)
         if opt.type == "float":
@@ -129,7 +129,7 @@ def resolve_options(
     """Merge command line > environment > config file > default for ``names`` (default: all)."""
     env = os.environ if env is None else env
     toml = load_toml(config_file) if config_file else {}
-    base = config_file.parent if config_file else None
+    base = config_file.absolute().parent if config_file else None
     out: dict[str, Any] = {}
     for name in names or list(OPTIONS):
         opt = OPTIONS[name]
@@ -226,7 +226,7 @@ class Config:
         if self.keep < 1:
             raise ConfigError(f"--keep must be at least 1, not {self.keep}", fix="use --keep 1 or more")
         for name in ("build_timeout", "git_timeout", "resync_interval"):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # also rejects NaN
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive", fix="give seconds > 0")
         if not 1 <= self.watch_step_ms <= 1000:
             raise ConfigError("--watch-step-ms must be between 1 and 1000", fix="the default is 5")

@@ -117,7 +117,18 @@ def _run(base: Path) -> int:
     log_path = base / "daemon.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(repo), "--log-format", "json"],
+            [
+                sys.executable,
+                "-m",
+                "coordinator",
+                "run",
+                "--root",
+                str(root),
+                "--repo",
+                str(repo),
+                "--log-format",
+                "json",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -126,7 +137,8 @@ def _run(base: Path) -> int:
             _say("1. deploys (marker written -> tag current and reloaded, measured by the client):")
             for tag in ("v1", "v2"):
                 ms = _deploy(root, tag)
-                _say(f"   deploy {tag}: {ms:7.1f} ms   current -> {os.readlink(root / 'current')}, serves {_served(root)}")
+                link = os.readlink(root / "current")
+                _say(f"   deploy {tag}: {ms:7.1f} ms   current -> {link}, serves {_served(root)}")
             touch_before = os.stat(root / "reload.touch").st_mtime_ns
             ms = _deploy(root, "v2")
             same = os.stat(root / "reload.touch").st_mtime_ns == touch_before

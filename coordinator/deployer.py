@@ -21,11 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, Ma
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, swap_symlink, sync_tree, temp_name
 from coordinator.git import GitCache
 from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker
-from coordinator.plan import Action, Observation, ReleaseInfo, Step, plan, plan_prune
+from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
+from coordinator.proc import run_in_group
 from coordinator.reload import Reloader, TouchReloader
 from coordinator.state import (
     STATUS_VERSION,
@@ -61,7 +61,6 @@ __all__ = ["Attempt", "Deployer", "MarkerReading", "read_current"]
 
 log = structlog.get_logger("coordinator")
 
-_BUILD_OUTPUT_MAX = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -296,15 +295,20 @@ class Deployer:
         log.info("deploy_started", tag=req.tag, sha=req.sha, request_id=req.request_id, current=current)
         try:
             if p.action is Action.FETCH:
-                async with self._phase(attempt, Step.FETCH):
-                    sha = await self.git.fetch_tag(req.tag)
-                p = plan(replace(obs, cached_sha=sha, fetched=True))
+                with self._supersedable(req, reading.digest) as scope:
+                    async with self._phase(attempt, Step.FETCH):
+                        sha = await self.git.fetch_tag(req.tag)
+                    p = plan(replace(obs, cached_sha=sha, fetched=True))
+                if scope.cancelled_caught:
+                    p = Plan(Action.NOOP, reason="superseded")
+                    attempt.result = "cancelled"
             if p.action is Action.ERROR:
                 raise MarkerError(p.reason, fix="fix the sha in the marker, or the tag", tag=req.tag)
             attempt.sha = p.sha
             attempt.release = p.target
             if p.action is Action.NOOP:
-                attempt.result = "success"
+                if attempt.result == "running":
+                    attempt.result = "success"
             else:
                 assert p.action is Action.DEPLOY and p.target is not None and p.sha is not None
                 cancelled = await self._deploy(attempt, req, reading.digest, p.target, p.sha, p.steps, current)
@@ -316,11 +320,16 @@ class Deployer:
                 self.state.failed_marker = reading.digest
                 self.state.failed_error = attempt.error
                 await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
-            log.error("deploy_failed", **{**e.as_dict(), "tag": req.tag, "request_id": req.request_id, "retryable": e.retryable})
+            log.error(
+                "deploy_failed",
+                **{**e.as_dict(), "tag": req.tag, "request_id": req.request_id, "retryable": e.retryable},
+            )
         except OSError as e:
             attempt.result = "failed"
             attempt.error = {"kind": "io", "message": f"{e.strerror or e}: {e.filename or ''}".strip(": ")}
-            log.error("deploy_failed", **{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True})
+            log.error(
+                "deploy_failed", **{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True}
+            )
         finally:
             attempt.finished = time.time()
             if attempt.result == "running":
@@ -364,14 +373,8 @@ class Deployer:
         """Perform the deploy steps; returns True if a newer marker cancelled it before the swap."""
         lay = self.layout
         if Step.PREPARE in steps:
-            scope = anyio.CancelScope()
-            self._supersede_scope, self._inflight, self._inflight_digest = scope, req, digest
-            try:
-                with scope:
-                    await self._build_release(attempt, req, name, sha, previous_current)
-            finally:
-                self._supersede_scope = None
-                self._inflight = self._inflight_digest = None
+            with self._supersedable(req, digest) as scope:
+                await self._build_release(attempt, req, name, sha, previous_current)
             if scope.cancelled_caught:
                 return True
         with anyio.CancelScope(shield=True):
@@ -425,50 +428,22 @@ class Deployer:
             "SHA": sha,
             "PREVIOUS_RELEASE": previous,
         }
-        output = bytearray()
         timeout = self.config.build_timeout
-        proc = await anyio.open_process(
-            ["/bin/sh", "-c", cmd],
-            cwd=cwd,
-            env=env,
-            stdin=None,
-            stderr=-2,  # subprocess.STDOUT
-            start_new_session=True,
-            umask=0o022,
-        )
-        timed_out = False
-        try:
-            with anyio.move_on_after(timeout) as scope:
-                assert proc.stdout is not None
-                async for chunk in proc.stdout:
-                    output += chunk
-                    if len(output) > _BUILD_OUTPUT_MAX:
-                        del output[: len(output) - _BUILD_OUTPUT_MAX]
-                await proc.wait()
-            timed_out = scope.cancelled_caught
-        finally:
-            if proc.returncode is None or timed_out:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with anyio.CancelScope(shield=True):
-                    await proc.wait()
-            else:
-                # the command exited: kill what it left running in its group
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        tail = output.decode("utf-8", "replace").strip().splitlines()[-20:]
+        result = await run_in_group(["/bin/sh", "-c", cmd], limit_s=timeout, cwd=cwd, env=env, merge_stderr=True)
+        timed_out = result.timed_out
+        tail = result.stdout.decode("utf-8", "replace").strip().splitlines()[-20:]
         if timed_out:
             raise BuildError(
                 f"build command timed out after {timeout:g} s (its process group was killed)",
                 fix="make the build faster or raise --build-timeout",
                 output="\n".join(tail),
             )
-        if proc.returncode != 0:
+        if result.returncode != 0:
             raise BuildError(
-                f"build command failed with exit code {proc.returncode}",
+                f"build command failed with exit code {result.returncode}",
                 fix="see the output in the log; current is unchanged",
                 output="\n".join(tail),
-                rc=proc.returncode,
+                rc=result.returncode,
             )
 
     async def _reload(self, name: str) -> None:
@@ -505,6 +480,19 @@ class Deployer:
             log.info("pruned", releases=doomed)
 
     # ------------------------------------------------------------------ superseding
+
+    @contextlib.contextmanager
+    def _supersedable(self, req: DeployRequest, digest: str | None) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that :meth:`check_superseded` cancels when a newer marker asks for another
+        release. Only fetch, prepare and build run inside one; the swap and reload never do."""
+        scope = anyio.CancelScope()
+        self._supersede_scope, self._inflight, self._inflight_digest = scope, req, digest
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._supersede_scope = None
+            self._inflight = self._inflight_digest = None
 
     async def check_superseded(self) -> None:
         """Called on every watch event: cancel a deploy not yet swapped if the marker asks for another."""

@@ -19,6 +19,7 @@ import anyio
 import structlog
 
 from coordinator.exceptions import GitError, TagNotFoundError
+from coordinator.proc import GroupResult, run_in_group
 
 __all__ = ["GitCache", "redact"]
 
@@ -51,7 +52,7 @@ class GitCache:
         limit_s: float | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
-    ) -> subprocess.CompletedProcess[bytes]:
+    ) -> GroupResult:
         cmd = ["git", f"--git-dir={self.git_dir}", *args]
         full_env = {
             **os.environ,
@@ -63,23 +64,23 @@ class GitCache:
         limit = limit_s or self.timeout
         started = time.monotonic()
         try:
-            with anyio.fail_after(limit):
-                result = await anyio.run_process(cmd, env=full_env, check=False, umask=0o022)
-        except TimeoutError as e:
+            result = await run_in_group(cmd, limit_s=limit, env=full_env)
+        except OSError as e:
+            raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
+        if result.timed_out:
             raise GitError(
                 f"git {args[0]} timed out after {limit:g} s",
                 fix="check that the repository is reachable, or raise --git-timeout",
                 repo=redact(self.repo),
-            ) from e
-        except OSError as e:
-            raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
-        log.debug("git", cmd=args[0], rc=result.returncode, duration_ms=round((time.monotonic() - started) * 1000, 1))
-        if check and result.returncode != 0:
+            )
+        rc = result.returncode if result.returncode is not None else -1
+        log.debug("git", cmd=args[0], rc=rc, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        if check and rc != 0:
             raise GitError(
                 f"git {args[0]} failed: {redact(_last_line(result.stderr))}",
                 fix="check --repo and that the repository is reachable",
                 repo=redact(self.repo),
-                rc=result.returncode,
+                rc=rc,
             )
         return result
 

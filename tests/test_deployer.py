@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -157,7 +158,7 @@ async def test_successive_reloads_have_strictly_increasing_whole_seconds(root: P
         mark(root, tag)
         await d.reconcile()
         seen.append(os.stat(root / "reload.touch").st_mtime_ns // 1_000_000_000)
-    assert all(b >= a + 1 for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b >= a + 1 for a, b in itertools.pairwise(seen))
 
 
 async def test_release_on_disk_is_swapped_without_fetch_or_prepare(root: Path, repo: GitRepo) -> None:
@@ -544,3 +545,35 @@ def test_git_is_never_given_marker_text_as_an_option(root: Path, repo: GitRepo, 
     )
     logged = argv_log.read_text() if argv_log.exists() else ""
     assert "upload-pack" not in logged
+
+
+async def test_newer_marker_cancels_a_hanging_fetch(
+    root: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fetch stuck on a hanging remote is cancelled when the marker asks for a cached tag."""
+    hang = tmp_path / "hang.sh"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    primed = await started(root, repo)
+    mark(root, "v1")
+    await primed.reconcile()
+    mark(root, "v2")
+    await primed.reconcile()
+    monkeypatch.setenv("GIT_SSH_COMMAND", str(hang))
+    cfg = Config(layout=Layout.for_root(root), repo="ssh://127.0.0.1/app.git")
+    d = Deployer(cfg)
+    await d.startup()
+    mark(root, "v3")
+    async with anyio.create_task_group() as tg:
+
+        async def supersede() -> None:
+            await anyio.sleep(0.5)
+            mark(root, "v1")
+            await d.check_superseded()
+
+        tg.start_soon(supersede)
+        with anyio.fail_after(20):
+            attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "cancelled" and attempt.tag == "v3"
+    again = await d.reconcile()
+    assert again is not None and again.result == "success" and again.tag == "v1"

@@ -1,0 +1,84 @@
+"""Running a child process in its own process group, with a time limit that kills the whole group.
+
+Used for git (whose ssh or credential helpers are grandchildren) and for the build command (which
+may start anything). On timeout, cancellation, or normal exit, every process still in the group
+gets SIGKILL, so nothing the child started outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteReceiveStream
+
+__all__ = ["GroupResult", "run_in_group"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResult:
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+
+
+async def _drain(stream: ByteReceiveStream | None, sink: bytearray, cap: int) -> None:
+    if stream is None:
+        return
+    async for chunk in stream:
+        sink += chunk
+        if len(sink) > cap:
+            del sink[: len(sink) - cap]
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def run_in_group(
+    argv: Sequence[str],
+    *,
+    limit_s: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    merge_stderr: bool = False,
+    max_output: int = 64 * 1024,
+) -> GroupResult:
+    """Run ``argv`` in a new session; return its exit code and the last ``max_output`` bytes of output.
+
+    ``timed_out`` is True (and ``returncode`` that of the killed process) when ``limit_s`` ran out.
+    Cancellation kills the group and propagates.
+    """
+    proc = await anyio.open_process(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        start_new_session=True,
+        umask=0o022,
+    )
+    out, err = bytearray(), bytearray()
+    timed_out = False
+    try:
+        with anyio.move_on_after(limit_s) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_drain, proc.stdout, out, max_output)
+                tg.start_soon(_drain, proc.stderr, err, max_output)
+            await proc.wait()
+        timed_out = scope.cancelled_caught
+    finally:
+        _kill_group(proc.pid)
+        with anyio.CancelScope(shield=True):
+            await proc.wait()
+            await proc.aclose()
+    return GroupResult(proc.returncode, bytes(out), bytes(err), timed_out)
