@@ -62,7 +62,6 @@ __all__ = ["Attempt", "Deployer", "MarkerReading", "read_current"]
 log = structlog.get_logger("coordinator")
 
 
-
 @dataclass(slots=True)
 class MarkerReading:
     """The marker as read once: its request or its error, and a digest of its bytes."""

@@ -10,6 +10,8 @@ inotify and watchfiles:
 * non-recursive: ROOT holds the releases, thousands of files nobody needs to watch;
 * a watched directory deleted and recreated goes silent: each directory's inode is checked on every
   wake-up (at least once a second) and the watch restarted when it changed;
+* a change made between a reconcile and the moment a new watch is in place would be missed: the first
+  wake-up of every watch (at most a second later) is therefore always a hint;
 * network filesystems deliver no inotify events for writes from other hosts: ``--poll`` polls.
 
 Only events on the marker's name, its target's name and ConfigMap's ``..``-names count: the status
@@ -88,6 +90,7 @@ async def watch_marker(
             return p.name in wanted or p.name.startswith("..")
 
         log.debug("watching", dirs=[str(d) for d in dirs], poll=poll)
+        first = True
         try:
             async for changes in watchfiles.awatch(
                 *dirs,
@@ -101,7 +104,10 @@ async def watch_marker(
                 poll_delay_ms=300,
                 stop_event=stop,
             ):
-                if changes:
+                if changes or first:
+                    # first wake-up of a new watch: the marker may have changed between the last
+                    # reconcile and the moment the watch was in place, so re-read it once
+                    first = False
                     on_hint()
                 now = await anyio.to_thread.run_sync(_inodes, dirs)
                 fresh = await anyio.to_thread.run_sync(watched_dirs, marker)

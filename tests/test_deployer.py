@@ -96,8 +96,8 @@ async def test_release_name_combines_tag_and_short_sha(root: Path, repo: GitRepo
 
 async def test_annotated_tag_deploys_its_commit(root: Path, tmp_path: Path) -> None:
     """An annotated tag is peeled to the commit it points to."""
-    repo = GitRepo(tmp_path / "annotated")
-    sha = repo.commit({"a.txt": "a"}, tag="r1", annotated=True)
+    repo = await anyio.to_thread.run_sync(GitRepo, tmp_path / "annotated")
+    sha = await anyio.to_thread.run_sync(lambda: repo.commit({"a.txt": "a"}, tag="r1", annotated=True))
     d = await started(root, repo)
     mark(root, "r1")
     attempt = await d.reconcile()
@@ -106,9 +106,12 @@ async def test_annotated_tag_deploys_its_commit(root: Path, tmp_path: Path) -> N
 
 async def test_release_preserves_modes_and_symlinks(root: Path, tmp_path: Path) -> None:
     """Executable bits and symlinks of the tag's tree are reproduced in the release."""
-    repo = GitRepo(tmp_path / "modes")
-    repo.commit({"run.sh": "#!/bin/sh\n", "data.txt": "x"}, executable=("run.sh",), symlinks={"link": "data.txt"})
-    repo.git("tag", "m1")
+    repo = await anyio.to_thread.run_sync(GitRepo, tmp_path / "modes")
+    await anyio.to_thread.run_sync(
+        lambda: repo.commit(
+            {"run.sh": "#!/bin/sh\n", "data.txt": "x"}, tag="m1", executable=("run.sh",), symlinks={"link": "data.txt"}
+        )
+    )
     d = await started(root, repo)
     mark(root, "m1")
     attempt = await d.reconcile()
@@ -236,7 +239,7 @@ async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert attempt.error is not None and attempt.error["kind"] == "tag_not_found"
-    repo.commit({"app.py": "VERSION = 'v9'\n"}, tag="v9")
+    await anyio.to_thread.run_sync(lambda: repo.commit({"app.py": "VERSION = 'v9'\n"}, tag="v9"))
     later = await d.reconcile()
     assert later is not None and later.result == "success"
 
@@ -246,7 +249,7 @@ async def test_moved_tag_with_new_sha_is_fetched_again(root: Path, repo: GitRepo
     d = await started(root, repo)
     mark(root, "v1")
     first = await d.reconcile()
-    new_sha = repo.commit({"app.py": "VERSION = 'v1-fixed'\n"}, tag="v1")
+    new_sha = await anyio.to_thread.run_sync(lambda: repo.commit({"app.py": "VERSION = 'v1-fixed'\n"}, tag="v1"))
     mark(root, json.dumps({"tag": "v1", "sha": new_sha}))
     with capture_logs() as logs:
         second = await d.reconcile()
@@ -381,9 +384,14 @@ async def test_build_leftover_background_processes_are_killed(root: Path, repo: 
 
 async def test_retention_keeps_n_and_never_current_or_previous(root: Path, tmp_path: Path) -> None:
     """With --keep 2, older releases are pruned but current and previous stay."""
-    repo = GitRepo(tmp_path / "many")
-    for i in range(1, 6):
-        repo.commit({"v": str(i)}, tag=f"t{i}")
+
+    def build() -> GitRepo:
+        r = GitRepo(tmp_path / "many")
+        for i in range(1, 6):
+            r.commit({"v": str(i)}, tag=f"t{i}")
+        return r
+
+    repo = await anyio.to_thread.run_sync(build)
     d = await started(root, repo, keep=2)
     for i in range(1, 6):
         mark(root, f"t{i}")
