@@ -1,5 +1,6 @@
 """Settings: one table of options, each settable on the command line, as ``COORDINATOR_<OPTION>``
-in the environment, or as a key in a TOML ``--config`` file. The first of those that is set wins.
+in the environment, or as a key in a TOML ``--config`` file. The first of those that is set wins
+(an environment variable set to the empty string counts as unset).
 
 Paths given relative are taken relative to the working directory (command line, environment) or
 to the config file's directory (TOML).
@@ -108,6 +109,11 @@ def load_toml(path: Path) -> dict[str, Any]:
     section = data.get("coordinator", data)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [coordinator] must be a table", fix="check --config")
+    if section is not data and len(data) > 1:
+        raise ConfigError(
+            f"config file {path}: keys both at the top level and under [coordinator]",
+            fix="put every key under [coordinator], or none",
+        )
     out: dict[str, Any] = {}
     for key, value in section.items():
         name = key.replace("_", "-")
@@ -135,7 +141,7 @@ def resolve_options(
         opt = OPTIONS[name]
         if cli.get(opt.dest) is not None:
             out[opt.dest] = _convert(opt, cli[opt.dest], None, f"--{name}")
-        elif opt.env in env:
+        elif env.get(opt.env):  # set and not empty: `COORDINATOR_TAG_PATTERN=` means unset
             out[opt.dest] = _convert(opt, env[opt.env], None, opt.env)
         elif name in toml:
             out[opt.dest] = _convert(opt, toml[name], base, str(config_file))

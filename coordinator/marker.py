@@ -8,7 +8,8 @@ A marker states the desired tag. Two forms are accepted:
   and any other key is an error, so a typo such as ``"sah"`` is not silently ignored.
 
 Everything here treats the text as hostile. A tag is accepted only when it follows git's ref-name
-rules (``git check-ref-format``) *and* is printable ASCII without a leading ``-``, so it can never
+rules (``git check-ref-format``) *and* uses only ``A-Z a-z 0-9 . _ / + @ -`` without a leading ``-``
+(at most 200 characters), so it can never
 become a git option, a shell word or a path: it is only ever used as ``refs/tags/<tag>`` after
 ``--end-of-options``, and the release directory name is derived from it by :func:`release_name`,
 which always yields one safe path component.
@@ -43,6 +44,10 @@ _SHA_RE = re.compile(r"[0-9a-f]{4,64}")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 _FORBIDDEN_TAG_CHARS = set(" ~^:?*[\\")
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._+-]")
+#: Characters a tag may use: git allows more (quotes, $, backticks, ;, |, braces...), but none of
+#: those has a place in a release tag, and refusing them keeps marker text harmless even in a build
+#: script that (wrongly) evaluates $TAG.
+_TAG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/+@-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,9 @@ def _tag_problem(tag: str) -> str | None:
             return "a component starts with '.'"
         if part.endswith(".lock"):
             return "a component ends with '.lock'"
+    other = sorted(set(tag) - _TAG_CHARS)
+    if other:
+        return f"contains character(s) {''.join(other)!r} outside A-Z a-z 0-9 . _ / + @ -"
     return None
 
 
@@ -192,8 +200,9 @@ def release_name(tag: str, sha: str) -> str:
     """The release directory name for ``tag`` at commit ``sha``: one safe path component.
 
     Characters outside ``[A-Za-z0-9._+-]`` (such as ``/`` in ``release/1.0``) become ``_``; the
-    first 12 hex digits of the commit make names unique even when two tags sanitize alike or a
-    tag is moved. Names never start with ``.`` (reserved for temporary directories).
+    first 12 hex digits of the commit tell apart two commits of a moved tag. Two tags that sanitize
+    alike (``release/1`` and ``release_1``) on the same commit share one release: its content is the
+    same. Names never start with ``.`` (reserved for temporary directories).
     """
     safe = _SAFE_NAME_RE.sub("_", tag)[:100].lstrip(".-") or "tag"
     short = validate_sha(sha)[:12]

@@ -1,0 +1,421 @@
+"""Unit and property tests for coordinator.plan: the pure planner and the prune policy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.marker import DeployRequest, release_name
+from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
+REQ = DeployRequest(tag="v2")
+TARGET = release_name("v2", SHA)
+OLD = release_name("v1", OTHER_SHA)
+
+FULL_DEPLOY = (Step.PREPARE, Step.PUBLISH, Step.SWAP, Step.RELOAD, Step.PRUNE)
+FULL_DEPLOY_WITH_BUILD = (Step.PREPARE, Step.BUILD, Step.PUBLISH, Step.SWAP, Step.RELOAD, Step.PRUNE)
+SWAP_ONLY = (Step.SWAP, Step.RELOAD, Step.PRUNE)
+
+
+def obs(**kw: Any) -> Observation:
+    """An observation of a converged volume serving OLD, asked to deploy v2 (cached at SHA)."""
+    base = Observation(request=REQ, current=OLD, reloaded=OLD, releases=frozenset({OLD}), cached_sha=SHA)
+    return replace(base, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# plan(): no request / blocked
+
+
+def test_no_request_and_nothing_deployed_is_noop() -> None:
+    """Without a valid request and with nothing current there is nothing to do."""
+    result = plan(Observation(request=None))
+    assert result.action is Action.NOOP
+    assert result.steps == ()
+
+
+def test_no_request_with_current_reloaded_is_noop() -> None:
+    """Without a request, a current release that was reloaded needs nothing."""
+    assert plan(obs(request=None)).action is Action.NOOP
+
+
+@pytest.mark.parametrize("reloaded", [None, "something-else"])
+def test_no_request_with_pending_reload_reloads(reloaded: str | None) -> None:
+    """Without a request, a current release whose reload was never recorded is reloaded once."""
+    result = plan(obs(request=None, reloaded=reloaded))
+    assert result == Plan(Action.RELOAD, (Step.RELOAD,), OLD, reason=result.reason)
+
+
+def test_blocked_request_waits() -> None:
+    """A marker that failed for good before is not retried: wait for it to change."""
+    result = plan(obs(blocked=True))
+    assert result.action is Action.WAIT
+    assert result.steps == ()
+
+
+def test_blocked_request_waits_even_when_deployable() -> None:
+    """Being blocked wins over a cached, deployable tag."""
+    assert plan(obs(blocked=True, releases=frozenset({OLD, TARGET}))).action is Action.WAIT
+
+
+def test_blocked_request_with_pending_reload_reloads() -> None:
+    """A blocked marker does not stop a pending reload of the current release."""
+    result = plan(obs(blocked=True, reloaded=None))
+    assert (result.action, result.steps, result.target) == (Action.RELOAD, (Step.RELOAD,), OLD)
+
+
+def test_blocked_request_with_nothing_current_waits() -> None:
+    """With nothing current there is no reload pending, so a blocked marker waits."""
+    assert plan(obs(blocked=True, current=None, reloaded=None)).action is Action.WAIT
+
+
+# --------------------------------------------------------------------------------------------------
+# plan(): fetch and errors
+
+
+def test_unknown_tag_is_fetched() -> None:
+    """A tag not in the git cache is fetched first."""
+    result = plan(obs(cached_sha=None))
+    assert (result.action, result.steps) == (Action.FETCH, (Step.FETCH,))
+    assert "not in cache" in result.reason
+
+
+def test_sha_mismatch_is_fetched() -> None:
+    """A cached tag pointing elsewhere than the requested sha is fetched again (it may have moved)."""
+    result = plan(obs(request=DeployRequest(tag="v2", sha=OTHER_SHA)))
+    assert (result.action, result.steps) == (Action.FETCH, (Step.FETCH,))
+    assert "does not match" in result.reason
+
+
+def test_unknown_tag_after_fetch_is_an_error() -> None:
+    """A tag still unknown after fetching is an error naming the tag, with nothing to deploy."""
+    result = plan(obs(cached_sha=None, fetched=True))
+    assert result.action is Action.ERROR
+    assert (result.steps, result.target, result.sha) == ((), None, None)
+    assert "'v2'" in result.reason
+
+
+def test_sha_mismatch_after_fetch_is_an_error() -> None:
+    """A tag still pointing elsewhere after fetching is an error reporting both commits."""
+    result = plan(obs(request=DeployRequest(tag="v2", sha=OTHER_SHA[:10]), fetched=True))
+    assert result.action is Action.ERROR
+    assert (result.steps, result.target, result.sha) == ((), None, SHA)
+    assert SHA[:12] in result.reason
+    assert OTHER_SHA[:10] in result.reason
+
+
+def test_fetched_and_matching_deploys() -> None:
+    """After a fetch that found the tag, the plan goes on to deploy."""
+    assert plan(obs(fetched=True)).action is Action.DEPLOY
+
+
+# --------------------------------------------------------------------------------------------------
+# plan(): already current
+
+
+def test_already_current_is_noop() -> None:
+    """The requested release being current and reloaded means converged."""
+    result = plan(obs(current=TARGET, reloaded=TARGET, releases=frozenset({TARGET})))
+    assert result == Plan(Action.NOOP, (), TARGET, SHA, reason=result.reason)
+
+
+def test_already_current_with_pending_reload_reloads() -> None:
+    """The requested release is current but was never reloaded (crash after swap): reload only."""
+    result = plan(obs(current=TARGET, reloaded=OLD, releases=frozenset({TARGET, OLD})))
+    assert (result.action, result.steps, result.target) == (Action.RELOAD, (Step.RELOAD,), TARGET)
+
+
+def test_already_current_with_abbreviated_sha_is_noop() -> None:
+    """An abbreviated requested sha matching the current commit is converged too."""
+    request = DeployRequest(tag="v2", sha=SHA[:7])
+    result = plan(obs(request=request, current=TARGET, reloaded=TARGET))
+    assert result.action is Action.NOOP
+
+
+# --------------------------------------------------------------------------------------------------
+# plan(): deploy
+
+
+def test_release_on_disk_is_swapped_in() -> None:
+    """A release that already exists on disk (rollback) only needs swap, reload and prune."""
+    result = plan(obs(releases=frozenset({OLD, TARGET})))
+    assert result == Plan(Action.DEPLOY, SWAP_ONLY, TARGET, SHA, reason=result.reason)
+
+
+def test_release_on_disk_is_not_rebuilt_even_with_build_step() -> None:
+    """A build command does not cause an existing release to be rebuilt."""
+    assert plan(obs(releases=frozenset({OLD, TARGET}), has_build=True)).steps == SWAP_ONLY
+
+
+def test_new_release_without_build_step() -> None:
+    """A new release is prepared, published, swapped in, reloaded and pruned."""
+    result = plan(obs())
+    assert result == Plan(Action.DEPLOY, FULL_DEPLOY, TARGET, SHA, reason=result.reason)
+
+
+def test_new_release_with_build_step() -> None:
+    """With a build command, the build runs between prepare and publish."""
+    assert plan(obs(has_build=True)).steps == FULL_DEPLOY_WITH_BUILD
+
+
+def test_first_deploy_on_empty_volume() -> None:
+    """With nothing current, the requested tag is deployed from scratch."""
+    result = plan(obs(current=None, reloaded=None, releases=frozenset()))
+    assert (result.action, result.steps, result.target) == (Action.DEPLOY, FULL_DEPLOY, TARGET)
+
+
+def test_deploy_wins_over_pending_reload_of_old_release() -> None:
+    """A pending reload of the old release is folded into deploying the new one (which reloads)."""
+    result = plan(obs(reloaded=None))
+    assert result.action is Action.DEPLOY
+    assert Step.RELOAD in result.steps
+
+
+@pytest.mark.parametrize("prefix_len", [4, 7, 12, 40])
+def test_abbreviated_sha_match_deploys(prefix_len: int) -> None:
+    """A requested sha that is a prefix of the cached commit is satisfied without a fetch."""
+    result = plan(obs(request=DeployRequest(tag="v2", sha=SHA[:prefix_len])))
+    assert (result.action, result.target, result.sha) == (Action.DEPLOY, TARGET, SHA)
+
+
+def test_release_named_after_tag_and_cached_sha() -> None:
+    """The deploy target is derived from the tag and the full cached commit."""
+    result = plan(obs(request=DeployRequest(tag="release/3.1"), cached_sha=OTHER_SHA))
+    assert result.target == f"release_3.1-{OTHER_SHA[:12]}"
+    assert result.sha == OTHER_SHA
+
+
+def test_steps_enum_is_in_run_order() -> None:
+    """Step is declared in the order the steps run (the planner's tuples follow it)."""
+    assert [s.value for s in Step] == ["fetch", "prepare", "build", "publish", "swap", "reload", "prune"]
+
+
+# --------------------------------------------------------------------------------------------------
+# plan(): properties
+
+_names = st.sampled_from([OLD, TARGET, release_name("v2", OTHER_SHA), "other-000000000000"])
+_requests = st.none() | st.builds(
+    DeployRequest,
+    tag=st.sampled_from(["v1", "v2", "release/1"]),
+    sha=st.none() | st.sampled_from([SHA, SHA[:7], OTHER_SHA, OTHER_SHA[:4]]),
+)
+observations = st.builds(
+    Observation,
+    request=_requests,
+    current=st.none() | _names,
+    reloaded=st.none() | _names,
+    releases=st.frozensets(_names),
+    cached_sha=st.none() | st.sampled_from([SHA, OTHER_SHA]),
+    fetched=st.booleans(),
+    blocked=st.booleans(),
+    has_build=st.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(observations)
+def test_plan_invariants(o: Observation) -> None:
+    """Whatever is observed, the plan is consistent with it."""
+    p = plan(o)
+    order = list(Step)
+    assert list(p.steps) == sorted(p.steps, key=order.index), "steps run in Step order"
+    pending = o.current is not None and o.reloaded != o.current
+    if p.action is Action.FETCH:
+        assert not o.fetched and p.steps == (Step.FETCH,)
+    elif p.action is Action.ERROR:
+        assert o.fetched and p.steps == () and p.target is None
+    elif p.action is Action.WAIT:
+        assert o.blocked and not pending and p.steps == ()
+    elif p.action is Action.RELOAD:
+        assert pending and p.steps == (Step.RELOAD,) and p.target == o.current
+    elif p.action is Action.NOOP:
+        assert not pending and p.steps == ()
+    else:
+        assert p.action is Action.DEPLOY
+        assert o.request is not None and o.cached_sha is not None and not o.blocked
+        assert p.target == release_name(o.request.tag, o.cached_sha) != o.current
+        assert o.request.matches(o.cached_sha)
+        assert p.steps[-3:] == SWAP_ONLY
+        assert (Step.PREPARE in p.steps) is (p.target not in o.releases)
+        assert (Step.BUILD in p.steps) is (p.target not in o.releases and o.has_build)
+
+
+# --------------------------------------------------------------------------------------------------
+# plan_prune
+
+
+def rel(name: str, created: float, ok: bool = True, known: bool = True) -> ReleaseInfo:
+    return ReleaseInfo(name=name, created=created, ok=ok, known=known)
+
+
+#: r5 is the newest, r1 the oldest; all successful.
+FIVE = [rel(f"r{i}", float(i)) for i in range(1, 6)]
+
+
+def test_prune_nothing_on_disk() -> None:
+    """With no releases there is nothing to delete."""
+    assert plan_prune([], "cur", "prev", keep=1) == []
+
+
+def test_prune_keeps_newest_counting_current_and_previous() -> None:
+    """Current and previous count toward keep; the older rest is deleted."""
+    assert sorted(plan_prune(FIVE, "r5", "r4", keep=2)) == ["r1", "r2", "r3"]
+
+
+def test_prune_keeps_everything_within_keep() -> None:
+    """When there are no more successful releases than keep, nothing is deleted."""
+    assert plan_prune(FIVE, "r5", "r4", keep=5) == []
+
+
+def test_prune_keeps_newest_beyond_current_and_previous() -> None:
+    """With room left after current and previous, the newest others fill it."""
+    assert sorted(plan_prune(FIVE, "r5", "r4", keep=3)) == ["r1", "r2"]
+
+
+def test_prune_never_deletes_old_current_and_previous() -> None:
+    """An old current (rollback) and previous are kept and use up keep before newer releases."""
+    assert sorted(plan_prune(FIVE, "r1", "r2", keep=2)) == ["r3", "r4", "r5"]
+
+
+def test_prune_keep_one_keeps_current_and_previous() -> None:
+    """keep=1 still keeps both current and previous (they are never deleted)."""
+    assert sorted(plan_prune(FIVE, "r5", "r3", keep=1)) == ["r1", "r2", "r4"]
+
+
+def test_prune_keep_one_without_current_keeps_newest() -> None:
+    """keep=1 with no current or previous keeps only the newest successful release."""
+    assert sorted(plan_prune(FIVE, None, None, keep=1)) == ["r1", "r2", "r3", "r4"]
+
+
+def test_prune_never_deletes_protected() -> None:
+    """Protected releases (e.g. one being deployed) are kept regardless of age or keep."""
+    assert sorted(plan_prune(FIVE, "r5", None, keep=1, protected=["r1", "r3"])) == ["r2", "r4"]
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_prune_never_deletes_unknown_release(ok: bool) -> None:
+    """A release without metadata was not made by coordinator and is never deleted."""
+    releases = [*FIVE, rel("foreign", 0.0, ok=ok, known=False)]
+    assert "foreign" not in plan_prune(releases, "r5", None, keep=1)
+
+
+def test_prune_unknown_release_does_not_count_toward_keep() -> None:
+    """An unknown release, even the newest, does not take a successful release's place."""
+    releases = [rel("foreign", 99.0, known=False), *FIVE]
+    assert sorted(plan_prune(releases, None, None, keep=2)) == ["r1", "r2", "r3"]
+
+
+def test_prune_deletes_failed_release_even_if_newest() -> None:
+    """A failed release is deleted even when keep would have room for it."""
+    releases = [*FIVE, rel("bad", 10.0, ok=False)]
+    assert plan_prune(releases, "r5", "r4", keep=10) == ["bad"]
+
+
+def test_prune_failed_releases_do_not_count_toward_keep() -> None:
+    """Failed releases neither count toward keep nor push successful ones out."""
+    releases = [rel("bad2", 12.0, ok=False), rel("bad1", 11.0, ok=False), *FIVE]
+    assert sorted(plan_prune(releases, "r5", None, keep=2)) == ["bad1", "bad2", "r1", "r2", "r3"]
+
+
+def test_prune_failed_current_is_kept_but_not_counted() -> None:
+    """A failed current release is never deleted, but does not use up a keep slot."""
+    releases = [rel("r6", 6.0, ok=False), *FIVE]
+    assert sorted(plan_prune(releases, "r6", None, keep=2)) == ["r1", "r2", "r3"]
+
+
+def test_prune_current_missing_from_disk_does_not_count() -> None:
+    """A current name with no release on disk does not use up a keep slot."""
+    assert sorted(plan_prune(FIVE, "gone", None, keep=1)) == ["r1", "r2", "r3", "r4"]
+
+
+def test_prune_previous_only() -> None:
+    """previous alone (no current) is kept and counts toward keep."""
+    assert sorted(plan_prune(FIVE, None, "r1", keep=2)) == ["r2", "r3", "r4"]
+
+
+def test_prune_ties_on_created_are_broken_by_name() -> None:
+    """Releases with the same timestamp are ordered deterministically (by name)."""
+    releases = [rel("a", 1.0), rel("b", 1.0), rel("c", 1.0)]
+    assert sorted(plan_prune(releases, None, None, keep=1)) == ["a", "b"]
+    assert sorted(plan_prune(list(reversed(releases)), None, None, keep=1)) == ["a", "b"]
+
+
+def test_prune_ignores_empty_protected_names() -> None:
+    """Empty names in protected, current or previous protect nothing."""
+    assert sorted(plan_prune(FIVE, "", "", keep=1, protected=[""])) == ["r1", "r2", "r3", "r4"]
+
+
+def test_prune_accepts_any_iterable() -> None:
+    """Releases may be given as a one-shot iterator."""
+    assert sorted(plan_prune(iter(FIVE), "r5", None, keep=4)) == ["r1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# plan_prune: properties
+
+
+@st.composite
+def prune_cases(
+    draw: st.DrawFn,
+) -> tuple[list[ReleaseInfo], str | None, str | None, int, list[str]]:
+    names = draw(st.lists(st.sampled_from([f"r{i}" for i in range(12)]), unique=True, max_size=12))
+    releases = [
+        ReleaseInfo(
+            name=n,
+            created=draw(st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 8.0])),
+            ok=draw(st.booleans()),
+            known=draw(st.booleans() | st.just(True)),
+        )
+        for n in names
+    ]
+    candidates = st.none() | st.sampled_from([*names, "absent"]) if names else st.none() | st.just("absent")
+    current = draw(candidates)
+    previous = draw(candidates)
+    keep = draw(st.integers(min_value=1, max_value=8))
+    protected = draw(st.lists(st.sampled_from([*names, "absent"]), max_size=3)) if names else []
+    return releases, current, previous, keep, protected
+
+
+@settings(max_examples=500, deadline=None)
+@given(prune_cases())
+def test_prune_invariants(case: tuple[list[ReleaseInfo], str | None, str | None, int, list[str]]) -> None:
+    """plan_prune never deletes what it must keep, and keeps exactly the newest `keep` successful ones."""
+    releases, current, previous, keep, protected = case
+    deleted = plan_prune(releases, current, previous, keep, protected)
+    by_name = {r.name: r for r in releases}
+    always = {n for n in (current, previous, *protected) if n}
+
+    assert len(deleted) == len(set(deleted)), "no name is deleted twice"
+    assert set(deleted) <= set(by_name), "only existing releases are deleted"
+    assert not set(deleted) & always, "current, previous and protected are never deleted"
+    assert all(by_name[n].known for n in deleted), "unknown releases are never deleted"
+    failed = {r.name for r in releases if r.known and not r.ok and r.name not in always}
+    assert failed <= set(deleted), "failed releases are deleted"
+
+    good = [r for r in releases if r.known and r.ok]
+    kept_good = [r for r in good if r.name not in deleted]
+    pinned = sum(1 for r in good if r.name in always)
+    assert len(kept_good) == max(pinned, min(keep, len(good)))
+
+    def age(r: ReleaseInfo) -> tuple[float, str]:
+        return (r.created, r.name)
+
+    kept_free = [r for r in kept_good if r.name not in always]
+    deleted_good = [r for r in good if r.name in deleted]
+    assert all(age(k) > age(d) for k in kept_free for d in deleted_good), "the newest are the ones kept"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=2, max_value=10), st.integers(min_value=2, max_value=15))
+def test_prune_keeps_min_keep_total_when_current_and_previous_are_successful(keep: int, total: int) -> None:
+    """With current and previous among the successful releases, exactly min(keep, total) remain."""
+    releases = [rel(f"r{i:02d}", float(i)) for i in range(total)]
+    current, previous = releases[0].name, releases[total // 2].name
+    deleted = plan_prune(releases, current, previous, keep)
+    assert total - len(deleted) == min(keep, total)
