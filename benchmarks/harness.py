@@ -162,9 +162,9 @@ class Daemon:
 
     def start(self, timeout: float = 30.0) -> list[Event]:
         """Start the daemon and wait for its ``started`` event; returns the events read so far."""
+        if self.log_path.exists():
+            raise DaemonError(f"{self.log_path} exists: each daemon gets a fresh log file")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.tail = LogTail(self.log_path)
-        self.tail._offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             self.args,
             stdin=subprocess.DEVNULL,
@@ -172,7 +172,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env=_daemon_env(),
             cwd=str(Path(__file__).resolve().parent.parent),
-            preexec_fn=_pdeathsig(),  # noqa: PLW1509 - started from the main thread before any other thread
+            preexec_fn=_pdeathsig(),  # only from the main thread, with no observer thread running
         )
         _LIVE.append(self)
         seen: list[Event] = []

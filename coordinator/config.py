@@ -53,7 +53,7 @@ OPTIONS: dict[str, Option] = {
         Option("git-timeout", "float", 300.0, "seconds allowed for each git command"),
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
-        Option("watch-step-ms", "int", 5, "watcher batching step in ms: lower reacts faster, costs CPU"),
+        Option("watch-step-ms", "int", 3, "watcher batching step in ms: lower reacts faster, costs CPU"),
         Option("log-format", "str", "auto", "auto (console on a terminal, else json), json or console"),
         Option("log-level", "str", "info", "debug, info, warning or error"),
     ]
@@ -225,7 +225,7 @@ class Config:
     git_timeout: float = 300.0
     resync_interval: float = 30.0
     poll: bool = False
-    watch_step_ms: int = 5
+    watch_step_ms: int = 3
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -235,7 +235,7 @@ class Config:
             if not getattr(self, name) > 0:  # also rejects NaN
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive", fix="give seconds > 0")
         if not 1 <= self.watch_step_ms <= 1000:
-            raise ConfigError("--watch-step-ms must be between 1 and 1000", fix="the default is 5")
+            raise ConfigError("--watch-step-ms must be between 1 and 1000", fix="the default is 3")
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
 
@@ -254,5 +254,5 @@ class Config:
             git_timeout=opts.get("git_timeout", 300.0),
             resync_interval=opts.get("resync_interval", 30.0),
             poll=opts.get("poll", False),
-            watch_step_ms=opts.get("watch_step_ms", 5),
+            watch_step_ms=opts.get("watch_step_ms", 3),
         )

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -213,15 +214,13 @@ class Deployer:
         """Read the marker with a size cap; never blocks on a FIFO; validates its content."""
         path = self.layout.marker
         try:
-            async with aiofiles.open(path, "rb", opener=_nonblocking_opener) as f:
-                st = await aiofiles.os.stat(path)
-                if not stat.S_ISREG(st.st_mode):
-                    raise MarkerError(f"marker {path} is not a regular file", fix="write the tag to a regular file")
+            async with aiofiles.open(path, "rb", opener=_regular_file_opener) as f:
                 data = await f.read(MARKER_MAX_BYTES + 1)
         except FileNotFoundError:
             return MarkerReading(None, None, None)
-        except MarkerError as e:
-            return MarkerReading(None, e, "not-a-file")
+        except _NotRegularFile:
+            err = MarkerError(f"marker {path} is not a regular file", fix="write the tag to a regular file")
+            return MarkerReading(None, err, "not-a-file")
         except OSError as e:
             err = MarkerError(f"cannot read marker {path}: {e.strerror}", fix="check the marker's permissions")
             return MarkerReading(None, err, f"oserror-{e.errno}")
@@ -230,6 +229,10 @@ class Deployer:
             return MarkerReading(parse_marker(data, self.config.tag_pattern), None, digest)
         except MarkerError as e:
             return MarkerReading(None, e, digest)
+
+    def _observe_disk(self) -> tuple[str | None, list[ReleaseInfo]]:
+        """`current` and the releases on disk, in one trip to a worker thread."""
+        return read_current(self.layout.root), self._list_releases()
 
     def _list_releases(self) -> list[ReleaseInfo]:
         out = []
@@ -252,7 +255,7 @@ class Deployer:
     async def reconcile(self) -> Attempt | None:
         """Converge once: returns the attempt made (None if nothing needed doing)."""
         reading = await self.read_marker()
-        current = await anyio.to_thread.run_sync(read_current, self.layout.root)
+        current, on_disk = await anyio.to_thread.run_sync(self._observe_disk)
         if reading.error is not None:
             self._log_marker_error(reading)
             if current is not None and self.state.reloaded != current:
@@ -261,7 +264,7 @@ class Deployer:
             return None
         req = reading.request
         blocked = reading.digest is not None and reading.digest == self.state.failed_marker
-        releases = frozenset(r.name for r in await anyio.to_thread.run_sync(self._list_releases))
+        releases = frozenset(r.name for r in on_disk)
         cached = await self.git.resolve(req.tag) if req is not None and not blocked else None
         obs = Observation(
             request=req,
@@ -452,7 +455,10 @@ class Deployer:
         if st.reloaded != name:
             st.previous = st.reloaded
         st.pending = PendingReload(name, token)
-        await anyio.to_thread.run_sync(save_state, self.layout.state_file, st)
+        # Not fsynced: it only has to survive a kill -9 (the page cache does). After a power loss the
+        # pending record may be lost and the restart reloads once more: harmless, and it keeps disk
+        # flushes out of the marker -> reload path.
+        await anyio.to_thread.run_sync(partial(save_state, self.layout.state_file, st, durable=False))
         await self.reloader.reload(token)
         st.reloaded = name
         st.pending = None
@@ -577,8 +583,17 @@ def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
 
 
-def _nonblocking_opener(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+class _NotRegularFile(OSError):
+    pass
+
+
+def _regular_file_opener(path: str, flags: int) -> int:
+    """Open without blocking on a FIFO, and refuse anything but a regular file (runs in a thread)."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotRegularFile(path)
+    return fd
 
 
 def new_request_id() -> str:

@@ -52,8 +52,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, dir fsync)."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, dir fsync).
+
+    With ``durable=False`` the fsyncs are skipped: readers still see the old or the new content,
+    never a mix, and a kill -9 loses nothing (the page cache survives the process); only a power
+    loss may bring back the old content.
+    """
     tmp = path.parent / temp_name(path.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -63,14 +68,16 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def swap_symlink(link: Path, target: str) -> None:
@@ -115,7 +122,7 @@ def is_real_dir(path: Path) -> bool:
     """True when ``path`` is a directory and not a symlink to one."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
 
 

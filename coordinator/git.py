@@ -25,7 +25,8 @@ __all__ = ["GitCache", "redact"]
 
 log = structlog.get_logger("coordinator.git")
 
-_CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# userinfo runs up to the last '@' before the host: a password may itself contain '@'
+_CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 _SHA40_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -54,6 +55,7 @@ class GitCache:
         check: bool = True,
     ) -> GroupResult:
         cmd = ["git", f"--git-dir={self.git_dir}", *args]
+        name = _subcommand(args)
         full_env = {
             **os.environ,
             "GIT_TERMINAL_PROMPT": "0",
@@ -69,15 +71,15 @@ class GitCache:
             raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
         if result.timed_out:
             raise GitError(
-                f"git {args[0]} timed out after {limit:g} s",
+                f"git {name} timed out after {limit:g} s",
                 fix="check that the repository is reachable, or raise --git-timeout",
                 repo=redact(self.repo),
             )
         rc = result.returncode if result.returncode is not None else -1
-        log.debug("git", cmd=args[0], rc=rc, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        log.debug("git", cmd=name, rc=rc, duration_ms=round((time.monotonic() - started) * 1000, 1))
         if check and rc != 0:
             raise GitError(
-                f"git {args[0]} failed: {redact(_last_line(result.stderr))}",
+                f"git {name} failed: {redact(_last_line(result.stderr))}",
                 fix="check --repo and that the repository is reachable",
                 repo=redact(self.repo),
                 rc=rc,
@@ -148,6 +150,19 @@ class GitCache:
             await self._git([*common, "checkout-index", "-a", "-f"], env=env)
         finally:
             await anyio.Path(index_file).unlink(missing_ok=True)
+
+
+def _subcommand(args: Sequence[str]) -> str:
+    """The git subcommand in ``args``, skipping global options (``-c k=v``, ``--work-tree=...``)."""
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "-c":
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return "?"
 
 
 def _last_line(stderr: bytes) -> str:

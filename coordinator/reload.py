@@ -8,9 +8,11 @@ with that token already happened (so it is not repeated after a crash).
 The touch strategy (default, uWSGI ``--touch-reload``): uWSGI checks the file about once a second
 and compares whole-second ``st_mtime`` with "greater than", so two touches within one second reload
 once. Each reload therefore sets the mtime explicitly to a whole second strictly greater than the
-previous one (and not earlier than now), which may put it up to a few seconds in the future after a
-burst of deploys. The file is created if missing; its directory must exist. A reload file that is a
-symlink is refused (writing through it could touch a file outside the volume).
+previous one (and not earlier than now). Deploys faster than one a second therefore push the mtime
+ahead of the clock by about a second per deploy (a benchmark of 500 deploys in two minutes left it
+380 s ahead); it falls back in step with the clock once deploys are slower than that. The file is
+created if missing; its directory must exist. A reload file that is a symlink is refused (writing
+through it could touch a file outside the volume).
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: Path, obj: dict[str, Any], *, durable: bool = True) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), durable=durable)
 
 
 @dataclass(slots=True)
@@ -113,8 +113,8 @@ def load_state(path: Path) -> State:
     )
 
 
-def save_state(path: Path, state: State) -> None:
-    write_json(path, state.to_dict())
+def save_state(path: Path, state: State, *, durable: bool = True) -> None:
+    write_json(path, state.to_dict(), durable=durable)
 
 
 def _str_or_none(v: Any) -> str | None:
@@ -122,10 +122,14 @@ def _str_or_none(v: Any) -> str | None:
 
 
 def append_journal(path: Path, entry: dict[str, Any]) -> None:
-    """Append one line to the journal and fsync it."""
+    """Append one line to the journal and fsync it. A torn last line (a crash mid-append) is ended
+    first, so the new entry stays readable."""
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:

@@ -65,7 +65,7 @@ async def watch_marker(
     on_hint: Callable[[], None],
     *,
     poll: bool = False,
-    step_ms: int = 5,
+    step_ms: int = 3,
     stop_event: anyio.Event | None = None,
 ) -> None:
     """Call ``on_hint()`` whenever something may have changed the marker. Runs until cancelled or

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-INNER = '''
+INNER = """
 import time
 import pytest
 
@@ -18,7 +18,7 @@ async def test_blocks() -> None:
 async def test_does_not_block() -> None:
     import anyio
     await anyio.sleep(0.3)
-'''
+"""
 
 
 def test_a_test_that_blocks_the_loop_fails(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,7 +121,10 @@ def test_releases_marks_current_and_previous(root: Path, repo: GitRepo) -> None:
         cli("run", "--once", "--root", str(root), "--repo", str(repo.path))
     out = cli("releases", "--root", str(root))
     lines = [ln for ln in out.stdout.splitlines() if ln[:2].strip() in ("*", "-")]
-    assert [ln.split()[0:2] for ln in lines] == [["*", f"v2-{repo.tag_sha('v2')[:12]}"], ["-", f"v1-{repo.tag_sha('v1')[:12]}"]]
+    assert [ln.split()[0:2] for ln in lines] == [
+        ["*", f"v2-{repo.tag_sha('v2')[:12]}"],
+        ["-", f"v1-{repo.tag_sha('v1')[:12]}"],
+    ]
 
 
 def test_rollback_wait_restores_the_previous_release(root: Path, repo: GitRepo) -> None:

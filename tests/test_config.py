@@ -385,7 +385,7 @@ def test_config_defaults() -> None:
     """A Config with just a layout and a repo gets the documented defaults."""
     cfg = Config(layout=make_layout(), repo="r")
     assert (cfg.keep, cfg.build_timeout, cfg.git_timeout, cfg.resync_interval) == (5, 600.0, 300.0, 30.0)
-    assert (cfg.poll, cfg.watch_step_ms, cfg.tag_pattern, cfg.build_command) == (False, 5, None, None)
+    assert (cfg.poll, cfg.watch_step_ms, cfg.tag_pattern, cfg.build_command) == (False, 3, None, None)
 
 
 @pytest.mark.parametrize("keep", [0, -1])

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +122,18 @@ def test_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
     atomic_write(target, b"1")
     atomic_write(target, b"2")
     assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_atomic_write_not_durable_still_replaces_atomically(tmp_path: Path) -> None:
+    """With durable=False the file is still replaced by rename, with its mode, and no temp file is left."""
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+    with open(target, "rb") as old:
+        atomic_write(target, b"new", mode=0o600, durable=False)
+        assert old.read() == b"old"
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["f"]
 
 
 def test_atomic_write_missing_parent_raises(tmp_path: Path) -> None:
@@ -261,11 +274,6 @@ def test_is_real_dir_false_for_dangling_symlink(tmp_path: Path) -> None:
     assert not is_real_dir(tmp_path / "link")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotADirectoryError,
-    reason="BUG: is_real_dir catches only FileNotFoundError; a path below a regular file raises NotADirectoryError",
-)
 def test_is_real_dir_false_below_a_file(tmp_path: Path) -> None:
     """A path whose parent is a regular file is not a real dir (and does not raise)."""
     (tmp_path / "f").write_text("x")
@@ -338,9 +346,9 @@ def test_remove_tree_hides_tree_before_deleting(tmp_path: Path, monkeypatch: pyt
     real_rmtree = shutil.rmtree
     observed: list[tuple[bool, str, bool]] = []
 
-    def spying_rmtree(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
-        observed.append((os.path.lexists(tree), os.path.basename(path), os.path.exists(os.path.join(path, "top.txt"))))
-        real_rmtree(path)
+    def spying_rmtree(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        observed.append((os.path.lexists(tree), os.path.basename(path), Path(path, "top.txt").exists()))
+        real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "rmtree", spying_rmtree)
     remove_tree(tree)

@@ -1,0 +1,640 @@
+"""The deploy-latency benchmark: ``python -m benchmarks.run`` (``make bench``).
+
+1. builds a deterministic synthetic repository (2,000 small files; tags v1 and v2 differ in 100);
+2. starts the real daemon (``python -m coordinator run``) on a temporary ROOT, deploys v1 and v2 once
+   (so both releases are on disk), then measures deploys of a release already on disk, alternating:
+   marker written -> ``current`` swapped -> reload file touched -> status ``idle``, from outside (a
+   polling thread) and from the daemon's own JSON log timestamps (per-phase breakdown);
+3. measures the old way, in-place ``git checkout -f tags/vX`` in a plain clone, for comparison;
+4. measures the watcher trade-off: for several ``--watch-step-ms``, marker -> reload latency and the
+   daemon's idle CPU and RSS;
+5. checks the issue's target (marker -> reload p50 <= 10 ms) and recommends a watcher step;
+6. writes ``benchmarks/results/<date>.json`` and ``.md`` and prints the Markdown.
+
+Every daemon it starts is stopped at the end, also on errors and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchmarks.deploys import LOG_PHASES, Deployer, DeployRecord
+from benchmarks.harness import Daemon, DaemonError, proc_sample, stop_all
+from benchmarks.observer import Observer
+from benchmarks.report import render
+from benchmarks.stats import Summary, summarize
+from benchmarks.synth import GIT_ENV, SynthRepo, build_repo, git
+
+__all__ = ["main"]
+
+TARGET_MS = 10.0
+IDLE_CPU_BUDGET_PCT = 1.0  # of one core, for the watcher-step recommendation
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken from
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def _cmd_out(args: Sequence[str], cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(list(args), cwd=cwd, capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.stdout.decode(errors="replace").strip()
+
+
+def _fs_type(path: Path) -> str:
+    best, fstype = "", "?"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                    best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _coarse_res_ms() -> float:
+    try:
+        return time.clock_getres(CLOCK_REALTIME_COARSE) * 1000
+    except OSError:
+        return math.nan
+
+
+def machine_info(work: Path) -> dict[str, Any]:
+    dirty = _cmd_out(["git", "status", "--porcelain", "--", "coordinator"], PROJECT)
+    return {
+        "nproc": _cmd_out(["nproc"]),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "git": _cmd_out(["git", "--version"]),
+        "watchfiles": importlib.metadata.version("watchfiles"),
+        "fs_type": _fs_type(work),
+        "work_dir": str(work),
+        "coordinator_rev": _cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
+        "coordinator_dirty": [ln[3:] for ln in dirty.splitlines() if ln.strip()] if dirty != "?" else [],
+        "coarse_clock_res_ms": _coarse_res_ms(),
+        "loadavg_start": _loadavg(),
+        "clk_tck": os.sysconf("SC_CLK_TCK"),
+    }
+
+
+def _system_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is already in user)
+    idle = fields[3] + fields[4]
+    return total - idle, total
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _clean(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    """``a - b``, or None when either is missing."""
+    return None if a is None or b is None else a - b
+
+
+def _vals(records: Sequence[DeployRecord], get: Callable[[DeployRecord], float | None]) -> list[float]:
+    return _clean(get(r) for r in records)
+
+
+def _sd(values: Sequence[float]) -> dict[str, Any]:
+    return summarize(values).to_dict()
+
+
+def _read_status(root: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads((root / "deploy.status.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _wait_status(root: Path, pred: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _read_status(root)
+        if st is not None and pred(st):
+            return st
+        time.sleep(0.01)
+    raise DaemonError(f"status file did not reach the expected state within {timeout:g} s: {_read_status(root)}")
+
+
+def _current_tag(root: Path, releases: dict[str, str]) -> str:
+    link = os.readlink(root / "current")
+    for tag, name in releases.items():
+        if link == f"releases/{name}":
+            return tag
+    raise DaemonError(f"current points to {link!r}, not to a known release")
+
+
+class Session:
+    """One running daemon with an observer and a deploy driver; closes both on exit."""
+
+    def __init__(
+        self,
+        root: Path,
+        repo: SynthRepo,
+        log_path: Path,
+        releases: dict[str, str],
+        *,
+        step_ms: int | None,
+        log_level: str,
+        seed: int,
+        observer_sleep_s: float,
+    ) -> None:
+        self.root = root
+        self.daemon = Daemon(root, repo.path, log_path, step_ms=step_ms, log_level=log_level)
+        self.releases = releases
+        self.seed = seed
+        self.observer_sleep_s = observer_sleep_s
+        self.observer: Observer | None = None
+        self.driver: Deployer | None = None
+
+    def __enter__(self) -> Deployer:
+        self.daemon.start()
+        pid = self.daemon.pid
+        # the start-up reconcile publishes a status carrying the new pid
+        _wait_status(self.root, lambda st: st.get("pid") == pid and st.get("state") in ("idle", "waiting"), 60)
+        self.observer = Observer(self.root, sleep_s=self.observer_sleep_s)
+        self.driver = Deployer(self.root, self.daemon, self.observer, self.releases, self.seed)
+        return self.driver
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.observer is not None:
+                self.observer.close()
+        finally:
+            rc = self.daemon.stop()
+            if rc not in (0, None) and exc[0] is None:
+                raise DaemonError(f"daemon exited with {rc}; see {self.daemon.log_path}")
+
+
+class _LoadMeter:
+    """Whole-machine CPU use over an interval, split into the daemon, this process and the rest."""
+
+    def __init__(self, daemon_pid: int) -> None:
+        self.pid = daemon_pid
+        self.sys0 = _system_ticks()
+        self.daemon0 = proc_sample(daemon_pid).ticks
+        self.self0 = os.times()
+        self.t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        sys1 = _system_ticks()
+        daemon1 = proc_sample(self.pid).ticks
+        self1 = os.times()
+        total = max(1, sys1[1] - self.sys0[1])  # jiffies over all CPUs
+        tck = os.sysconf("SC_CLK_TCK")
+        own = (self1.user - self.self0.user + self1.system - self.self0.system) * tck
+        busy = sys1[0] - self.sys0[0]
+        daemon = daemon1 - self.daemon0
+        return {
+            "wall_s": time.monotonic() - self.t0,
+            "busy_pct": 100.0 * busy / total,
+            "daemon_pct": 100.0 * daemon / total,
+            "benchmark_pct": 100.0 * own / total,
+            "others_pct": 100.0 * max(0.0, busy - daemon - own) / total,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+
+def measure_idle(pid: int, idle_s: float, settle_s: float = 1.0) -> dict[str, Any]:
+    time.sleep(settle_s)
+    sys_a = _system_ticks()
+    a = proc_sample(pid)
+    time.sleep(idle_s)
+    b = proc_sample(pid)
+    sys_b = _system_ticks()
+    wall_s = (b.wall_ns - a.wall_ns) / 1e9
+    tck = os.sysconf("SC_CLK_TCK")
+    cpu_s = (b.ticks - a.ticks) / tck
+    thread_ns = sum(ns - a.thread_ns.get(tid, 0) for tid, ns in b.thread_ns.items())
+    busy = sys_b[0] - sys_a[0]
+    total = max(1, sys_b[1] - sys_a[1])
+    return {
+        "wall_s": wall_s,
+        "idle_cpu_pct": 100.0 * cpu_s / wall_s,
+        "idle_cpu_pct_threads": 100.0 * thread_ns / 1e9 / wall_s,
+        "rss_mib": b.rss_kb / 1024,
+        "threads": b.threads,
+        "system_busy_pct": 100.0 * busy / total,
+        "daemon_pct_of_all_cores": 100.0 * (b.ticks - a.ticks) / total,
+    }
+
+
+def run_baseline(work: Path, repo: SynthRepo, count: int) -> list[float]:
+    clone = work / "baseline-clone"
+    git(work, "clone", "-q", str(repo.path), str(clone))
+    env = {**os.environ, **GIT_ENV}
+    args = ["git", "-c", "advice.detachedHead=false", "checkout", "-q", "-f"]
+    subprocess.run([*args, "tags/v1"], cwd=clone, env=env, check=True, capture_output=True)
+    times: list[float] = []
+    for i in range(count):
+        tag = "v2" if i % 2 == 0 else "v1"
+        t = time.perf_counter_ns()
+        subprocess.run([*args, f"tags/{tag}"], cwd=clone, env=env, check=True, capture_output=True)
+        times.append((time.perf_counter_ns() - t) / 1e6)
+        if (clone / "VERSION").read_text().strip() != tag:
+            raise RuntimeError(f"baseline checkout of {tag} did not update the tree")
+    return times
+
+
+def recommend(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    rule = (
+        f"among the steps whose marker -> reload p50 meets the {TARGET_MS:g} ms target and whose idle CPU is "
+        f"<= {IDLE_CPU_BUDGET_PCT:g} % of a core, the largest (cheapest); if none qualifies, the lowest p50 "
+        "within the CPU budget"
+    )
+    ok = [r for r in rows if r["marker_to_reload"]["p50"] <= TARGET_MS and r["idle_cpu_pct"] <= IDLE_CPU_BUDGET_PCT]
+    if ok:
+        best = max(ok, key=lambda r: r["step_ms"])
+        why = "meets the target within the CPU budget"
+    else:
+        within = [r for r in rows if r["idle_cpu_pct"] <= IDLE_CPU_BUDGET_PCT] or rows
+        best = min(within, key=lambda r: r["marker_to_reload"]["p50"])
+        why = "no step meets both the target and the CPU budget; lowest p50 within the budget"
+    why += (
+        f": marker -> reload p50 {best['marker_to_reload']['p50']:.2f} ms, p99 "
+        f"{best['marker_to_reload']['p99']:.2f} ms, idle CPU {best['idle_cpu_pct']:.2f} % of a core"
+    )
+    return {"step_ms": best["step_ms"], "why": why, "rule": rule}
+
+
+def _record_metrics(records: Sequence[DeployRecord]) -> dict[str, dict[str, Any]]:
+    keys = ["ext_swap", "ext_touch_seen", "ext_touch_ctime", "ext_status_idle", "ext_deploying"]
+    keys += ["log_started", "log_swap", "log_reloaded", "log_succeeded"]
+    out = {k: _sd(_clean(getattr(r, k) for r in records)) for k in keys}
+    return {k: v for k, v in out.items() if v["n"]}
+
+
+def _phase_summaries(records: Sequence[DeployRecord]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key in [*(k for k, _, _ in LOG_PHASES), "total"]:
+        out[key] = _sd(_clean(r.phases().get(key) for r in records))
+    return out
+
+
+def _inner_durations(records: Sequence[DeployRecord]) -> dict[str, dict[str, Any]]:
+    names = sorted({k for r in records for k in r.phase_ms})
+    return {n: _sd([r.phase_ms[n] for r in records if n in r.phase_ms]) for n in names}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, Any]:
+    from coordinator.config import OPTIONS
+    from coordinator.marker import release_name
+
+    default_step = int(OPTIONS["watch-step-ms"].default)
+    machine = machine_info(work)
+    notes: list[str] = []
+
+    _progress(f"building the synthetic repository ({args.files} files) in {work}")
+    repo = build_repo(work / "repo", files=args.files, changed=args.changed)
+    releases = {tag: release_name(tag, sha) for tag, sha in repo.tags.items()}
+    root = work / "root"
+    root.mkdir()
+
+    def session(name: str, step_ms: int | None, log_level: str) -> Session:
+        return Session(
+            root,
+            repo,
+            work / f"daemon-{name}.log",
+            releases,
+            step_ms=step_ms,
+            log_level=log_level,
+            seed=args.seed,
+            observer_sleep_s=args.observer_sleep_us / 1e6,
+        )
+
+    # -- main: cold deploys, then deploys of a release already on disk at the default step
+    anomalies: list[dict[str, Any]] = []
+    _progress(f"main daemon (default step {default_step} ms): first deploys of v1 and v2")
+    with session("main", None, args.main_log_level) as drv:
+        cold = [drv.deploy("v1", timeout_s=300), drv.deploy("v2", timeout_s=300)]
+        _progress(f"{args.deploys} deploys of a release already on disk")
+        load = _LoadMeter(drv.daemon.pid)
+        warm = drv.alternate(args.deploys, default_step, "v1", "v2")
+        main_load = load.stop()
+        anomalies += drv.anomalies
+    bad_ctime = sum(1 for r in warm if not r.ctime_ok)
+    ctime_before_swap = sum(
+        1 for r in warm if r.ext_touch_ctime is not None and r.ext_swap is not None and r.ext_touch_ctime < r.ext_swap
+    )
+    ctime_lag = _sd(_vals(warm, lambda r: _diff(r.ext_touch_seen, r.ext_touch_ctime)))
+
+    # -- baseline
+    _progress(f"baseline: {args.baseline} in-place git checkouts")
+    base = run_baseline(work, repo, args.baseline)
+
+    # -- watcher steps
+    rows: list[dict[str, Any]] = []
+    step_records: dict[str, list[dict[str, Any]]] = {}
+    for step in args.steps:
+        _progress(f"--watch-step-ms {step}: {args.table_deploys} deploys, then {args.idle_seconds:g} s idle")
+        with session(f"step{step}", step, "info") as drv:
+            first = "v1" if _current_tag(root, releases) == "v2" else "v2"
+            recs = drv.alternate(args.table_deploys, step, first, "v2" if first == "v1" else "v1")
+            idle = measure_idle(drv.daemon.pid, args.idle_seconds)
+            anomalies += drv.anomalies
+        rows.append(
+            {
+                "step_ms": step,
+                "n": len(recs),
+                "marker_to_reload": _sd(_vals(recs, lambda r: r.ext_touch_seen)),
+                "marker_to_swap": _sd(_vals(recs, lambda r: r.ext_swap)),
+                "detect": _sd(_vals(recs, lambda r: r.log_started)),
+                "after_detect": _sd(_vals(recs, lambda r: _diff(r.ext_touch_seen, r.log_started))),
+                **idle,
+            }
+        )
+        step_records[str(step)] = [r.to_dict() for r in recs]
+
+    # -- summary
+    warm_touch = summarize(_vals(warm, lambda r: r.ext_touch_seen))
+    base_s = summarize(base)
+    target = {
+        "metric": "marker rename -> reload file touched (seen from outside)",
+        "threshold_ms": TARGET_MS,
+        "p50_ms": warm_touch.p50,
+        "p99_ms": warm_touch.p99,
+        "n": warm_touch.n,
+        "met": warm_touch.p50 <= TARGET_MS,
+    }
+    reco = recommend(rows)
+    machine["loadavg_end"] = _loadavg()
+    try:
+        drift = os.lstat(root / "reload.touch").st_mtime - time.time()
+    except OSError:
+        drift = math.nan
+
+    period = summarize(_vals(warm, lambda r: r.observer_period_us))
+    deploying = sum(1 for r in warm if r.ext_deploying is not None)
+    notes += [
+        f"First deploys (fetch + checkout of {repo.files} files + syncfs), marker -> status idle: "
+        + ", ".join(f"{r.tag} {r.ext_status_idle:.0f} ms" for r in cold if r.ext_status_idle is not None)
+        + ".",
+        "The reload file's ctime is set from the kernel's coarse clock "
+        f"({machine['coarse_clock_res_ms']:.0f} ms ticks on this kernel): it was earlier than the moment the "
+        f"swap was seen in {ctime_before_swap} of {len(warm)} deploys (impossible in real time, the touch follows "
+        f"the swap), on average {ctime_lag['mean']:.2f} ms before the observer saw it (max {ctime_lag['max']:.2f}). "
+        "Multigrain timestamps (Linux 6.13+) only make a queried ctime distinguishable from the previous one, "
+        "not precise. The target therefore uses the moment the observer first saw the ctime change (upper bound, "
+        "precise to one poll), and the ctime row is shown for reference only.",
+        f"ctime outside [t0, first seen] in {bad_ctime} of {len(warm)} deploys.",
+        "Pacing: each deploy waits until the previous one is complete (status `idle` with the new release and "
+        "its `deploy_succeeded` event), then 3 x step + 20..70 ms (random, seeded) so markers land at random "
+        "phases of the watcher's step timer and its own post-deploy events have settled. Deploys are faster "
+        "than one per second, so the touch tokens (whole-second mtimes, each one second past the previous) run "
+        f"ahead of the clock: at the end the reload file's mtime was {drift:.0f} s in the future. That is the "
+        "daemon's deliberate uWSGI rule and does not affect these measurements, which use ctime changes, "
+        "not mtime.",
+        f"Observer: median {period.p50:.1f} us per poll of the three files (p99 {period.p99:.1f} us), "
+        "`sched_yield` between polls; it only spins while a deploy is in flight.",
+        f"Status `deploying` was published before the swap in {deploying} of {len(warm)} deploys of a release on disk.",
+    ]
+    multi = [r.request_id for r in warm if r.deploy_started_events != 1]
+    if multi:
+        notes.append(f"{len(multi)} deploys logged `deploy_started` more than once or never: {multi[:5]}")
+    if anomalies:
+        kinds = sorted({str(a.get("event")) for a in anomalies})
+        notes.append(f"{len(anomalies)} warning/error events in the daemon logs: {', '.join(kinds)}.")
+    else:
+        notes.append("No warning or error events in the daemon logs.")
+    overhead = ", ".join(f"{r['step_ms']} ms: {r['detect']['p50'] - 1.5 * r['step_ms']:.1f} ms" for r in rows)
+    notes.append(
+        "watchfiles returns a batch only once the change set stopped growing for one step, so the watcher alone "
+        "waits between 1 and 2 steps after the rename (1.5 steps median); detect p50 minus 1.5 steps, i.e. the "
+        f"wake-up path through threads and the event loop plus the reconcile's reads, by step: {overhead}."
+    )
+    idle_busy = [r["system_busy_pct"] for r in rows]
+    idle_daemon = [r["daemon_pct_of_all_cores"] for r in rows]
+
+    return {
+        "date": datetime.now().strftime("%Y-%m-%d"),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "duration_s": time.time() - started,
+        "machine": machine,
+        "config": {
+            "files": args.files,
+            "changed": args.changed,
+            "deploys": args.deploys,
+            "baseline": args.baseline,
+            "table_deploys": args.table_deploys,
+            "idle_seconds": args.idle_seconds,
+            "steps": args.steps,
+            "seed": args.seed,
+            "default_step_ms": default_step,
+            "main_log_level": args.main_log_level,
+            "observer_sleep_us": args.observer_sleep_us,
+        },
+        "repo": {"files": repo.files, "changed": repo.changed, "bytes": repo.bytes_total, "tags": repo.tags},
+        "releases": releases,
+        "target": target,
+        "recommendation": reco,
+        "cold_deploys": [r.to_dict() for r in cold],
+        "warm": {
+            "n": len(warm),
+            "metrics": _record_metrics(warm),
+            "phases": _phase_summaries(warm),
+            "phase_durations": _inner_durations(warm),
+            "observer_period_us": period.to_dict(),
+            "ctime_before_swap": ctime_before_swap,
+            "ctime_lag_ms": ctime_lag,
+        },
+        "phase_labels": [list(p) for p in LOG_PHASES],
+        "baseline": {
+            "summary": base_s.to_dict(),
+            "ratio_p50": warm_touch.p50 / base_s.p50,
+            "ratio_p99": warm_touch.p99 / base_s.p99,
+            "speedup_p50": base_s.p50 / warm_touch.p50,
+        },
+        "watch_steps": rows,
+        "system": {
+            "during_main": main_load,
+            "busy_pct_during_idle": sum(idle_busy) / len(idle_busy) if idle_busy else math.nan,
+            "daemon_pct_during_idle": sum(idle_daemon) / len(idle_daemon) if idle_daemon else math.nan,
+        },
+        "notes": notes,
+        "samples": {
+            "warm": _columns([r.to_dict() for r in warm]),
+            "baseline_ms": base,
+            "steps": {k: _columns(v) for k, v in step_records.items()},
+        },
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 3) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Summary):
+        return _json_safe(obj.to_dict())
+    return obj
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Per-deploy records as columns (one list per field; nested dicts flattened as ``a.b``)."""
+    flat: list[dict[str, Any]] = []
+    for row in rows:
+        f: dict[str, Any] = {}
+        for k, v in row.items():
+            if isinstance(v, dict):
+                f.update({f"{k}.{k2}": v2 for k2, v2 in v.items()})
+            else:
+                f[k] = v
+        flat.append(f)
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    return {k: [f.get(k) for f in flat] for k in keys}
+
+
+def _dumps(obj: Any, level: int = 0) -> str:
+    """JSON with one line per list of scalars (sample columns stay readable and small)."""
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, dict | list) for v in obj):
+        return "[\n" + ",\n".join(inner + _dumps(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--deploys", type=int, default=200, help="deploys of a release on disk (default 200)")
+    p.add_argument("--baseline", type=int, default=100, help="in-place git checkouts (default 100)")
+    p.add_argument("--table-deploys", type=int, default=50, help="deploys per watcher step (default 50)")
+    p.add_argument("--idle-seconds", type=float, default=10.0, help="idle window per watcher step (default 10)")
+    p.add_argument(
+        "--steps",
+        default="1,2,3,5,10,50",
+        help="watcher steps in ms, comma-separated (default 1,2,3,5,10,50)",
+    )
+    p.add_argument("--files", type=int, default=2000, help="files in the synthetic repository (default 2000)")
+    p.add_argument("--changed", type=int, default=100, help="files v2 changes (default 100)")
+    p.add_argument("--seed", type=int, default=20240101, help="seed of the pacing jitter")
+    p.add_argument("--main-log-level", default="info", help="log level of the main daemon (default info)")
+    p.add_argument("--observer-sleep-us", type=float, default=0.0, help="sleep between polls (default 0: spin)")
+    p.add_argument("--tmp-dir", type=Path, default=None, help="where to create the work directory")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the work directory (repo, ROOT, daemon logs)")
+    p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where to write the results")
+    p.add_argument("--quick", action="store_true", help="a smoke run with small counts (results not written)")
+    args = p.parse_args(argv)
+    args.steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
+    if args.quick:
+        args.deploys, args.baseline, args.table_deploys, args.idle_seconds = 10, 6, 6, 1.0
+    if args.deploys < 2 or args.baseline < 2 or args.table_deploys < 2 or not args.steps:
+        p.error("counts must be at least 2 and --steps non-empty")
+    return args
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if importlib.util.find_spec("coordinator") is None:
+        print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
+        return 2
+    atexit.register(stop_all)
+    signal.signal(signal.SIGTERM, _on_signal)
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="coordinator-bench-", dir=args.tmp_dir))
+    try:
+        results = _json_safe(run_all(args, work, started))
+    except KeyboardInterrupt:
+        print(f"interrupted; work directory {work}", file=sys.stderr)
+        return 130
+    except Exception:
+        args.keep_tmp = True
+        print(f"benchmark failed; daemon logs kept in {work}", file=sys.stderr)
+        raise
+    finally:
+        stop_all()
+        if not args.keep_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    report = render(results)
+    if not args.quick:
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        base = args.results_dir / results["date"]
+        base.with_suffix(".json").write_text(_dumps(results) + "\n")
+        base.with_suffix(".md").write_text(report)
+        _progress(f"wrote {base}.json and {base}.md")
+    sys.stdout.write(report)
+    sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
