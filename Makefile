@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,e2e]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -54,6 +54,15 @@ OPTIONS: dict[str, Option] = {
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
         Option("watch-step-ms", "int", 3, "watcher batching step in ms: lower reacts faster, costs CPU"),
+        Option("reload-fifo", "path", None, "uWSGI master FIFO to write the reload command to (instead of touch)"),
+        Option("reload-fifo-command", "str", "r", "command written to the FIFO: r graceful, c chain (lazy-apps), w"),
+        Option("reload-signal", "str", None, "signal sent to the pid in --reload-pidfile, e.g. HUP (gunicorn)"),
+        Option("reload-pidfile", "path", None, "pid file of the app server's master, for --reload-signal"),
+        Option("reload-command", "str", None, "command (argv, no shell) run to reload, instead of touch"),
+        Option("reload-timeout", "float", 30.0, "seconds allowed for --reload-command"),
+        Option("health-url", "str", None, "URL that must answer 2xx with --health-expect after a reload"),
+        Option("health-expect", "str", "{sha}", "text the health answer must contain ({tag} and {sha} filled in)"),
+        Option("health-timeout", "float", 60.0, "seconds to wait for the new release to pass the health check"),
         Option("log-format", "str", "auto", "auto (console on a terminal, else json), json or console"),
         Option("log-level", "str", "info", "debug, info, warning or error"),
     ]
@@ -226,18 +235,61 @@ class Config:
     resync_interval: float = 30.0
     poll: bool = False
     watch_step_ms: int = 3
+    reload_fifo: Path | None = None
+    reload_fifo_command: str = "r"
+    reload_signal: str | None = None
+    reload_pidfile: Path | None = None
+    reload_command: str | None = None
+    reload_timeout: float = 30.0
+    health_url: str | None = None
+    health_expect: str = "{sha}"
+    health_timeout: float = 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.keep < 1:
             raise ConfigError(f"--keep must be at least 1, not {self.keep}", fix="use --keep 1 or more")
-        for name in ("build_timeout", "git_timeout", "resync_interval"):
+        for name in ("build_timeout", "git_timeout", "resync_interval", "reload_timeout", "health_timeout"):
             if not getattr(self, name) > 0:  # also rejects NaN
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive", fix="give seconds > 0")
         if not 1 <= self.watch_step_ms <= 1000:
             raise ConfigError("--watch-step-ms must be between 1 and 1000", fix="the default is 3")
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
+        strategies = [
+            n
+            for n, on in (
+                ("--reload-fifo", self.reload_fifo is not None),
+                ("--reload-signal/--reload-pidfile", self.reload_signal is not None or self.reload_pidfile is not None),
+                ("--reload-command", self.reload_command is not None),
+            )
+            if on
+        ]
+        if len(strategies) > 1:
+            raise ConfigError(
+                f"choose one reload strategy, not {' and '.join(strategies)}",
+                fix="use the touch file (default), --reload-fifo, --reload-signal with --reload-pidfile, "
+                "or --reload-command",
+            )
+        if (self.reload_signal is None) != (self.reload_pidfile is None):
+            raise ConfigError(
+                "--reload-signal and --reload-pidfile go together", fix="give both, e.g. HUP and a pid file"
+            )
+        if self.health_url is not None and not self.health_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--health-url must be an http(s) URL, not {self.health_url!r}", fix="e.g. http://127.0.0.1:8000/"
+            )
+
+    @property
+    def reload_strategy(self) -> str:
+        """touch, fifo, signal or command."""
+        if self.reload_fifo is not None:
+            return "fifo"
+        if self.reload_signal is not None:
+            return "signal"
+        if self.reload_command is not None:
+            return "command"
+        return "touch"
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> Config:
@@ -255,4 +307,13 @@ class Config:
             resync_interval=opts.get("resync_interval", 30.0),
             poll=opts.get("poll", False),
             watch_step_ms=opts.get("watch_step_ms", 3),
+            reload_fifo=opts.get("reload_fifo"),
+            reload_fifo_command=opts.get("reload_fifo_command") or "r",
+            reload_signal=opts.get("reload_signal"),
+            reload_pidfile=opts.get("reload_pidfile"),
+            reload_command=opts.get("reload_command"),
+            reload_timeout=opts.get("reload_timeout", 30.0),
+            health_url=opts.get("health_url"),
+            health_expect=opts.get("health_expect") or "{sha}",
+            health_timeout=opts.get("health_timeout", 60.0),
         )
