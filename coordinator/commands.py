@@ -83,6 +83,9 @@ def _outcome(status: dict[str, Any], req: DeployRequest) -> str | None:
     if attempt.get("id") == req.request_id and attempt.get("result") == "failed":
         err = attempt.get("error") or {}
         return f"deploy of {req.tag} failed: {err.get('message', 'unknown error')}"
+    if attempt.get("id") == req.request_id and attempt.get("result") == "rolled_back":
+        err = attempt.get("error") or {}
+        return f"deploy of {req.tag} was rolled back: {err.get('message', 'health check failed')}"
     current = status.get("current") or {}
     if (
         status.get("state") == "idle"
@@ -90,9 +93,10 @@ def _outcome(status: dict[str, Any], req: DeployRequest) -> str | None:
         and status.get("reloaded") == current.get("release")
     ):
         return "ok"
-    if status.get("state") == "failed":
+    if status.get("state") in ("failed", "rolled_back"):
         err = status.get("error") or {}
-        return f"deploy of {req.tag} failed: {err.get('message', 'unknown error')}"
+        verb = "was rolled back" if status.get("state") == "rolled_back" else "failed"
+        return f"deploy of {req.tag} {verb}: {err.get('message', 'unknown error')}"
     return None
 
 

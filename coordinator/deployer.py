@@ -36,9 +36,10 @@ import anyio
 import structlog
 
 from coordinator.config import Config
-from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, MarkerError
+from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, MarkerError, RolledBack, VerifyError
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, swap_symlink, sync_tree, temp_name
 from coordinator.git import GitCache
+from coordinator.health import expected_text, wait_healthy
 from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker
 from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
 from coordinator.proc import run_in_group
@@ -143,6 +144,7 @@ class Deployer:
         self._inflight: DeployRequest | None = None
         self._inflight_digest: str | None = None
         self.on_phase: Callable[[str, float], None] | None = None
+        self._pending_verify: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -168,6 +170,9 @@ class Deployer:
             await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
             log.info("reload_recovered", release=current, token=pending.token)
         self._last_success = await anyio.to_thread.run_sync(self._last_journal_success)
+        verify = self.state.extra.get("verify")
+        if isinstance(verify, dict) and verify.get("release") == current and self.config.health_url:
+            self._pending_verify = verify
 
     def _prepare_layout(self) -> None:
         lay = self.layout
@@ -256,6 +261,10 @@ class Deployer:
         """Converge once: returns the attempt made (None if nothing needed doing)."""
         reading = await self.read_marker()
         current, on_disk = await anyio.to_thread.run_sync(self._observe_disk)
+        if self._pending_verify is not None:
+            pending, self._pending_verify = self._pending_verify, None
+            if pending.get("release") == current and current is not None:
+                return await self._resume_verify(reading, current, pending)
         if reading.error is not None:
             self._log_marker_error(reading)
             if current is not None and self.state.reloaded != current:
@@ -274,13 +283,15 @@ class Deployer:
             cached_sha=cached,
             blocked=blocked,
             has_build=bool(self.config.build_command),
+            has_health=self.config.health_url is not None,
         )
         p = plan(obs)
         if p.action is Action.NOOP:
             await self._publish("idle" if req is not None else "waiting", reading, current)
             return None
         if p.action is Action.WAIT:
-            await self._publish("failed", reading, current)
+            kind = (self.state.failed_error or {}).get("kind")
+            await self._publish("rolled_back" if kind == "rolled_back" else "failed", reading, current)
             return None
         if p.action is Action.RELOAD:
             assert current is not None
@@ -316,7 +327,7 @@ class Deployer:
                 cancelled = await self._deploy(attempt, req, reading.digest, p.target, p.sha, p.steps, current)
                 attempt.result = "cancelled" if cancelled else "success"
         except CoordinatorError as e:
-            attempt.result = "failed"
+            attempt.result = "rolled_back" if isinstance(e, RolledBack) else "failed"
             attempt.error = e.as_dict()
             if not e.retryable:
                 self.state.failed_marker = reading.digest
@@ -347,7 +358,12 @@ class Deployer:
                         self.state.failed_marker = None
                         self.state.failed_error = None
                         await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
-                state = {"success": "idle", "failed": "failed", "cancelled": "deploying"}.get(attempt.result, "failed")
+                state = {
+                    "success": "idle",
+                    "failed": "failed",
+                    "rolled_back": "rolled_back",
+                    "cancelled": "deploying",
+                }.get(attempt.result, "failed")
                 await self._publish(state, reading, current)
         if attempt.result == "success":
             log.info(
@@ -379,15 +395,117 @@ class Deployer:
                 await self._build_release(attempt, req, name, sha, previous_current)
             if scope.cancelled_caught:
                 return True
+        previous_before = self.state.previous
         with anyio.CancelScope(shield=True):
             async with self._phase(attempt, Step.SWAP):
                 await anyio.to_thread.run_sync(swap_symlink, lay.current, f"releases/{name}")
             log.info("swapped", release=name, previous=previous_current)
             async with self._phase(attempt, Step.RELOAD):
-                await self._reload(name)
+                verify = {"release": name, "back_to": previous_current, "previous_before": previous_before}
+                await self._reload(name, verify=verify if Step.VERIFY in steps else None)
+        if Step.VERIFY in steps:
+            await self._verify_or_roll_back(attempt, name, req.tag, sha, previous_current, previous_before)
         async with self._phase(attempt, Step.PRUNE):
             await self._prune()
         return False
+
+    async def _resume_verify(self, reading: MarkerReading, current: str, pending: dict[str, Any]) -> Attempt:
+        """A daemon killed while verifying ``current`` verifies it again at start, and rolls back."""
+        meta = await anyio.to_thread.run_sync(read_release_meta, self.layout.meta_dir, current)
+        tag, sha = (meta.tag, meta.sha) if meta else (current, "")
+        attempt = Attempt(tag=tag, request_id=None, sha=sha, release=current)
+        self._last_attempt = attempt
+        log.info("verify_resumed", release=current)
+        try:
+            back_to = pending.get("back_to")
+            before = pending.get("previous_before")
+            await self._verify_or_roll_back(
+                attempt,
+                current,
+                tag,
+                sha,
+                back_to if isinstance(back_to, str) else None,
+                before if isinstance(before, str) else None,
+            )
+            attempt.result = "success"
+        except CoordinatorError as e:
+            attempt.result = "rolled_back" if isinstance(e, RolledBack) else "failed"
+            attempt.error = e.as_dict()
+            if reading.request is not None and reading.request.tag == tag:
+                self.state.failed_marker = reading.digest
+                self.state.failed_error = attempt.error
+                await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+            log.error("deploy_failed", **{**e.as_dict(), "tag": tag})
+        attempt.finished = time.time()
+        await anyio.to_thread.run_sync(append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()})
+        now = await anyio.to_thread.run_sync(read_current, self.layout.root)
+        state = {"success": "idle", "rolled_back": "rolled_back"}.get(attempt.result, "failed")
+        await self._publish(state, reading, now)
+        return attempt
+
+    async def _verify_or_roll_back(
+        self,
+        attempt: Attempt,
+        name: str,
+        tag: str,
+        sha: str,
+        back_to: str | None,
+        previous_before: str | None,
+    ) -> None:
+        """Check the health URL serves ``name``; if not, go back to ``back_to`` and raise RolledBack.
+
+        The state file records the verification as pending (with ``back_to``) from the reload on,
+        so a daemon killed while verifying verifies again at restart instead of keeping an
+        unchecked release.
+        """
+        url = self.config.health_url
+        assert url is not None
+        expect = expected_text(self.config.health_expect, tag, sha)
+        async with self._phase(attempt, Step.VERIFY):
+            result = await wait_healthy(url, expect, self.config.health_timeout)
+        if result.ok:
+            self.state.extra.pop("verify", None)
+            await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+            log.info("verified", release=name, url=url, checks=result.attempts)
+            return
+        log.error("verify_failed", release=name, url=url, reason=result.reason)
+        if back_to is None or not is_real_dir(self.layout.releases / back_to):
+            self.state.extra.pop("verify", None)
+            await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+            raise VerifyError(
+                f"{tag} failed its health check and there is no previous release to roll back to: {result.reason}",
+                fix="fix the release and deploy again; current still points to it",
+                release=name,
+            )
+        with anyio.CancelScope(shield=True):
+            async with self._phase(attempt, Step.ROLLBACK):
+                await anyio.to_thread.run_sync(swap_symlink, self.layout.current, f"releases/{back_to}")
+                log.warning("rolling_back", release=name, to=back_to)
+                await self._reload(back_to)
+                meta = await anyio.to_thread.run_sync(read_release_meta, self.layout.meta_dir, back_to)
+                back_ok: bool | None = None
+                if meta is not None:
+                    back_expect = expected_text(self.config.health_expect, meta.tag, meta.sha)
+                    back = await wait_healthy(url, back_expect, self.config.health_timeout)
+                    back_ok = back.ok
+                    if not back.ok:
+                        log.error("rollback_unverified", release=back_to, reason=back.reason)
+            failed = await anyio.to_thread.run_sync(read_release_meta, self.layout.meta_dir, name)
+            if failed is not None:
+                await anyio.to_thread.run_sync(write_release_meta, self.layout.meta_dir, replace(failed, ok=False))
+            self.state.previous = previous_before
+            self.state.extra.pop("verify", None)
+            await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+        async with self._phase(attempt, Step.PRUNE):
+            await self._prune()  # the failed release is marked, so it goes now and never counts
+        back_tag = meta.tag if meta else back_to
+        raise RolledBack(
+            f"{tag} failed its health check and was rolled back to {back_tag}: {result.reason}",
+            fix="fix the release and deploy a new tag; this one is not retried until the marker changes",
+            release=name,
+            rolled_back_to=back_to,
+            rollback_verified=back_ok,
+        )
 
     async def _build_release(
         self, attempt: Attempt, req: DeployRequest, name: str, sha: str, previous_current: str | None
@@ -413,7 +531,10 @@ class Deployer:
         lay = self.layout
         os.chmod(tmp, 0o755)
         sync_tree(tmp)
-        write_release_meta(lay.meta_dir, ReleaseMeta(name=name, tag=tag, sha=sha, created=time.time()))
+        meta = ReleaseMeta(name=name, tag=tag, sha=sha, created=time.time())
+        write_release_meta(lay.meta_dir, meta)
+        # the app-facing metadata, next to the release directory (never modified once published)
+        write_release_meta(lay.releases, meta, app_facing=True)
         os.rename(tmp, lay.releases / name)
         fsync_dir(lay.releases)
 
@@ -448,12 +569,18 @@ class Deployer:
                 rc=result.returncode,
             )
 
-    async def _reload(self, name: str) -> None:
-        """Reload for ``name`` (already current), recording it before and after in the state file."""
+    async def _reload(self, name: str, verify: dict[str, Any] | None = None) -> None:
+        """Reload for ``name`` (already current), recording it before and after in the state file.
+
+        With ``verify``, the state also records that ``name`` still has to pass its health check
+        (and where to go back to), in the same write.
+        """
         st = self.state
         token = self.reloader.token(st.last_reload_mtime)
         if st.reloaded != name:
             st.previous = st.reloaded
+        if verify is not None:
+            st.extra["verify"] = verify
         st.pending = PendingReload(name, token)
         # Not fsynced: it only has to survive a kill -9 (the page cache does). After a power loss the
         # pending record may be lost and the restart reloads once more: harmless, and it keeps disk
@@ -481,6 +608,7 @@ class Deployer:
         for name in doomed:
             await anyio.to_thread.run_sync(remove_tree, self.layout.releases / name)
             await anyio.to_thread.run_sync(_unlink, self.layout.meta_dir / f"{name}.json")
+            await anyio.to_thread.run_sync(_unlink, self.layout.releases / f"{name}.json")
         if doomed:
             log.info("pruned", releases=doomed)
 
@@ -557,7 +685,7 @@ class Deployer:
         }
         if reading.error:
             status["error"] = reading.error.as_dict()
-        elif state == "failed":
+        elif state in ("failed", "rolled_back"):
             status["error"] = (
                 self._last_attempt.error if self._last_attempt and self._last_attempt.error else self.state.failed_error
             )

@@ -23,7 +23,9 @@ __all__ = [
     "LockHeldError",
     "MarkerError",
     "ReloadError",
+    "RolledBack",
     "TagNotFoundError",
+    "VerifyError",
     "WaitTimeoutError",
 ]
 
@@ -104,6 +106,19 @@ class ReloadError(CoordinatorError):
 
     kind = "reload"
     retryable = True
+
+
+class RolledBack(CoordinatorError):
+    """The new release failed its health check after the reload; the previous one was restored.
+    Not retried until the marker changes."""
+
+    kind = "rolled_back"
+
+
+class VerifyError(CoordinatorError):
+    """The new release failed its health check and there was no previous release to go back to."""
+
+    kind = "verify"
 
 
 class DeployFailed(CoordinatorError):

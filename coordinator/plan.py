@@ -25,6 +25,8 @@ class Step(StrEnum):
     PUBLISH = "publish"
     SWAP = "swap"
     RELOAD = "reload"
+    VERIFY = "verify"
+    ROLLBACK = "rollback"  # not planned: done only when VERIFY fails
     PRUNE = "prune"
 
 
@@ -49,6 +51,7 @@ class Observation:
     fetched: bool = False
     blocked: bool = False
     has_build: bool = False
+    has_health: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +91,12 @@ def plan(obs: Observation) -> Plan:
         if pending_reload:
             return reload_only
         return Plan(Action.NOOP, target=target, sha=sha, reason="already current")
+    verify = (Step.VERIFY,) if obs.has_health else ()
     if target in obs.releases:
-        steps: tuple[Step, ...] = (Step.SWAP, Step.RELOAD, Step.PRUNE)
+        steps: tuple[Step, ...] = (Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
     else:
         build = (Step.BUILD,) if obs.has_build else ()
-        steps = (Step.PREPARE, *build, Step.PUBLISH, Step.SWAP, Step.RELOAD, Step.PRUNE)
+        steps = (Step.PREPARE, *build, Step.PUBLISH, Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
     return Plan(Action.DEPLOY, steps, target, sha, reason="deploy")
 
 

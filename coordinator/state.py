@@ -163,8 +163,13 @@ class ReleaseMeta:
     ok: bool = True
 
 
-def write_release_meta(meta_dir: Path, meta: ReleaseMeta) -> None:
-    write_json(meta_dir / f"{meta.name}.json", {**asdict(meta), "created_at": iso(meta.created)})
+def write_release_meta(meta_dir: Path, meta: ReleaseMeta, *, app_facing: bool = False) -> None:
+    """Write ``<meta_dir>/<name>.json``. The app-facing copy next to the release directory has only
+    ``name``, ``tag``, ``sha``, ``created`` and ``created_at`` (no bookkeeping such as ``ok``)."""
+    body = {**asdict(meta), "created_at": iso(meta.created)}
+    if app_facing:
+        body.pop("ok")
+    write_json(meta_dir / f"{meta.name}.json", body)
 
 
 def read_release_meta(meta_dir: Path, name: str) -> ReleaseMeta | None:

@@ -37,6 +37,11 @@ def mark(root: Path, text: str) -> None:
     (root / "deploy.request").write_text(text)
 
 
+def release_dirs(root: Path) -> list[str]:
+    """Published release directories (not their metadata files, not temporary names), sorted."""
+    return sorted(p.name for p in (root / "releases").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def tracked(repo: GitRepo, tag: str) -> set[str]:
     return set(repo.git("ls-tree", "-r", "--name-only", tag).splitlines())
 
@@ -396,7 +401,7 @@ async def test_retention_keeps_n_and_never_current_or_previous(root: Path, tmp_p
     for i in range(1, 6):
         mark(root, f"t{i}")
         await d.reconcile()
-    names = sorted(os.listdir(root / "releases"))
+    names = release_dirs(root)
     assert [n.split("-")[0] for n in names] == ["t4", "t5"]
 
 
@@ -406,7 +411,7 @@ async def test_keep_one_still_keeps_previous(root: Path, repo: GitRepo) -> None:
     for tag in ("v1", "v2", "v3"):
         mark(root, tag)
         await d.reconcile()
-    assert sorted(n.split("-")[0] for n in os.listdir(root / "releases")) == ["v2", "v3"]
+    assert [n.split("-")[0] for n in release_dirs(root)] == ["v2", "v3"]
 
 
 async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRepo) -> None:
@@ -418,7 +423,7 @@ async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRep
     bad = await started(root, repo, keep=2, build_command="exit 1")
     mark(root, "v3")
     await bad.reconcile()
-    assert sorted(n.split("-")[0] for n in os.listdir(root / "releases")) == ["v1", "v2"]
+    assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2"]
 
 
 async def test_startup_removes_temporary_leftovers(root: Path, repo: GitRepo) -> None:

@@ -193,7 +193,17 @@ def test_release_named_after_tag_and_cached_sha() -> None:
 
 def test_steps_enum_is_in_run_order() -> None:
     """Step is declared in the order the steps run (the planner's tuples follow it)."""
-    assert [s.value for s in Step] == ["fetch", "prepare", "build", "publish", "swap", "reload", "prune"]
+    assert [s.value for s in Step] == [
+        "fetch",
+        "prepare",
+        "build",
+        "publish",
+        "swap",
+        "reload",
+        "verify",
+        "rollback",
+        "prune",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,3 +429,21 @@ def test_prune_keeps_min_keep_total_when_current_and_previous_are_successful(kee
     current, previous = releases[0].name, releases[total // 2].name
     deleted = plan_prune(releases, current, previous, keep)
     assert total - len(deleted) == min(keep, total)
+
+
+def test_health_check_adds_verify_after_reload_for_a_new_release() -> None:
+    """With a health URL, a new release is verified after the reload and before pruning."""
+    p = plan(Observation(request=DeployRequest("v2"), cached_sha=SHA, has_health=True))
+    assert p.steps == (Step.PREPARE, Step.PUBLISH, Step.SWAP, Step.RELOAD, Step.VERIFY, Step.PRUNE)
+
+
+def test_health_check_adds_verify_for_a_release_on_disk() -> None:
+    """A swap to a release on disk is verified too."""
+    p = plan(Observation(request=DeployRequest("v2"), cached_sha=SHA, releases=frozenset({TARGET}), has_health=True))
+    assert p.steps == (Step.SWAP, Step.RELOAD, Step.VERIFY, Step.PRUNE)
+
+
+def test_rollback_is_never_planned() -> None:
+    """ROLLBACK only happens when VERIFY fails; the planner never puts it in a plan."""
+    p = plan(Observation(request=DeployRequest("v2"), cached_sha=SHA, has_health=True, has_build=True))
+    assert Step.ROLLBACK not in p.steps
