@@ -28,7 +28,7 @@ pytestmark = pytest.mark.anyio
 class _App(http.server.BaseHTTPRequestHandler):
     root: Path
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         real = Path(os.path.realpath(self.root / "current"))
         try:
             meta = json.loads(Path(f"{real}.json").read_text())
@@ -41,7 +41,7 @@ class _App(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server API
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
