@@ -40,6 +40,7 @@ from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, Ma
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, swap_symlink, sync_tree, temp_name
 from coordinator.git import GitCache
 from coordinator.health import expected_text, wait_healthy
+from coordinator.inuse import releases_in_use
 from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker
 from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
 from coordinator.proc import run_in_group
@@ -604,7 +605,8 @@ class Deployer:
     async def _prune(self) -> None:
         releases = await anyio.to_thread.run_sync(self._list_releases)
         current = await anyio.to_thread.run_sync(read_current, self.layout.root)
-        doomed = plan_prune(releases, current, self.state.previous, self.config.keep)
+        in_use = await anyio.to_thread.run_sync(releases_in_use, self.layout.releases)
+        doomed = plan_prune(releases, current, self.state.previous, self.config.keep, sorted(in_use))
         for name in doomed:
             await anyio.to_thread.run_sync(remove_tree, self.layout.releases / name)
             await anyio.to_thread.run_sync(_unlink, self.layout.meta_dir / f"{name}.json")

@@ -590,3 +590,25 @@ async def test_newer_marker_cancels_a_hanging_fetch(
     assert attempt is not None and attempt.result == "cancelled" and attempt.tag == "v3"
     again = await d.reconcile()
     assert again is not None and again.result == "success" and again.tag == "v1"
+
+
+async def test_release_used_by_a_live_process_is_not_pruned(root: Path, repo: GitRepo) -> None:
+    """A release some process runs in (an old worker) survives retention until the process exits."""
+    d = await started(root, repo, keep=1)
+    mark(root, "v1")
+    first = await d.reconcile()
+    assert first is not None
+    worker = await anyio.open_process(["sleep", "30"], cwd=root / "releases" / str(first.release))
+    try:
+        for tag in ("v2", "v3"):
+            mark(root, tag)
+            await d.reconcile()
+        assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2", "v3"]
+    finally:
+        worker.kill()
+        await worker.wait()
+    mark(root, "v1")
+    await d.reconcile()
+    mark(root, "v2")
+    await d.reconcile()
+    assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2"]
