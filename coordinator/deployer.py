@@ -44,7 +44,7 @@ from coordinator.inuse import releases_in_use
 from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker
 from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
 from coordinator.proc import run_in_group
-from coordinator.reload import Reloader, TouchReloader
+from coordinator.reload import Reloader, make_reloader
 from coordinator.state import (
     STATUS_VERSION,
     PendingReload,
@@ -136,7 +136,7 @@ class Deployer:
         self.config = config
         self.layout = config.layout
         self.git = GitCache(self.layout.git_dir, config.repo, config.git_timeout)
-        self.reloader: Reloader = reloader or TouchReloader(self.layout.reload_file)
+        self.reloader: Reloader = reloader or make_reloader(config)
         self.state = State()
         self._status: dict[str, Any] = {}
         self._last_attempt: Attempt | None = None
@@ -269,7 +269,8 @@ class Deployer:
         if reading.error is not None:
             self._log_marker_error(reading)
             if current is not None and self.state.reloaded != current:
-                await self._recovery_reload(current)
+                with contextlib.suppress(CoordinatorError):  # logged; retried on the next reconcile
+                    await self._recovery_reload(current)
             await self._publish("invalid", reading, current)
             return None
         req = reading.request
@@ -296,7 +297,11 @@ class Deployer:
             return None
         if p.action is Action.RELOAD:
             assert current is not None
-            await self._recovery_reload(current)
+            try:
+                await self._recovery_reload(current)
+            except CoordinatorError as e:  # logged by _recovery_reload; retried on the next reconcile
+                await self._publish("failed", reading, current, error=e.as_dict())
+                return None
             await self._publish("idle" if req is not None else "waiting", reading, current)
             return None
         assert req is not None
@@ -587,7 +592,7 @@ class Deployer:
         # pending record may be lost and the restart reloads once more: harmless, and it keeps disk
         # flushes out of the marker -> reload path.
         await anyio.to_thread.run_sync(partial(save_state, self.layout.state_file, st, durable=False))
-        await self.reloader.reload(token)
+        await self.reloader.reload(token, release=name)
         st.reloaded = name
         st.pending = None
         if isinstance(token, int):
@@ -599,7 +604,11 @@ class Deployer:
         with anyio.CancelScope(shield=True):
             log.info("reload_pending", release=current, reloaded=self.state.reloaded)
             started = time.monotonic()
-            await self._reload(current)
+            try:
+                await self._reload(current)
+            except CoordinatorError as e:
+                log.error("reload_failed", **{**e.as_dict(), "release": current, "retryable": e.retryable})
+                raise
             log.info("reload", release=current, duration_ms=_ms(started), recovery=True)
 
     async def _prune(self) -> None:
@@ -668,7 +677,9 @@ class Deployer:
         meta = read_release_meta(self.layout.meta_dir, name)
         return {"release": name, "tag": meta.tag if meta else None, "sha": meta.sha if meta else None}
 
-    async def _publish(self, state: str, reading: MarkerReading, current: str | None) -> None:
+    async def _publish(
+        self, state: str, reading: MarkerReading, current: str | None, error: dict[str, Any] | None = None
+    ) -> None:
         """Write the status file if anything in it changed."""
         req = reading.request
         status: dict[str, Any] = {
@@ -685,7 +696,9 @@ class Deployer:
             "last_success": self._last_success,
             "error": None,
         }
-        if reading.error:
+        if error is not None:
+            status["error"] = error
+        elif reading.error:
             status["error"] = reading.error.as_dict()
         elif state in ("failed", "rolled_back"):
             status["error"] = (

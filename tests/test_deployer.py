@@ -612,3 +612,24 @@ async def test_release_used_by_a_live_process_is_not_pruned(root: Path, repo: Gi
     mark(root, "v2")
     await d.reconcile()
     assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2"]
+
+
+async def test_failed_reload_is_reported_and_retried(root: Path, repo: GitRepo, tmp_path: Path) -> None:
+    """A reload that fails (its directory is missing) shows in the status and is retried later."""
+    reload_dir = tmp_path / "reload-dir"
+    cfg = Config(layout=Layout.for_root(root, reload_file=reload_dir / "touch"), repo=str(repo.path))
+    d = Deployer(cfg)
+    await d.startup()
+    mark(root, "v1")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "failed"
+    assert attempt.error is not None and attempt.error["kind"] == "reload"
+    assert os.path.lexists(root / "current")  # swapped: the reload is what is missing
+    await d.reconcile()
+    st = read_status(root)
+    assert st is not None and st["state"] == "failed" and "does not exist" in st["error"]["message"]
+    reload_dir.mkdir()
+    await d.reconcile()
+    assert (reload_dir / "touch").exists()
+    st = read_status(root)
+    assert st is not None and st["state"] == "idle" and st["reloaded"] == st["current"]["release"]
