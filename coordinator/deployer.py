@@ -37,12 +37,14 @@ import structlog
 
 from coordinator.config import Config
 from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, MarkerError, RolledBack, VerifyError
+from coordinator.failpoints import failpoint
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, swap_symlink, sync_tree, temp_name
 from coordinator.git import GitCache
 from coordinator.health import expected_text, wait_healthy
 from coordinator.inuse import releases_in_use
 from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker
 from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
+from coordinator.prepare import load_previous, prepare_release
 from coordinator.proc import run_in_group
 from coordinator.reload import Reloader, make_reloader
 from coordinator.state import (
@@ -317,6 +319,7 @@ class Deployer:
                 with self._supersedable(req, reading.digest) as scope:
                     async with self._phase(attempt, Step.FETCH):
                         sha = await self.git.fetch_tag(req.tag)
+                        failpoint("after-fetch")
                     p = plan(replace(obs, cached_sha=sha, fetched=True))
                 if scope.cancelled_caught:
                     p = Plan(Action.NOOP, reason="superseded")
@@ -354,9 +357,11 @@ class Deployer:
             if attempt.result == "running":
                 attempt.result = "cancelled"
             with anyio.CancelScope(shield=True):
+                failpoint("before-journal")
                 await anyio.to_thread.run_sync(
                     append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()}
                 )
+                failpoint("after-journal")
                 current = await anyio.to_thread.run_sync(read_current, self.layout.root)
                 if attempt.result == "success":
                     self._last_success = attempt.to_dict()
@@ -516,12 +521,30 @@ class Deployer:
     async def _build_release(
         self, attempt: Attempt, req: DeployRequest, name: str, sha: str, previous_current: str | None
     ) -> None:
+        """Prepare, build and publish release ``name`` under a hidden temporary name.
+
+        The release is prepared from ``previous_current`` (the release ``current`` points to) when
+        that is exact and safe, sharing its unchanged files by hard links (see
+        :mod:`coordinator.prepare`); otherwise, and always when a build command is configured, by a
+        full checkout: a build could modify a file in place and so write through an inode shared
+        with the published previous release.
+        """
         lay = self.layout
         tmp = lay.releases / temp_name(name)
         try:
             async with self._phase(attempt, Step.PREPARE):
                 await anyio.to_thread.run_sync(os.mkdir, tmp, 0o755)
-                await self.git.checkout(sha, tmp, lay.tmp_dir / temp_name("index"))
+                previous = await anyio.to_thread.run_sync(load_previous, lay, previous_current)
+                stats = await prepare_release(
+                    self.git,
+                    sha,
+                    tmp,
+                    lay.tmp_dir / temp_name("index"),
+                    previous,
+                    build_command=bool(self.config.build_command),
+                )
+                log.info("prepare_stats", tag=req.tag, release=name, previous=previous_current, **stats.as_log())
+                failpoint("during-prepare")
             if self.config.build_command:
                 async with self._phase(attempt, Step.BUILD):
                     prev = str(lay.releases / previous_current) if previous_current else ""
@@ -536,12 +559,15 @@ class Deployer:
     def _publish_release(self, tmp: Path, name: str, tag: str, sha: str) -> None:
         lay = self.layout
         os.chmod(tmp, 0o755)
+        failpoint("before-publish")
         sync_tree(tmp)
+        failpoint("after-release-fsync")
         meta = ReleaseMeta(name=name, tag=tag, sha=sha, created=time.time())
         write_release_meta(lay.meta_dir, meta)
         # the app-facing metadata, next to the release directory (never modified once published)
         write_release_meta(lay.releases, meta, app_facing=True)
         os.rename(tmp, lay.releases / name)
+        failpoint("after-release-rename")
         fsync_dir(lay.releases)
 
     async def _run_build(self, cwd: Path, name: str, tag: str, sha: str, previous: str) -> None:
@@ -592,12 +618,15 @@ class Deployer:
         # pending record may be lost and the restart reloads once more: harmless, and it keeps disk
         # flushes out of the marker -> reload path.
         await anyio.to_thread.run_sync(partial(save_state, self.layout.state_file, st, durable=False))
+        failpoint("before-reload")
         await self.reloader.reload(token, release=name)
+        failpoint("after-reload")
         st.reloaded = name
         st.pending = None
         if isinstance(token, int):
             st.last_reload_mtime = token
         await anyio.to_thread.run_sync(save_state, self.layout.state_file, st)
+        failpoint("after-reload-recorded")
         log.info("reloaded", release=name, strategy=self.reloader.name, token=token)
 
     async def _recovery_reload(self, current: str) -> None:
@@ -707,7 +736,9 @@ class Deployer:
         if status == self._status:
             return
         self._status = status
+        failpoint("before-status")
         await anyio.to_thread.run_sync(write_json, self.layout.status_file, {**status, "updated_at": iso()})
+        failpoint("after-status")
 
     async def publish_stopped(self) -> None:
         if self._status:

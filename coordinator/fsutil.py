@@ -21,6 +21,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from coordinator.failpoints import failpoint
+
 __all__ = [
     "atomic_write",
     "fsync_dir",
@@ -84,12 +86,15 @@ def swap_symlink(link: Path, target: str) -> None:
     """Point ``link`` at ``target`` by renaming a new temporary symlink over it, then fsync its dir."""
     tmp = link.parent / temp_name(link.name)
     os.symlink(target, tmp)
+    failpoint("after-temp-link")
     try:
         os.replace(tmp, link)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    failpoint("after-swap")
     fsync_dir(link.parent)
+    failpoint("after-swap-fsync")
 
 
 def sync_tree(path: Path) -> None:

@@ -1,0 +1,446 @@
+"""Preparing a release directory: incrementally from the previous release, or by a full checkout.
+
+A full checkout (:meth:`coordinator.git.GitCache.checkout`) writes every file of the tag, so its cost
+follows the size of the repository. :func:`prepare_release` instead builds the new release from the
+release ``current`` points to, so that the files written follow the size of the change:
+
+* the new tree is listed (``git diff-tree`` from the empty tree) and compared with the previous
+  release's commit (``git diff-tree <old> <new>``);
+* every directory of the new tree is created fresh (never linked, never reused);
+* every file or symlink whose mode and blob are the same in both commits is hard-linked from the
+  previous release, after checking that the previous copy is still what was published: the same
+  type and permission bits as a checkout writes them (0644, 0755, symlink) and not modified since the
+  previous release was published (mtime <= its creation time). A copy that fails the check is
+  written fresh instead;
+* every other file (added, modified, mode or type changed) is written by ``git checkout-index`` from
+  an index of the new tree, into a path where nothing exists yet, so it is always a new inode;
+* submodules (gitlinks) become empty directories, as ``checkout-index -a`` makes them.
+
+The result holds exactly the new tree: nothing is copied from the previous release that the new
+tree does not list (deleted paths, and files an app wrote into its release such as ``__pycache__``,
+are simply never created), no symlink of either release is ever followed (directories are opened
+with ``O_NOFOLLOW``), and no shared inode is ever written, truncated or chmodded: a published release
+shares inodes with the new one and must stay immutable.
+
+The full checkout stays the fallback whenever the incremental path cannot promise that, with the
+reason in :attr:`PrepareStats.fallback`:
+
+* ``no_previous_release``: nothing is current;
+* ``build_command``: a build command is configured. A build runs in the new release and could
+  modify a file in place (``>>``, an editor, a tool that rewrites its output) and so write through
+  a hard link into the previous, published release. Every release is a full checkout then;
+* ``previous_sha_unknown``: the previous release's metadata is missing or unreadable;
+* ``previous_not_published``: the previous release is not a complete published release directory;
+* ``previous_provenance_unknown`` / ``previous_was_built``: the journal does not show the attempt that
+  published the previous release, or shows that a build command ran in it (a build configured
+  earlier may have changed tracked files, so that release is not a pristine checkout of its commit);
+* ``previous_commit_missing``: the git cache no longer has the previous release's commit;
+* ``gitattributes_changed``: a ``.gitattributes`` file changed, which can change how unchanged blobs
+  are checked out (line endings, ``ident``, filters), so unchanged files cannot be shared;
+* ``link_failed_<ERRNO>``: the filesystem refused a hard link (``EXDEV``, ``EPERM``, ``EMLINK``,
+  ``EOPNOTSUPP``); whatever was linked is removed first (unlinking a name never touches the inode);
+* ``unknown_object_format`` / ``unexpected_git_output``: defensive, not expected to happen.
+
+Other errors (a git failure for the new commit, ``ENOSPC``, ``EIO``) are raised as with a full checkout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from coordinator.config import Layout
+from coordinator.fsutil import is_real_dir, remove_tree
+from coordinator.git import GitCache
+from coordinator.plan import Step
+from coordinator.proc import GroupResult
+from coordinator.state import read_journal, read_release_meta
+
+__all__ = ["PrepareStats", "PreviousRelease", "load_previous", "prepare_release"]
+
+log = structlog.get_logger("coordinator.prepare")
+
+_SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+#: the empty tree, built into git for both object formats
+_EMPTY_TREE = {
+    40: "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+    64: "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321",
+}
+#: os.link errors that mean "this filesystem (or this file) cannot be shared": fall back to a full checkout
+_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP})
+#: journal entries searched for the attempt that published the previous release
+_JOURNAL_LOOKBACK = 2000
+#: bytes of path arguments per checkout-index call (far below ARG_MAX)
+_ARGS_CHUNK = 128 * 1024
+_GITLINK = b"160000"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: what checkout-index writes under the umask 022 every git call runs with
+_PERMS = {b"100644": 0o644, b"100755": 0o755}
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousRelease:
+    """The published release to build from: its directory, its commit and how it was made."""
+
+    path: Path
+    sha: str | None  # None: its metadata is missing or unreadable
+    created: float | None = None  # when it was published (its files are not newer)
+    built: bool | None = None  # a build command ran in it; None: unknown (no journal entry found)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareStats:
+    """How a release was prepared. ``written``/``deleted`` are None for a full checkout (not counted)."""
+
+    mode: str  # "incremental" | "full"
+    linked: int = 0  # files and symlinks hard-linked from the previous release
+    written: int | None = None  # files and symlinks written as new inodes
+    deleted: int | None = None  # paths of the previous commit that the new one no longer has
+    rewritten: int = 0  # of ``written``: unchanged paths whose previous copy failed the check
+    fallback: str | None = None  # why a full checkout was done
+    detail: str | None = field(default=None, compare=False)  # e.g. the OSError text of a failed link
+
+    def as_log(self) -> dict[str, Any]:
+        """The stats as log fields (None values dropped)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class _Fallback(Exception):
+    """The incremental path cannot guarantee an exact result: do a full checkout instead."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
+    """The release ``name`` (the one ``current`` points to) as a :class:`PreviousRelease` (blocking).
+
+    Reads its metadata (commit, publication time) and finds in the journal the attempt that
+    published it, to tell whether a build command ran in it.
+    """
+    if name is None:
+        return None
+    meta = read_release_meta(layout.meta_dir, name)
+    if meta is not None and meta.name != name:
+        meta = None
+    built: bool | None = None
+    for entry in reversed(read_journal(layout.journal, _JOURNAL_LOOKBACK)):
+        phases = entry.get("phases_ms")
+        if entry.get("release") == name and isinstance(phases, dict) and Step.PUBLISH.value in phases:
+            built = Step.BUILD.value in phases
+            break
+    return PreviousRelease(
+        path=layout.releases / name,
+        sha=meta.sha if meta else None,
+        created=meta.created if meta else None,
+        built=built,
+    )
+
+
+def _refusal(previous: PreviousRelease | None, build_command: bool) -> str | None:
+    """Why the incremental path must not be taken (None: it may be). Blocking (one lstat)."""
+    if previous is None:
+        return "no_previous_release"
+    if build_command:
+        return "build_command"
+    if previous.sha is None or not _SHA_RE.fullmatch(previous.sha) or previous.created is None:
+        return "previous_sha_unknown"
+    if previous.path.name.startswith(".") or not is_real_dir(previous.path):
+        return "previous_not_published"
+    if previous.built is None:
+        return "previous_provenance_unknown"
+    if previous.built:
+        return "previous_was_built"
+    return None
+
+
+async def prepare_release(
+    git: GitCache,
+    sha: str,
+    dest: Path,
+    index_file: Path,
+    previous: PreviousRelease | None,
+    *,
+    build_command: bool = False,
+) -> PrepareStats:
+    """Fill the empty directory ``dest`` with exactly the tracked files of commit ``sha``.
+
+    Incrementally from ``previous`` (sharing unchanged files by hard links) when that is safe, else
+    by a full checkout; the returned stats say which, and why. ``index_file`` (and files named after
+    it) are temporary and removed. Pass ``build_command=True`` when a build will run in ``dest``:
+    a build may modify files in place, which must never reach an inode shared with a published
+    release, so the release is then always a full checkout.
+    """
+    reason = await anyio.to_thread.run_sync(_refusal, previous, build_command)
+    detail: str | None = None
+    if reason is None:
+        assert previous is not None and previous.sha is not None and previous.created is not None
+        try:
+            return await _incremental(git, sha, dest, index_file, previous)
+        except _Fallback as fb:
+            reason, detail = fb.reason, fb.detail
+            log.warning("prepare_fallback", reason=reason, detail=detail, previous=previous.path.name)
+            await anyio.to_thread.run_sync(_empty_dir, dest)
+    await git.checkout(sha, dest, index_file)
+    return PrepareStats(mode="full", fallback=reason, detail=detail)
+
+
+async def _incremental(
+    git: GitCache, sha: str, dest: Path, index_file: Path, previous: PreviousRelease
+) -> PrepareStats:
+    assert previous.sha is not None and previous.created is not None
+    empty = _EMPTY_TREE.get(len(sha))
+    if empty is None or not _SHA_RE.fullmatch(sha):
+        raise _Fallback("unknown_object_format")
+    listing_file = index_file.with_name(index_file.name + ".tree")
+    diff_file = index_file.with_name(index_file.name + ".diff")
+    env = {"GIT_INDEX_FILE": str(index_file)}
+    common = [f"--work-tree={dest}", "-c", "core.autocrlf=false", "-c", "core.symlinks=true"]
+    raw = ["diff-tree", "-r", "-z", "--raw", "--no-renames", "--ignore-submodules=none"]
+    diffs: dict[str, GroupResult] = {}
+
+    async def list_new_tree() -> None:
+        await git._git([*raw, f"--output={listing_file}", "--end-of-options", empty, sha])
+
+    async def diff_with_previous() -> None:
+        args = [*raw, f"--output={diff_file}", "--end-of-options", str(previous.sha), sha]
+        diffs["old"] = await git._git(args, check=False)
+
+    async def read_tree() -> None:
+        await git._git([*common, "read-tree", "--end-of-options", sha], env=env)
+
+    created_ns = int(previous.created * 1_000_000_000)
+    done: list[_Linked] = []
+
+    async def link() -> None:
+        done.append(await anyio.to_thread.run_sync(_link_unchanged, previous.path, dest, plan, created_ns))
+
+    try:
+        await _concurrently(list_new_tree, diff_with_previous)
+        if diffs["old"].returncode != 0:
+            raise _Fallback("previous_commit_missing", _last_line(diffs["old"].stderr))
+        plan = await anyio.to_thread.run_sync(_read_plan, listing_file, diff_file)
+        if plan.attributes_changed:
+            raise _Fallback("gitattributes_changed")
+        if plan.changed:
+            await _concurrently(link, read_tree)  # the index is only needed to write: build it meanwhile
+        else:
+            await link()
+            if done[0].to_write:
+                await read_tree()
+        linked = done[0]
+        for chunk in _chunks(linked.to_write):
+            await git._git([*common, "checkout-index", "-f", "--", *chunk], env=env)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for f in (index_file, listing_file, diff_file):
+                await anyio.Path(f).unlink(missing_ok=True)
+    return PrepareStats(
+        mode="incremental",
+        linked=linked.count,
+        written=len(linked.to_write),
+        deleted=plan.deleted,
+        rewritten=linked.rewritten,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    entries: list[tuple[bytes, bytes]]  # (path, mode) of every entry of the new tree, sorted by path
+    changed: frozenset[bytes]  # paths whose mode or blob differ from the previous commit's
+    deleted: int
+    attributes_changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Linked:
+    to_write: list[bytes]
+    count: int
+    rewritten: int
+
+
+def _parse_raw(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """``diff-tree -r -z --raw --no-renames`` output as (new mode, status, path) records."""
+    out = []
+    tokens = data.split(b"\0")
+    i = 0
+    while i + 1 < len(tokens):
+        meta, path = tokens[i], tokens[i + 1]
+        fields = meta.split(b" ")
+        if not meta.startswith(b":") or len(fields) != 5 or fields[4][:1] in (b"R", b"C"):
+            raise _Fallback("unexpected_git_output", repr(meta[:80]))
+        out.append((fields[1], fields[4][:1], path))
+        i += 2
+    return out
+
+
+def _read_plan(listing_file: Path, diff_file: Path) -> _Plan:
+    """What to link and what to write, from the two diff-tree outputs (blocking)."""
+    entries = sorted((path, mode) for mode, _status, path in _parse_raw(listing_file.read_bytes()))
+    changed: set[bytes] = set()
+    gone: set[bytes] = set()
+    attributes = False
+    for _mode, status, path in _parse_raw(diff_file.read_bytes()):
+        (gone if status == b"D" else changed).add(path)
+        attributes = attributes or path.rsplit(b"/", 1)[-1] == b".gitattributes"
+    deleted = len(gone - changed) if gone else 0
+    return _Plan(entries, frozenset(changed), deleted, attributes)
+
+
+def _link_unchanged(previous: Path, dest: Path, plan: _Plan, created_ns: int) -> _Linked:
+    """Create the directories of the new tree in ``dest`` and hard-link its unchanged files from
+    ``previous``; return the paths left to write (blocking)."""
+    to_write: list[bytes] = []
+    count = rewritten = 0
+    dirs = _DirStack(previous, dest)
+    try:
+        for path, mode in plan.entries:
+            parts = path.split(b"/")
+            name = parts[-1]
+            dest_fd, prev_fd = dirs.enter(parts[:-1])
+            if mode == _GITLINK:
+                os.close(_make_dir(name, dest_fd))  # checkout-index -a makes submodules empty dirs
+                continue
+            if path in plan.changed:
+                to_write.append(path)
+                continue
+            if prev_fd is None or not _published_copy(name, prev_fd, mode, created_ns):
+                to_write.append(path)
+                rewritten += 1
+                continue
+            try:
+                os.link(name, name, src_dir_fd=prev_fd, dst_dir_fd=dest_fd, follow_symlinks=False)
+            except OSError as e:
+                if e.errno in _LINK_ERRNOS:
+                    raise _Fallback(f"link_failed_{errno.errorcode[e.errno]}", f"{e.strerror}: {path!r}") from e
+                raise
+            count += 1
+    finally:
+        dirs.close()
+    return _Linked(to_write, count, rewritten)
+
+
+def _published_copy(name: bytes, prev_fd: int, mode: bytes, created_ns: int) -> bool:
+    """True when ``name`` in the previous release is still what a checkout of ``mode`` wrote there."""
+    try:
+        st = os.stat(name, dir_fd=prev_fd, follow_symlinks=False)
+    except OSError:  # missing, or unreadable: write it instead
+        return False
+    if st.st_mtime_ns > created_ns:  # changed after the previous release was published
+        return False
+    if mode == b"120000":
+        return stat.S_ISLNK(st.st_mode)
+    return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == _PERMS.get(mode)
+
+
+class _DirStack:
+    """The chain of open directories (new release, previous release) for the path being processed.
+
+    Entries come sorted by path, so each directory's entries are contiguous and every directory is
+    created and opened once. Directories of the previous release are opened with ``O_NOFOLLOW``: a
+    path that is a symlink (or a file) there is treated as absent, never followed.
+    """
+
+    def __init__(self, previous: Path, dest: Path) -> None:
+        self.names: list[bytes] = []
+        self.dest_fds = [os.open(dest, _DIR_FLAGS)]
+        self.prev_fds: list[int | None] = [_open_dir(os.fsencode(previous), None)]
+
+    def enter(self, parts: Sequence[bytes]) -> tuple[int, int | None]:
+        keep = 0
+        for have, want in zip(self.names, parts, strict=False):
+            if have != want:
+                break
+            keep += 1
+        while len(self.names) > keep:
+            self._pop()
+        for name in parts[keep:]:
+            self.dest_fds.append(_make_dir(name, self.dest_fds[-1]))
+            parent = self.prev_fds[-1]
+            self.prev_fds.append(None if parent is None else _open_dir(name, parent))
+            self.names.append(name)
+        return self.dest_fds[-1], self.prev_fds[-1]
+
+    def _pop(self) -> None:
+        self.names.pop()
+        os.close(self.dest_fds.pop())
+        fd = self.prev_fds.pop()
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        while self.names:
+            self._pop()
+        os.close(self.dest_fds[0])
+        if self.prev_fds[0] is not None:
+            os.close(self.prev_fds[0])
+
+
+def _open_dir(name: bytes, dir_fd: int | None) -> int | None:
+    """An fd of directory ``name`` of the previous release, or None when it is missing, a symlink, not
+    a directory or unreadable (its files are then written, not linked)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def _make_dir(name: bytes, dir_fd: int) -> int:
+    """Create directory ``name`` with mode 0755 (as checkout-index does under umask 022); return its fd."""
+    os.mkdir(name, 0o755, dir_fd=dir_fd)  # sorted entries: each directory is made once
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    os.fchmod(fd, 0o755)  # whatever our own umask is
+    return fd
+
+
+def _chunks(paths: Sequence[bytes]) -> list[list[str]]:
+    """Paths as git arguments, in chunks that keep each command line small."""
+    out: list[list[str]] = []
+    size = _ARGS_CHUNK
+    for p in paths:
+        if size + len(p) + 1 > _ARGS_CHUNK:
+            out.append([])
+            size = 0
+        out[-1].append(os.fsdecode(p))
+        size += len(p) + 1
+    return out
+
+
+def _empty_dir(path: Path) -> None:
+    """Remove everything inside ``path`` (never following symlinks, never writing shared inodes)."""
+    for entry in os.scandir(path):
+        remove_tree(Path(entry.path))
+
+
+async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:
+    """Run the calls concurrently and raise the first error itself (not an exception group, so
+    callers see the GitError or _Fallback)."""
+    errors: list[Exception] = []
+
+    async def run(fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except Exception as e:
+            errors.append(e)
+
+    async with anyio.create_task_group() as tg:
+        for fn in fns:
+            tg.start_soon(run, fn)
+    if errors:
+        raise errors[0]
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1][:300] if lines else ""
