@@ -10,14 +10,20 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Daemon, DaemonError, Event, write_marker
 from benchmarks.observer import Observation, Observer
 
-__all__ = ["LOG_PHASES", "DeployRecord", "Deployer"]
+__all__ = ["LOG_PHASES", "DeployRecord", "Deployer", "MarkerWriter"]
+
+#: writes the marker text and returns ``time.time_ns()`` taken just before it becomes visible
+MarkerWriter = Callable[[str], int]
+#: phase events whose ``duration_ms`` a record keeps (the daemon logs one event per step it runs)
+_TIMED_EVENTS = ("fetch", "prepare", "build", "publish", "swap", "reload", "prune")
 
 #: log-based phases of a deploy, in order: (key, label, what it spans)
 LOG_PHASES: list[tuple[str, str, str]] = [
@@ -56,6 +62,9 @@ class DeployRecord:
     log_succeeded: float | None
     phase_ms: dict[str, float]  # duration_ms fields of the phase events (monotonic, inside the daemon)
     deploy_started_events: int
+    prepare_stats: dict[str, Any] = field(default_factory=dict)  # the `prepare_stats` event, if any
+    # debug-level `git` events that ended within the prepare phase: total duration_ms by git command
+    prepare_git_ms: dict[str, float] = field(default_factory=dict)
 
     def phases(self) -> dict[str, float | None]:
         """Log-based phase spans (ms)."""
@@ -99,9 +108,25 @@ def _build_record(tag: str, rid: str, t0: int, obs: Observation, events: list[Ev
     prune_end = first("prune", started_ns)
     succeeded = first("deploy_succeeded", request_id=rid)
     phase_ms: dict[str, float] = {}
-    for e in (swap, reload_end, prune_end):
+    for name in _TIMED_EVENTS:
+        e = first(name, started_ns)
         if e is not None and isinstance(e.get("duration_ms"), int | float):
-            phase_ms[str(e["event"])] = float(e["duration_ms"])
+            phase_ms[name] = float(e["duration_ms"])
+    pstats = first("prepare_stats", started_ns)
+    prepare_stats = {
+        k: v
+        for k, v in (pstats or {}).items()
+        if k in ("mode", "linked", "written", "deleted", "rewritten", "fallback")
+    }
+    prepare_git_ms: dict[str, float] = {}
+    prepare_end = ts(first("prepare", started_ns))
+    if prepare_end is not None:
+        lo = ts(first("fetch", started_ns)) or started_ns
+        for e in events:
+            at, ms = e.get("_ts_ns"), e.get("duration_ms")
+            if e.get("event") == "git" and isinstance(at, int) and lo <= at <= prepare_end and isinstance(ms, float):
+                cmd = str(e.get("cmd"))
+                prepare_git_ms[cmd] = prepare_git_ms.get(cmd, 0.0) + ms
     deploying = next((ns for ns, state in obs.status_changes if state == "deploying"), None)
     period = (obs.ended_ns - obs.baseline_ns) / max(1, obs.iterations) / 1e3
     ctime_ok = (
@@ -129,14 +154,26 @@ def _build_record(tag: str, rid: str, t0: int, obs: Observation, events: list[Ev
         log_succeeded=_ms(ts(succeeded), t0),
         phase_ms=phase_ms,
         deploy_started_events=sum(1 for e in events if e.get("event") == "deploy_started"),
+        prepare_stats=prepare_stats,
+        prepare_git_ms=prepare_git_ms,
     )
 
 
 class Deployer:
     """Drives deploys through one running daemon, one at a time."""
 
-    def __init__(self, root: Path, daemon: Daemon, observer: Observer, releases: dict[str, str], seed: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        daemon: Daemon,
+        observer: Observer,
+        releases: dict[str, str],
+        seed: int,
+        *,
+        writer: MarkerWriter | None = None,
+    ) -> None:
         self.root = root
+        self.write: MarkerWriter = writer or (lambda text: write_marker(root, text))
         self.daemon = daemon
         self.observer = observer
         self.releases = releases  # tag -> release name
@@ -159,7 +196,7 @@ class Deployer:
         release = self.releases[tag]
         self._note(self.daemon.tail.read_new())  # drain what the previous deploy logged late
         self.observer.arm(f"releases/{release}", release, rid, timeout_s)
-        t0 = write_marker(self.root, json.dumps({"tag": tag, "id": rid}) + "\n")
+        t0 = self.write(json.dumps({"tag": tag, "id": rid}) + "\n")
         obs = self.observer.wait(timeout_s + 10)
         if obs.timed_out or not obs.complete:
             raise DaemonError(

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -129,6 +129,7 @@ class Daemon:
         *,
         step_ms: int | None = None,
         log_level: str = "info",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.root = root
         self.log_path = log_path
@@ -150,6 +151,7 @@ class Daemon:
         ]
         if step_ms is not None:
             self.args += ["--watch-step-ms", str(step_ms)]
+        self.args += list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.tail = LogTail(log_path)
         self._log: IO[bytes] | None = None

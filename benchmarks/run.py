@@ -8,8 +8,18 @@
 3. measures the old way, in-place ``git checkout -f tags/vX`` in a plain clone, for comparison;
 4. measures the watcher trade-off: for several ``--watch-step-ms``, marker -> reload latency and the
    daemon's idle CPU and RSS;
-5. checks the issue's target (marker -> reload p50 <= 10 ms) and recommends a watcher step;
-6. writes ``benchmarks/results/<date>.json`` and ``.md`` and prints the Markdown.
+5. measures the daemon's idle cost over 60 s at the default step (CPU share of one core, RSS);
+6. repeats the on-disk deploys with a Kubernetes ConfigMap-style marker (``..data`` symlink swap,
+   :mod:`benchmarks.configmap`);
+7. new-tag deploys on synthetic repositories of 1k, 2k, 10k and 50k files with 10, 100 and 1,000
+   changed files per tag, against in-place ``git checkout -f``, ``git worktree add`` and
+   ``git archive | tar -x`` in the same run (:mod:`benchmarks.newtag`);
+8. the unsafe window: torn reads seen by a reader while each method deploys (:mod:`benchmarks.torn`);
+9. checks the issue's targets (:mod:`benchmarks.targets`), recommends a watcher step, draws the PNG
+   plots (:mod:`benchmarks.plots`), writes ``benchmarks/results/<date>.json`` and ``.md`` and prints
+   the Markdown.
+
+Generated repositories are cached under ``benchmarks/results/tmp/`` for the length of the run only.
 
 Every daemon it starts is stopped at the end, also on errors and on SIGTERM/SIGINT.
 """
@@ -37,16 +47,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks.deploys import LOG_PHASES, Deployer, DeployRecord
-from benchmarks.harness import Daemon, DaemonError, proc_sample, stop_all
-from benchmarks.observer import Observer
+from benchmarks.configmap import ConfigMapMarker
+from benchmarks.deploys import LOG_PHASES, DeployRecord, MarkerWriter
+from benchmarks.harness import proc_sample, stop_all
+from benchmarks.idle import measure_idle, system_ticks
+from benchmarks.newtag import NewTagOptions, run_newtag
+from benchmarks.plots import make_plots
 from benchmarks.report import render
+from benchmarks.repos import RepoCache
+from benchmarks.session import Session, current_tag, read_status, wait_status
 from benchmarks.stats import Summary, summarize
 from benchmarks.synth import GIT_ENV, SynthRepo, build_repo, git
+from benchmarks.targets import ON_DISK_P50_MS, evaluate
+from benchmarks.torn import METHODS as TORN_METHODS
+from benchmarks.torn import run_torn
 
-__all__ = ["main"]
+__all__ = ["Session", "main", "measure_idle"]
 
-TARGET_MS = 10.0
+TARGET_MS = ON_DISK_P50_MS  # the p50 target the watcher-step recommendation aims at
 IDLE_CPU_BUDGET_PCT = 1.0  # of one core, for the watcher-step recommendation
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -83,6 +101,44 @@ def _fs_type(path: Path) -> str:
     except OSError:
         pass
     return fstype
+
+
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(device, mount point, options) of the file system holding ``path``."""
+    best = ("?", "", "")
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 4:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[1]):
+                    best = (parts[0], mnt, parts[3])
+    except OSError:
+        pass
+    return best
+
+
+def _ext4_journal(path: Path) -> bool | None:
+    """Whether the ext4 file system holding ``path`` has a journal (None: not ext4, or unknown)."""
+    if _fs_type(path) != "ext4":
+        return None
+    dev = os.path.basename(_mount_of(path)[0])
+    try:
+        return any(name.startswith(f"{dev}-") for name in os.listdir("/proc/fs/jbd2"))
+    except FileNotFoundError:
+        return False  # no journal on any file system
+    except OSError:
+        return None
+
+
+def _remove_tree(path: Path) -> None:
+    """``rm -rf`` (much faster than shutil.rmtree on a million entries)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rm", "-rf", "--", str(path)], check=False, capture_output=True, timeout=600)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _cpu_model() -> str:
@@ -123,22 +179,24 @@ def machine_info(work: Path) -> dict[str, Any]:
         "git": _cmd_out(["git", "--version"]),
         "watchfiles": importlib.metadata.version("watchfiles"),
         "fs_type": _fs_type(work),
+        "fs_options": _mount_of(work)[2],
+        "ext4_journal": _ext4_journal(work),
         "work_dir": str(work),
         "coordinator_rev": _cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
-        "coordinator_dirty": [ln[3:] for ln in dirty.splitlines() if ln.strip()] if dirty != "?" else [],
+        # porcelain lines are "XY path"; the first line's leading space was stripped with the output
+        "coordinator_dirty": [ln.split(maxsplit=1)[-1] for ln in dirty.splitlines() if ln.strip()]
+        if dirty != "?"
+        else [],
         "coarse_clock_res_ms": _coarse_res_ms(),
         "loadavg_start": _loadavg(),
         "clk_tck": os.sysconf("SC_CLK_TCK"),
     }
 
 
-def _system_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is already in user)
-    idle = fields[3] + fields[4]
-    return total - idle, total
+_system_ticks = system_ticks
+_read_status = read_status
+_wait_status = wait_status
+_current_tag = current_tag
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -159,74 +217,6 @@ def _vals(records: Sequence[DeployRecord], get: Callable[[DeployRecord], float |
 
 def _sd(values: Sequence[float]) -> dict[str, Any]:
     return summarize(values).to_dict()
-
-
-def _read_status(root: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads((root / "deploy.status.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _wait_status(root: Path, pred: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = _read_status(root)
-        if st is not None and pred(st):
-            return st
-        time.sleep(0.01)
-    raise DaemonError(f"status file did not reach the expected state within {timeout:g} s: {_read_status(root)}")
-
-
-def _current_tag(root: Path, releases: dict[str, str]) -> str:
-    link = os.readlink(root / "current")
-    for tag, name in releases.items():
-        if link == f"releases/{name}":
-            return tag
-    raise DaemonError(f"current points to {link!r}, not to a known release")
-
-
-class Session:
-    """One running daemon with an observer and a deploy driver; closes both on exit."""
-
-    def __init__(
-        self,
-        root: Path,
-        repo: SynthRepo,
-        log_path: Path,
-        releases: dict[str, str],
-        *,
-        step_ms: int | None,
-        log_level: str,
-        seed: int,
-        observer_sleep_s: float,
-    ) -> None:
-        self.root = root
-        self.daemon = Daemon(root, repo.path, log_path, step_ms=step_ms, log_level=log_level)
-        self.releases = releases
-        self.seed = seed
-        self.observer_sleep_s = observer_sleep_s
-        self.observer: Observer | None = None
-        self.driver: Deployer | None = None
-
-    def __enter__(self) -> Deployer:
-        self.daemon.start()
-        pid = self.daemon.pid
-        # the start-up reconcile publishes a status carrying the new pid
-        _wait_status(self.root, lambda st: st.get("pid") == pid and st.get("state") in ("idle", "waiting"), 60)
-        self.observer = Observer(self.root, sleep_s=self.observer_sleep_s)
-        self.driver = Deployer(self.root, self.daemon, self.observer, self.releases, self.seed)
-        return self.driver
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self.observer is not None:
-                self.observer.close()
-        finally:
-            rc = self.daemon.stop()
-            if rc not in (0, None) and exc[0] is None:
-                raise DaemonError(f"daemon exited with {rc}; see {self.daemon.log_path}")
 
 
 class _LoadMeter:
@@ -258,30 +248,6 @@ class _LoadMeter:
 
 
 # ---------------------------------------------------------------------------------------------- phases
-
-
-def measure_idle(pid: int, idle_s: float, settle_s: float = 1.0) -> dict[str, Any]:
-    time.sleep(settle_s)
-    sys_a = _system_ticks()
-    a = proc_sample(pid)
-    time.sleep(idle_s)
-    b = proc_sample(pid)
-    sys_b = _system_ticks()
-    wall_s = (b.wall_ns - a.wall_ns) / 1e9
-    tck = os.sysconf("SC_CLK_TCK")
-    cpu_s = (b.ticks - a.ticks) / tck
-    thread_ns = sum(ns - a.thread_ns.get(tid, 0) for tid, ns in b.thread_ns.items())
-    busy = sys_b[0] - sys_a[0]
-    total = max(1, sys_b[1] - sys_a[1])
-    return {
-        "wall_s": wall_s,
-        "idle_cpu_pct": 100.0 * cpu_s / wall_s,
-        "idle_cpu_pct_threads": 100.0 * thread_ns / 1e9 / wall_s,
-        "rss_mib": b.rss_kb / 1024,
-        "threads": b.threads,
-        "system_busy_pct": 100.0 * busy / total,
-        "daemon_pct_of_all_cores": 100.0 * (b.ticks - a.ticks) / total,
-    }
 
 
 def run_baseline(work: Path, repo: SynthRepo, count: int) -> list[float]:
@@ -358,16 +324,33 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
     root = work / "root"
     root.mkdir()
 
-    def session(name: str, step_ms: int | None, log_level: str) -> Session:
+    sections_s: dict[str, float] = {}
+    section_t = time.monotonic()
+
+    def section_done(name: str) -> None:
+        nonlocal section_t
+        now = time.monotonic()
+        sections_s[name] = now - section_t
+        section_t = now
+
+    def session(
+        name: str,
+        step_ms: int | None,
+        log_level: str,
+        extra_args: Sequence[str] = (),
+        writer: MarkerWriter | None = None,
+    ) -> Session:
         return Session(
             root,
-            repo,
+            repo.path,
             work / f"daemon-{name}.log",
             releases,
             step_ms=step_ms,
             log_level=log_level,
             seed=args.seed,
             observer_sleep_s=args.observer_sleep_us / 1e6,
+            extra_args=extra_args,
+            writer=writer,
         )
 
     # -- main: cold deploys, then deploys of a release already on disk at the default step
@@ -380,20 +363,39 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         warm = drv.alternate(args.deploys, default_step, "v1", "v2")
         main_load = load.stop()
         anomalies += drv.anomalies
+        idle_long: dict[str, Any] | None = None
+        if "idle" not in args.skip:
+            _progress(f"idle cost: {args.idle_long_seconds:g} s with no deploy (default step)")
+            idle_long = measure_idle(drv.daemon.pid, args.idle_long_seconds)
+    section_done("on_disk_rename")
     bad_ctime = sum(1 for r in warm if not r.ctime_ok)
     ctime_before_swap = sum(
         1 for r in warm if r.ext_touch_ctime is not None and r.ext_swap is not None and r.ext_touch_ctime < r.ext_swap
     )
     ctime_lag = _sd(_vals(warm, lambda r: _diff(r.ext_touch_seen, r.ext_touch_ctime)))
 
+    # -- the same deploys with a Kubernetes ConfigMap-style marker (..data symlink swap)
+    cm_recs: list[DeployRecord] = []
+    if "configmap" not in args.skip:
+        cm = ConfigMapMarker(root / "configmap")
+        now_tag = _current_tag(root, releases)
+        cm.setup(json.dumps({"tag": now_tag}) + "\n")
+        other = "v1" if now_tag == "v2" else "v2"
+        _progress(f"{args.configmap_deploys} deploys of a release on disk through a ConfigMap-style marker")
+        with session("configmap", None, args.main_log_level, ["--marker", str(cm.marker)], cm) as drv:
+            cm_recs = drv.alternate(args.configmap_deploys, default_step, other, now_tag)
+            anomalies += drv.anomalies
+        section_done("on_disk_configmap")
+
     # -- baseline
     _progress(f"baseline: {args.baseline} in-place git checkouts")
     base = run_baseline(work, repo, args.baseline)
+    section_done("baseline_checkout")
 
     # -- watcher steps
     rows: list[dict[str, Any]] = []
     step_records: dict[str, list[dict[str, Any]]] = {}
-    for step in args.steps:
+    for step in [] if "steps" in args.skip else args.steps:
         _progress(f"--watch-step-ms {step}: {args.table_deploys} deploys, then {args.idle_seconds:g} s idle")
         with session(f"step{step}", step, "info") as drv:
             first = "v1" if _current_tag(root, releases) == "v2" else "v2"
@@ -412,6 +414,27 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             }
         )
         step_records[str(step)] = [r.to_dict() for r in recs]
+    section_done("watch_steps")
+
+    # -- new-tag deploys and torn reads, on generated repositories cached for this run only
+    cache = RepoCache(args.repo_cache, args.changes, args.newtag_reps)
+    newtag: dict[str, Any] | None = None
+    if "newtag" not in args.skip:
+        opt = NewTagOptions(
+            sizes=args.sizes,
+            changes=args.changes,
+            reps=args.newtag_reps,
+            first_reps=args.first_reps,
+            seed=args.seed,
+        )
+        newtag = run_newtag(work, cache, opt, _progress)
+        notes += newtag.pop("notes")
+        section_done("new_tags")
+    torn: dict[str, Any] | None = None
+    if "torn" not in args.skip:
+        torn = run_torn(work, cache.get(args.torn_files), args.torn_methods, args.seed, _progress, args.main_log_level)
+        notes += torn.pop("notes")
+        section_done("torn_reads")
 
     # -- summary
     warm_touch = summarize(_vals(warm, lambda r: r.ext_touch_seen))
@@ -424,7 +447,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         "n": warm_touch.n,
         "met": warm_touch.p50 <= TARGET_MS,
     }
-    reco = recommend(rows)
+    reco = recommend(rows) if rows else None
     machine["loadavg_end"] = _loadavg()
     try:
         drift = os.lstat(root / "reload.touch").st_mtime - time.time()
@@ -470,10 +493,19 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         "waits between 1 and 2 steps after the rename (1.5 steps median); detect p50 minus 1.5 steps, i.e. the "
         f"wake-up path through threads and the event loop plus the reconcile's reads, by step: {overhead}."
     )
+    if cm_recs:
+        cm_touch = summarize(_vals(cm_recs, lambda r: r.ext_touch_seen))
+        notes.append(
+            "ConfigMap-style marker: each update writes a new `..<timestamp>` directory, renames a `..data_tmp` "
+            "symlink over `..data` (t0 = just before that rename) and deletes the old directory, as kubelet does; "
+            f"marker -> reload p50 {cm_touch.p50:.2f} ms against {warm_touch.p50:.2f} ms for a marker replaced by "
+            "rename in the same run (ratio of p50s "
+            f"{cm_touch.p50 / warm_touch.p50:.2f})."
+        )
     idle_busy = [r["system_busy_pct"] for r in rows]
     idle_daemon = [r["daemon_pct_of_all_cores"] for r in rows]
 
-    return {
+    results: dict[str, Any] = {
         "date": datetime.now().strftime("%Y-%m-%d"),
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "duration_s": time.time() - started,
@@ -490,6 +522,16 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             "default_step_ms": default_step,
             "main_log_level": args.main_log_level,
             "observer_sleep_us": args.observer_sleep_us,
+            "configmap_deploys": args.configmap_deploys,
+            "idle_long_seconds": args.idle_long_seconds,
+            "sizes": args.sizes,
+            "changes": args.changes,
+            "newtag_reps": args.newtag_reps,
+            "first_reps": args.first_reps,
+            "torn_files": args.torn_files,
+            "torn_methods": args.torn_methods,
+            "skip": sorted(args.skip),
+            "quick": args.quick,
         },
         "repo": {"files": repo.files, "changed": repo.changed, "bytes": repo.bytes_total, "tags": repo.tags},
         "releases": releases,
@@ -513,6 +555,20 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             "speedup_p50": base_s.p50 / warm_touch.p50,
         },
         "watch_steps": rows,
+        "idle_long": idle_long,
+        "configmap": (
+            {
+                "n": len(cm_recs),
+                "metrics": _record_metrics(cm_recs),
+                "phases": _phase_summaries(cm_recs),
+                "phase_durations": _inner_durations(cm_recs),
+            }
+            if cm_recs
+            else None
+        ),
+        "newtag": newtag,
+        "torn": torn,
+        "sections_s": sections_s,
         "system": {
             "during_main": main_load,
             "busy_pct_during_idle": sum(idle_busy) / len(idle_busy) if idle_busy else math.nan,
@@ -523,8 +579,11 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             "warm": _columns([r.to_dict() for r in warm]),
             "baseline_ms": base,
             "steps": {k: _columns(v) for k, v in step_records.items()},
+            "configmap": _columns([r.to_dict() for r in cm_recs]),
         },
     }
+    results["targets"] = evaluate(results)
+    return results
 
 
 def _json_safe(obj: Any) -> Any:
@@ -585,14 +644,57 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--observer-sleep-us", type=float, default=0.0, help="sleep between polls (default 0: spin)")
     p.add_argument("--tmp-dir", type=Path, default=None, help="where to create the work directory")
     p.add_argument("--keep-tmp", action="store_true", help="keep the work directory (repo, ROOT, daemon logs)")
-    p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where to write the results")
-    p.add_argument("--quick", action="store_true", help="a smoke run with small counts (results not written)")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="where to write the results (default benchmarks/results; with --quick, nothing is written unless given)",
+    )
+    p.add_argument("--quick", action="store_true", help="a smoke run with small counts and sizes")
+    p.add_argument("--configmap-deploys", type=int, default=None, help="deploys with a ConfigMap marker (= --deploys)")
+    p.add_argument("--idle-long-seconds", type=float, default=60.0, help="idle window at the default step (60)")
+    p.add_argument("--sizes", default="1000,2000,10000,50000", help="files per generated repository (new tags)")
+    p.add_argument("--changes", default="10,100,1000", help="files changed per new tag (default 10,100,1000)")
+    p.add_argument("--newtag-reps", type=int, default=5, help="new-tag deploys per size and change size (5)")
+    p.add_argument("--first-reps", type=int, default=3, help="first deploys (fresh ROOT) per size (default 3)")
+    p.add_argument("--torn-files", type=int, default=2000, help="files of the repository of the torn-read test")
+    p.add_argument(
+        "--torn-methods",
+        default=",".join(k for k, _, _ in TORN_METHODS),
+        help="deploy methods of the torn-read test (default: all)",
+    )
+    sections = ("configmap", "idle", "steps", "newtag", "torn", "plots", "strategies")
+    p.add_argument("--skip", default="", help=f"sections to skip, comma-separated: {', '.join(sections)}")
     args = p.parse_args(argv)
-    args.steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+
+    args.steps, args.sizes, args.changes = ints(args.steps), ints(args.sizes), ints(args.changes)
+    args.torn_methods = [m.strip() for m in str(args.torn_methods).split(",") if m.strip()]
+    args.skip = {x.strip() for x in str(args.skip).split(",") if x.strip()}
     if args.quick:
         args.deploys, args.baseline, args.table_deploys, args.idle_seconds = 10, 6, 6, 1.0
+        args.idle_long_seconds = 3.0
+        args.sizes, args.changes, args.newtag_reps, args.first_reps = [300, 2000], [10, 100], 2, 2
+    if args.configmap_deploys is None:
+        args.configmap_deploys = args.deploys
+    write = args.results_dir is not None or not args.quick
+    args.write = write
+    if args.results_dir is None:
+        args.results_dir = HERE / "results"
     if args.deploys < 2 or args.baseline < 2 or args.table_deploys < 2 or not args.steps:
         p.error("counts must be at least 2 and --steps non-empty")
+    if args.configmap_deploys < 2 or args.newtag_reps < 1 or args.first_reps < 1 or not args.changes:
+        p.error("--configmap-deploys must be at least 2, --newtag-reps and --first-reps at least 1")
+    unknown = args.skip - set(sections)
+    if unknown:
+        p.error(f"unknown sections in --skip: {', '.join(sorted(unknown))}")
+    bad = set(args.torn_methods) - {k for k, _, _ in TORN_METHODS}
+    if bad:
+        p.error(f"unknown torn-read methods: {', '.join(sorted(bad))}")
+    if "torn" not in args.skip and "ours" not in args.torn_methods:
+        p.error("the torn-read test needs the method 'ours'")
     return args
 
 
@@ -609,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="coordinator-bench-", dir=args.tmp_dir))
+    # generated repositories: cached under benchmarks/results/tmp/ (gitignored) for this run only
+    args.repo_cache = HERE / "results" / "tmp" / f"repos-{os.getpid()}-{int(started)}"
     try:
         results = _json_safe(run_all(args, work, started))
     except KeyboardInterrupt:
@@ -621,14 +725,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop_all()
         if not args.keep_tmp:
-            shutil.rmtree(work, ignore_errors=True)
+            _progress(f"removing the work directory {work} and the generated repositories")
+            _remove_tree(work)
+            _remove_tree(args.repo_cache)
+    results["figures"] = []
+    if args.write and "plots" not in args.skip:
+        _progress("drawing the plots")
+        figures, err = make_plots(results, args.results_dir, results["date"])
+        results["figures"] = figures
+        if err:
+            results["notes"].append(f"No plots: {err}")
+    results["duration_s"] = round(time.time() - started, 1)
     report = render(results)
-    if not args.quick:
+    if args.write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         base = args.results_dir / results["date"]
         base.with_suffix(".json").write_text(_dumps(results) + "\n")
         base.with_suffix(".md").write_text(report)
         _progress(f"wrote {base}.json and {base}.md")
+    if "strategies" not in args.skip:
+        # reload strategies under load on real app servers: a section appended to the day's report
+        from benchmarks.strategies import render_section, run_for_report
+
+        _progress("reload strategies under load (benchmarks.strategies)")
+        try:
+            results["strategies"] = run_for_report(args.quick, args.tmp_dir, args.keep_tmp)
+        except KeyboardInterrupt:
+            print("interrupted during the reload strategies benchmark", file=sys.stderr)
+            return 130
+        section = render_section(results["strategies"])
+        report += "\n" + section
+        results["duration_s"] = round(time.time() - started, 1)
+        if args.write:
+            base = args.results_dir / results["date"]
+            with open(base.with_suffix(".md"), "a") as f:
+                f.write("\n" + section)
+            base.with_suffix(".json").write_text(_dumps(results) + "\n")
+            _progress(f"appended the reload strategies to {base}.json and {base}.md")
+    _progress(f"total run time {results['duration_s']:.0f} s")
     sys.stdout.write(report)
     sys.stdout.flush()
     with contextlib.suppress(Exception):

@@ -1,0 +1,217 @@
+"""The issue's targets, each checked against the results of the same run (met, not met, or not measured)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "FIRST_DEPLOY_MAX_RATIO",
+    "GROWTH_MAX_RATIO",
+    "IDLE_CPU_MAX_PCT",
+    "ON_DISK_P50_MS",
+    "ON_DISK_P99_MS",
+    "PREPARE_MAX_RATIO",
+    "evaluate",
+]
+
+ON_DISK_P50_MS = 5.0
+ON_DISK_P99_MS = 20.0
+IDLE_CPU_MAX_PCT = 1.0
+PREPARE_MAX_RATIO = 0.5  # prepare / in-place checkout -f, 2k-10k files, 100 changed
+PREPARE_RANGE = (2000, 10000)
+FIRST_DEPLOY_MAX_RATIO = 1.0  # first deploy's prepare / git worktree add
+GROWTH_MAX_RATIO = 2.0  # prepare(10k files, 10 changed) / prepare(1k files, 10 changed)
+
+
+def _ok(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def _row(tid: str, target: str, figure: str, met: bool | None, **extra: Any) -> dict[str, Any]:
+    return {"id": tid, "target": target, "figure": figure, "met": met, **extra}
+
+
+def _cell(r: dict[str, Any], files: int, changed: int) -> dict[str, Any] | None:
+    for s in (r.get("newtag") or {}).get("sizes", []):
+        if s["files"] == files:
+            return next((c for c in s["cells"] if c["changed"] == changed), None)
+    return None
+
+
+def _size(r: dict[str, Any], files: int) -> dict[str, Any] | None:
+    return next((s for s in (r.get("newtag") or {}).get("sizes", []) if s["files"] == files), None)
+
+
+def _why_on_disk(r: dict[str, Any], src: dict[str, Any], q: str) -> str:
+    total = src["metrics"].get("ext_touch_seen", {}).get(q)
+    detect = src["phases"].get("detect", {}).get(q)
+    text = ""
+    if _ok(total) and _ok(detect):
+        text = (
+            f"detection (marker rename -> `deploy_started`: the watcher's step timer, its debounce, the thread hop "
+            f"into the event loop and the marker and volume reads) takes {q} {detect:.2f} ms of the {total:.2f} ms"
+        )
+    steps = [row for row in r.get("watch_steps") or [] if _ok(row["marker_to_reload"].get(q))]
+    if steps:
+        text += "; by `--watch-step-ms` (same run): " + ", ".join(
+            f"{row['step_ms']} ms -> {q} {row['marker_to_reload'][q]:.1f} ms at {row['idle_cpu_pct']:.2f} % idle CPU"
+            for row in steps
+        )
+    return text
+
+
+def _why_growth(r: dict[str, Any], small: dict[str, Any], large: dict[str, Any]) -> str:
+    text = (
+        f"prepare links every unchanged file: {large['linked']:.0f} at 10k files against {small['linked']:.0f} at "
+        f"1k, for the same {large['written']:.0f} written, so its cost follows the tree's size, not the change"
+    )
+    s_small, s_large = _size(r, 1000), _size(r, 10000)
+    if s_small and s_large:
+        a, b = s_small["first"]["cp_al_ms"]["p50"], s_large["first"]["cp_al_ms"]["p50"]
+        if _ok(a) and _ok(b) and a > 0:
+            text += f"; even `cp -al` grows {b / a:.1f} x ({a:.1f} -> {b:.1f} ms)"
+    return text
+
+
+def evaluate(r: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    marker_kinds = [("rename", "marker replaced by rename", r["warm"])]
+    cm = r.get("configmap")
+    if cm:
+        marker_kinds.append(("configmap", "ConfigMap `..data` swap", cm))
+    for key, label, src in marker_kinds:
+        s = src["metrics"].get("ext_touch_seen", {})
+        p50, p99, n = s.get("p50"), s.get("p99"), s.get("n", 0)
+        out.append(
+            _row(
+                f"ondisk_p50_{key}",
+                f"release on disk, {label}: marker -> reload p50 <= {ON_DISK_P50_MS:g} ms",
+                f"p50 {p50:.2f} ms ({n} deploys)" if _ok(p50) else "-",
+                p50 <= ON_DISK_P50_MS if _ok(p50) else None,
+                value=p50,
+                why=_why_on_disk(r, src, "p50"),
+            )
+        )
+        out.append(
+            _row(
+                f"ondisk_p99_{key}",
+                f"release on disk, {label}: marker -> reload p99 <= {ON_DISK_P99_MS:g} ms",
+                f"p99 {p99:.2f} ms ({n} deploys)" if _ok(p99) else "-",
+                p99 <= ON_DISK_P99_MS if _ok(p99) else None,
+                value=p99,
+                why=_why_on_disk(r, src, "p99"),
+            )
+        )
+    idle = r.get("idle_long")
+    if idle:
+        v = idle["idle_cpu_pct"]
+        out.append(
+            _row(
+                "idle_cpu",
+                f"idle CPU <= {IDLE_CPU_MAX_PCT:g} % of one core (default step, {idle['wall_s']:.0f} s)",
+                f"{v:.2f} % (threads' run time {idle['idle_cpu_pct_threads']:.2f} %), RSS {idle['rss_mib']:.1f} MiB",
+                v <= IDLE_CPU_MAX_PCT,
+                value=v,
+                why="the watcher (watchfiles) wakes every `--watch-step-ms` even when nothing changes; "
+                + ", ".join(
+                    f"step {row['step_ms']} ms: {row['idle_cpu_pct']:.2f} %" for row in r.get("watch_steps") or []
+                ),
+            )
+        )
+    else:
+        out.append(_row("idle_cpu", f"idle CPU <= {IDLE_CPU_MAX_PCT:g} % of one core", "not measured", None))
+    nt = r.get("newtag")
+    if nt:
+        sizes = [s["files"] for s in nt["sizes"]]
+        in_range = [n for n in sizes if PREPARE_RANGE[0] <= n <= PREPARE_RANGE[1]]
+        parts, mets, why = [], [], []
+        for n in in_range:
+            c = _cell(r, n, 100)
+            if c is None or not _ok(c.get("ratio_prepare_to_checkout")):
+                continue
+            ratio = c["ratio_prepare_to_checkout"]
+            parts.append(
+                f"{n:,} files: {c['prepare_ms']['p50']:.1f} / {c['checkout_f_ms']['p50']:.1f} ms = {ratio:.2f} x"
+            )
+            mets.append(ratio <= PREPARE_MAX_RATIO)
+            size = _size(r, n)
+            cp_al = size["first"]["cp_al_ms"]["p50"] if size else None
+            if _ok(cp_al):
+                why.append(
+                    f"at {n:,} files prepare links {c['linked']:.0f} unchanged files one by one and writes "
+                    f"{c['written']:.0f}; `cp -al` of the whole release alone (the floor of linking every file, in C) "
+                    f"takes {cp_al:.1f} ms = {cp_al / c['checkout_f_ms']['p50']:.2f} x the in-place checkout, which "
+                    "rewrites only the changed files after an lstat of each file"
+                )
+        out.append(
+            _row(
+                "prepare_vs_checkout",
+                f"2k-10k files, 100 changed: preparation <= {PREPARE_MAX_RATIO:g} x in-place `git checkout -f`",
+                "; ".join(parts) or "not measured",
+                all(mets) if mets else None,
+                why="; ".join(why),
+            )
+        )
+        parts, mets = [], []
+        for s in nt["sizes"]:
+            f = s["first"]
+            ratio = f.get("ratio_prepare_to_worktree")
+            if not _ok(ratio):
+                continue
+            parts.append(
+                f"{s['files']:,}: {f['prepare_ms']['p50']:.0f} / {f['worktree_add_ms']['p50']:.0f} ms = {ratio:.2f} x"
+            )
+            mets.append(ratio <= FIRST_DEPLOY_MAX_RATIO)
+        first_why = (
+            "the first deploy's prepare is `git read-tree` + `git checkout-index -a` into an empty directory: the "
+            "same files written as `git worktree add`, plus a second git process; the ratio per size is above"
+        )
+        out.append(
+            _row(
+                "first_deploy",
+                f"first deploy (no previous release): preparation <= {FIRST_DEPLOY_MAX_RATIO:g} x "
+                "`git worktree add` (every size)",
+                "; ".join(parts) or "not measured",
+                all(mets) if mets else None,
+                why=first_why,
+            )
+        )
+        small, large = _cell(r, 1000, 10), _cell(r, 10000, 10)
+        if small and large:
+            g = large["prepare_ms"]["p50"] / small["prepare_ms"]["p50"]
+            out.append(
+                _row(
+                    "growth",
+                    f"preparation grows with changed files: 10k files/10 changed within {GROWTH_MAX_RATIO:g} x "
+                    "of 1k files/10 changed",
+                    f"{large['prepare_ms']['p50']:.1f} / {small['prepare_ms']['p50']:.1f} ms = {g:.2f} x",
+                    g <= GROWTH_MAX_RATIO,
+                    value=g,
+                    why=_why_growth(r, small, large),
+                )
+            )
+        else:
+            out.append(_row("growth", "10k files/10 changed within 2 x of 1k files/10 changed", "not measured", None))
+    torn = r.get("torn")
+    if torn and "ours" in torn["methods"]:
+        ours = torn["methods"]["ours"]
+        inplace = torn["methods"].get("checkout")
+        beside = (
+            f"; in-place `git checkout -f`: {inplace['unsafe_passes']} unsafe passes ({inplace['torn']} torn, "
+            f"{inplace['missing']} missing a file, {inplace['partial']} with a file cut short) in "
+            f"{inplace['affected_deploys']} of {inplace['deploys']} deploys"
+            if inplace
+            else ""
+        )
+        out.append(
+            _row(
+                "torn",
+                "0 torn reads for ours (reader pins `current` once per pass)",
+                f"ours: {ours['unsafe_passes']} unsafe of {ours['passes_during_deploys']} passes during "
+                f"{ours['deploys']} deploys{beside}",
+                ours["unsafe_passes"] == 0,
+                value=ours["unsafe_passes"],
+            )
+        )
+    return out
