@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.deploys import DeployRecord
+from benchmarks.deploys import Deployer, DeployRecord
 from benchmarks.repos import ChainRepo, RepoCache
 from benchmarks.session import Session
 from benchmarks.stats import summarize
@@ -43,6 +43,8 @@ __all__ = ["NewTagOptions", "release_names", "run_newtag", "timed"]
 #: observer poll interval for deploys that take seconds (a spinning observer would steal a core)
 OBSERVER_SLEEP_S = 0.0005
 _CHECKOUT = ["git", "-c", "advice.detachedHead=false", "checkout", "-q", "-f"]
+#: repositories larger than this get ``first_reps_large`` first deploys (each one takes seconds)
+LARGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,8 @@ class NewTagOptions:
     sizes: list[int]
     changes: list[int]
     reps: int
-    first_reps: int
+    first_reps: int  # first deploys per size up to LARGE files
+    first_reps_large: int  # first deploys per larger size
     seed: int
     log_level: str = "debug"  # the `git` events (durations of the git processes) are logged at debug
     timeout_s: float = 600.0
@@ -138,6 +141,48 @@ def _vals(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]
 
 
+def _first_round(drv: Deployer, clone: Path, wt: Path, ar: Path, r: int, timeout_s: float) -> dict[str, Any]:
+    """Tag ``base`` by the daemon (first deploy), ``git worktree add`` and ``git archive | tar``, in an
+    order rotated on every repetition ``r`` (so that caches and writeback favour no method)."""
+    row: dict[str, Any] = {}
+    ar.mkdir(parents=True)
+
+    def ours() -> None:
+        settle()
+        row.update(_record(drv.deploy("base", timeout_s=timeout_s)))
+
+    def worktree() -> None:
+        settle()
+        row["worktree_add_ms"] = timed(["git", "worktree", "add", "-q", "--detach", str(wt), "tags/base"], clone)
+
+    def archive() -> None:
+        settle()
+        row["archive_tar_ms"] = timed_archive(clone, "base", ar)
+
+    steps = [ours, worktree, archive]
+    for step in steps[r % 3 :] + steps[: r % 3]:
+        step()
+    return row
+
+
+def _chain_step(drv: Deployer, clone: Path, tag: str, count: int, k: int, timeout_s: float) -> dict[str, Any]:
+    """New tag ``tag`` by the daemon and by in-place ``git checkout -f``, in alternating order."""
+    row: dict[str, Any] = {"changed": count}
+
+    def ours() -> None:
+        settle()
+        drv.pause(3)
+        row.update(_record(drv.deploy(tag, timeout_s=timeout_s)))
+
+    def checkout_f() -> None:
+        settle()
+        row["checkout_f_ms"] = timed([*_CHECKOUT, f"tags/{tag}"], clone)
+
+    for step in (ours, checkout_f) if k % 2 else (checkout_f, ours):
+        step()
+    return row
+
+
 def run_size(
     work: Path, repo: ChainRepo, opt: NewTagOptions, progress: Callable[[str], None]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -156,7 +201,8 @@ def run_size(
     with contextlib.ExitStack() as stack:
         drv = None
         session: Session | None = None
-        for r in range(opt.first_reps):
+        first_reps = opt.first_reps if size <= LARGE else opt.first_reps_large
+        for r in range(first_reps):
             if session is not None:  # only the last daemon goes on to the new-tag deploys
                 stack.close()  # its ROOT stays until the end of the run (see the module's docstring)
             root = base_dir / f"root{r}"
@@ -172,23 +218,14 @@ def run_size(
                 observer_sleep_s=OBSERVER_SLEEP_S,
             )
             drv = stack.enter_context(session)
-            progress(f"{size} files: first deploy {r + 1}/{opt.first_reps} (fresh ROOT and daemon)")
-            settle()
-            row = _record(drv.deploy("base", timeout_s=opt.timeout_s))
+            progress(f"{size} files: first deploy {r + 1}/{first_reps} (fresh ROOT and daemon)")
+            wt, ar = scratch / f"wt{r}", scratch / f"ar{r}"
+            row = _first_round(drv, clone, wt, ar, r, opt.timeout_s)
             if row["prepare"].get("mode") != "full":
                 notes.append(f"{size} files: first deploy prepared as {row['prepare']}")
             release = root / "releases" / releases["base"]
-            _check_tree(release, repo, "base")
-            # baselines of the same tag, same run
-            wt = scratch / f"wt{r}"
-            settle()
-            row["worktree_add_ms"] = timed(["git", "worktree", "add", "-q", "--detach", str(wt), "tags/base"], clone)
-            _check_tree(wt, repo, "base")
-            ar = scratch / f"ar{r}"
-            ar.mkdir(parents=True)
-            settle()
-            row["archive_tar_ms"] = timed_archive(clone, "base", ar)
-            _check_tree(ar, repo, "base")
+            for tree in (release, wt, ar):
+                _check_tree(tree, repo, "base")
             cp = scratch / f"cp{r}"
             settle()
             row["cp_al_ms"] = timed(["cp", "-al", str(release), str(cp)], base_dir)
@@ -197,14 +234,10 @@ def run_size(
         for k, (tag, count) in enumerate(repo.chain[1:], start=1):
             if k == 1 or count != repo.chain[k - 1][1]:
                 progress(f"{size} files: new tags changing {count} files ({opt.reps} deploys)")
-            settle()
-            drv.pause(3)
-            row = {"changed": count, **_record(drv.deploy(tag, timeout_s=opt.timeout_s))}
-            if row["prepare"].get("mode") != "incremental":
-                notes.append(f"{size} files, {tag}: prepared as {row['prepare']} (expected incremental)")
-            settle()
-            row["checkout_f_ms"] = timed([*_CHECKOUT, f"tags/{tag}"], clone)
-            chain.append(row)
+            link = _chain_step(drv, clone, tag, count, k, opt.timeout_s)
+            if link["prepare"].get("mode") != "incremental":
+                notes.append(f"{size} files, {tag}: prepared as {link['prepare']} (expected incremental)")
+            chain.append(link)
         assert session is not None
         current = session.root / "current"
         _check_tree(current, repo, repo.chain[-1][0])
@@ -290,6 +323,7 @@ def run_newtag(work: Path, cache: RepoCache, opt: NewTagOptions, progress: Calla
             "changes": opt.changes,
             "reps": opt.reps,
             "first_reps": opt.first_reps,
+            "first_reps_large": opt.first_reps_large,
         },
         "sizes": sizes,
         "notes": notes,

@@ -133,7 +133,7 @@ def make_plots(results: dict[str, Any], outdir: Path, prefix: str) -> tuple[list
             xticks(ax, changes)
             ax.set_xlabel("files changed by the new tag (log)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left", ncol=2)
+            ax.legend(fontsize=7, loc="best", ncol=2)
         ax1.set_ylabel("median time (ms, log)")
         fig.suptitle(f"New-tag deploys by change size (repositories of {', '.join(f'{n:,}' for n in files)} files)")
         fig.tight_layout()

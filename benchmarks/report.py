@@ -92,17 +92,29 @@ def _idle(r: dict[str, Any]) -> list[str]:
         "(utime+stime, 10 ms ticks) and, in brackets, the sum of its threads' schedstat run times.",
         "",
         *_table(
-            ["idle CPU (% of one core)", "RSS MiB (start -> end)", "threads", "whole machine busy (% of all cores)"],
+            [
+                "idle CPU (% of one core)",
+                "wake-ups/s",
+                "CPU us per wake-up",
+                "RSS MiB (start -> end)",
+                "threads",
+                "whole machine busy (% of all cores)",
+            ],
             [
                 [
                     f"{_f(idle['idle_cpu_pct'], 2)} ({_f(idle['idle_cpu_pct_threads'], 2)})",
+                    _f(idle.get("wakeups_per_s"), 0),
+                    _f(idle.get("cpu_us_per_wakeup"), 1),
                     f"{_f(idle['rss_mib_start'], 1)} -> {_f(idle['rss_mib'], 1)}",
                     str(idle["threads"]),
                     _f(idle["system_busy_pct"], 1),
                 ]
             ],
-            "rrrr",
+            "rrrrrr",
         ),
+        "Wake-ups are the context switches of all the daemon's threads. The CPU each one costs depends on the "
+        "host and varies from run to run on a VM; the wake-up rate, set by the watcher step, does not.",
+        "",
     ]
 
 
@@ -126,10 +138,12 @@ def _newtag(r: dict[str, Any]) -> list[str]:
         "fetched. *marker -> reloaded*: marker rename -> reload file touched, seen from outside (includes "
         "the fetch from a local repository, preparation, `syncfs`, swap and touch). *prepare*: the daemon's "
         "`prepare` phase (`duration_ms` of its log event, = status `phases_ms.prepare`). Interleaved with each "
-        "deploy, in the same run: in-place `git checkout -f` of the same tag in a plain clone walking the same "
-        "chain. Medians, with min-max in brackets; ratios are of the medians. *git in prepare*: the summed "
-        "durations of the git processes that ended within the prepare phase (the daemons of this section log at "
-        "debug level, which reports each git call; calls that run concurrently are both counted).",
+        "deploy (in alternating order), in the same run: in-place `git checkout -f` of the same tag in a plain "
+        "clone walking the same chain. The file system is synced before each timed operation and nothing is "
+        "deleted until the run ends. Medians, with min-max in brackets; ratios are of the medians. "
+        "*git in prepare*: the summed durations of the git processes that ended within the prepare phase "
+        "(the daemons of this section log at debug level, which reports each git call; calls that run "
+        "concurrently are both counted).",
         "",
     ]
     rows = []
@@ -180,9 +194,9 @@ def _newtag(r: dict[str, Any]) -> list[str]:
         out += ["git processes inside prepare, p50 ms by command (files/changed): " + "; ".join(git_lines) + ".", ""]
     out += [
         "First deploys (no previous release: a fresh ROOT and daemon each time, so `prepare` is a full "
-        "checkout), interleaved with `git worktree add --detach`, `git archive | tar -x` into an empty "
-        "directory and `cp -al` of the release just built (the floor of any approach that hard-links every "
-        "file), all of the same tag:",
+        "checkout), interleaved (in an order rotated on every repetition) with `git worktree add --detach` and "
+        "`git archive | tar -x` into an empty directory, then `cp -al` of the release just built (the floor of "
+        "any approach that hard-links every file), all of the same tag:",
         "",
     ]
     rows = []
@@ -418,6 +432,7 @@ def render(r: dict[str, Any]) -> str:
                     _f(row["after_detect"]["p50"]),
                     "yes" if rl["p50"] <= threshold else "no",
                     f"{_f(row['idle_cpu_pct'], 2)} ({_f(row['idle_cpu_pct_threads'], 2)})",
+                    _f(row.get("wakeups_per_s"), 0),
                     _f(row["rss_mib"], 1),
                     str(row["threads"]),
                 ]
@@ -432,6 +447,7 @@ def render(r: dict[str, Any]) -> str:
                 "after detect p50",
                 f"p50 <= {_f(threshold, 0)} ms",
                 "idle CPU % of a core",
+                "wake-ups/s",
                 "RSS MiB",
                 "threads",
             ],

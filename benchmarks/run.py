@@ -425,6 +425,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             changes=args.changes,
             reps=args.newtag_reps,
             first_reps=args.first_reps,
+            first_reps_large=args.first_reps_large,
             seed=args.seed,
         )
         newtag = run_newtag(work, cache, opt, _progress)
@@ -528,6 +529,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             "changes": args.changes,
             "newtag_reps": args.newtag_reps,
             "first_reps": args.first_reps,
+            "first_reps_large": args.first_reps_large,
             "torn_files": args.torn_files,
             "torn_methods": args.torn_methods,
             "skip": sorted(args.skip),
@@ -656,7 +658,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1000,2000,10000,50000", help="files per generated repository (new tags)")
     p.add_argument("--changes", default="10,100,1000", help="files changed per new tag (default 10,100,1000)")
     p.add_argument("--newtag-reps", type=int, default=5, help="new-tag deploys per size and change size (5)")
-    p.add_argument("--first-reps", type=int, default=3, help="first deploys (fresh ROOT) per size (default 3)")
+    p.add_argument("--first-reps", type=int, default=5, help="first deploys (fresh ROOT) per size <= 10k (5)")
+    p.add_argument("--first-reps-large", type=int, default=3, help="first deploys per larger size (default 3)")
     p.add_argument("--torn-files", type=int, default=2000, help="files of the repository of the torn-read test")
     p.add_argument(
         "--torn-methods",
@@ -676,7 +679,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.deploys, args.baseline, args.table_deploys, args.idle_seconds = 10, 6, 6, 1.0
         args.idle_long_seconds = 3.0
-        args.sizes, args.changes, args.newtag_reps, args.first_reps = [300, 2000], [10, 100], 2, 2
+        args.sizes, args.changes, args.newtag_reps, args.first_reps = [300, 2000], [10, 100], 2, 3
+        args.first_reps_large = 2
     if args.configmap_deploys is None:
         args.configmap_deploys = args.deploys
     write = args.results_dir is not None or not args.quick
@@ -685,7 +689,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.results_dir = HERE / "results"
     if args.deploys < 2 or args.baseline < 2 or args.table_deploys < 2 or not args.steps:
         p.error("counts must be at least 2 and --steps non-empty")
-    if args.configmap_deploys < 2 or args.newtag_reps < 1 or args.first_reps < 1 or not args.changes:
+    if args.configmap_deploys < 2 or args.newtag_reps < 1 or min(args.first_reps, args.first_reps_large) < 1:
         p.error("--configmap-deploys must be at least 2, --newtag-reps and --first-reps at least 1")
     unknown = args.skip - set(sections)
     if unknown:

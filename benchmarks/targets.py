@@ -113,7 +113,12 @@ def evaluate(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{v:.2f} % (threads' run time {idle['idle_cpu_pct_threads']:.2f} %), RSS {idle['rss_mib']:.1f} MiB",
                 v <= IDLE_CPU_MAX_PCT,
                 value=v,
-                why="the watcher (watchfiles) wakes every `--watch-step-ms` even when nothing changes; "
+                why="the watcher (watchfiles) wakes every `--watch-step-ms` even when nothing changes "
+                + (
+                    f"({idle['wakeups_per_s']:.0f} wake-ups/s at {idle['cpu_us_per_wakeup']:.0f} us each); "
+                    if _ok(idle.get("wakeups_per_s")) and _ok(idle.get("cpu_us_per_wakeup"))
+                    else "; "
+                )
                 + ", ".join(
                     f"step {row['step_ms']} ms: {row['idle_cpu_pct']:.2f} %" for row in r.get("watch_steps") or []
                 ),
