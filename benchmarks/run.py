@@ -44,9 +44,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from benchmarks.common import cmd_out, cpu_model, dumps, json_safe, loadavg, on_signal, progress
 from benchmarks.configmap import ConfigMapMarker
 from benchmarks.deploys import LOG_PHASES, DeployRecord, MarkerWriter
 from benchmarks.harness import proc_sample, stop_all
@@ -56,7 +56,7 @@ from benchmarks.plots import make_plots
 from benchmarks.report import render
 from benchmarks.repos import RepoCache
 from benchmarks.session import Session, current_tag, read_status, wait_status
-from benchmarks.stats import Summary, summarize
+from benchmarks.stats import summarize
 from benchmarks.synth import GIT_ENV, SynthRepo, build_repo, git
 from benchmarks.targets import ON_DISK_P50_MS, evaluate
 from benchmarks.torn import METHODS as TORN_METHODS
@@ -71,19 +71,7 @@ PROJECT = HERE.parent
 CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken from
 
 
-def _progress(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------- machine
-
-
-def _cmd_out(args: Sequence[str], cwd: Path | None = None) -> str:
-    try:
-        out = subprocess.run(list(args), cwd=cwd, capture_output=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return out.stdout.decode(errors="replace").strip()
 
 
 def _fs_type(path: Path) -> str:
@@ -141,25 +129,6 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
 def _coarse_res_ms() -> float:
     try:
         return time.clock_getres(CLOCK_REALTIME_COARSE) * 1000
@@ -168,27 +137,27 @@ def _coarse_res_ms() -> float:
 
 
 def machine_info(work: Path) -> dict[str, Any]:
-    dirty = _cmd_out(["git", "status", "--porcelain", "--", "coordinator"], PROJECT)
+    dirty = cmd_out(["git", "status", "--porcelain", "--", "coordinator"], PROJECT)
     return {
-        "nproc": _cmd_out(["nproc"]),
+        "nproc": cmd_out(["nproc"]),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "python_executable": sys.executable,
-        "git": _cmd_out(["git", "--version"]),
+        "git": cmd_out(["git", "--version"]),
         "watchfiles": importlib.metadata.version("watchfiles"),
         "fs_type": _fs_type(work),
         "fs_options": _mount_of(work)[2],
         "ext4_journal": _ext4_journal(work),
         "work_dir": str(work),
-        "coordinator_rev": _cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
+        "coordinator_rev": cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
         # porcelain lines are "XY path"; the first line's leading space was stripped with the output
         "coordinator_dirty": [ln.split(maxsplit=1)[-1] for ln in dirty.splitlines() if ln.strip()]
         if dirty != "?"
         else [],
         "coarse_clock_res_ms": _coarse_res_ms(),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
         "clk_tck": os.sysconf("SC_CLK_TCK"),
     }
 
@@ -318,7 +287,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
     machine = machine_info(work)
     notes: list[str] = []
 
-    _progress(f"building the synthetic repository ({args.files} files) in {work}")
+    progress(f"building the synthetic repository ({args.files} files) in {work}")
     repo = build_repo(work / "repo", files=args.files, changed=args.changed)
     releases = {tag: release_name(tag, sha) for tag, sha in repo.tags.items()}
     root = work / "root"
@@ -355,17 +324,17 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
 
     # -- main: cold deploys, then deploys of a release already on disk at the default step
     anomalies: list[dict[str, Any]] = []
-    _progress(f"main daemon (default step {default_step} ms): first deploys of v1 and v2")
+    progress(f"main daemon (default step {default_step} ms): first deploys of v1 and v2")
     with session("main", None, args.main_log_level) as drv:
         cold = [drv.deploy("v1", timeout_s=300), drv.deploy("v2", timeout_s=300)]
-        _progress(f"{args.deploys} deploys of a release already on disk")
+        progress(f"{args.deploys} deploys of a release already on disk")
         load = _LoadMeter(drv.daemon.pid)
         warm = drv.alternate(args.deploys, default_step, "v1", "v2")
         main_load = load.stop()
         anomalies += drv.anomalies
         idle_long: dict[str, Any] | None = None
         if "idle" not in args.skip:
-            _progress(f"idle cost: {args.idle_long_seconds:g} s with no deploy (default step)")
+            progress(f"idle cost: {args.idle_long_seconds:g} s with no deploy (default step)")
             idle_long = measure_idle(drv.daemon.pid, args.idle_long_seconds)
     section_done("on_disk_rename")
     bad_ctime = sum(1 for r in warm if not r.ctime_ok)
@@ -381,14 +350,14 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         now_tag = _current_tag(root, releases)
         cm.setup(json.dumps({"tag": now_tag}) + "\n")
         other = "v1" if now_tag == "v2" else "v2"
-        _progress(f"{args.configmap_deploys} deploys of a release on disk through a ConfigMap-style marker")
+        progress(f"{args.configmap_deploys} deploys of a release on disk through a ConfigMap-style marker")
         with session("configmap", None, args.main_log_level, ["--marker", str(cm.marker)], cm) as drv:
             cm_recs = drv.alternate(args.configmap_deploys, default_step, other, now_tag)
             anomalies += drv.anomalies
         section_done("on_disk_configmap")
 
     # -- baseline
-    _progress(f"baseline: {args.baseline} in-place git checkouts")
+    progress(f"baseline: {args.baseline} in-place git checkouts")
     base = run_baseline(work, repo, args.baseline)
     section_done("baseline_checkout")
 
@@ -396,7 +365,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
     rows: list[dict[str, Any]] = []
     step_records: dict[str, list[dict[str, Any]]] = {}
     for step in [] if "steps" in args.skip else args.steps:
-        _progress(f"--watch-step-ms {step}: {args.table_deploys} deploys, then {args.idle_seconds:g} s idle")
+        progress(f"--watch-step-ms {step}: {args.table_deploys} deploys, then {args.idle_seconds:g} s idle")
         with session(f"step{step}", step, "info") as drv:
             first = "v1" if _current_tag(root, releases) == "v2" else "v2"
             recs = drv.alternate(args.table_deploys, step, first, "v2" if first == "v1" else "v1")
@@ -428,12 +397,12 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             first_reps_large=args.first_reps_large,
             seed=args.seed,
         )
-        newtag = run_newtag(work, cache, opt, _progress)
+        newtag = run_newtag(work, cache, opt, progress)
         notes += newtag.pop("notes")
         section_done("new_tags")
     torn: dict[str, Any] | None = None
     if "torn" not in args.skip:
-        torn = run_torn(work, cache.get(args.torn_files), args.torn_methods, args.seed, _progress, args.main_log_level)
+        torn = run_torn(work, cache.get(args.torn_files), args.torn_methods, args.seed, progress, args.main_log_level)
         notes += torn.pop("notes")
         section_done("torn_reads")
 
@@ -449,7 +418,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         "met": warm_touch.p50 <= TARGET_MS,
     }
     reco = recommend(rows) if rows else None
-    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_end"] = loadavg()
     try:
         drift = os.lstat(root / "reload.touch").st_mtime - time.time()
     except OSError:
@@ -588,18 +557,6 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
     return results
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return round(obj, 3) if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Summary):
-        return _json_safe(obj.to_dict())
-    return obj
-
-
 def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """Per-deploy records as columns (one list per field; nested dicts flattened as ``a.b``)."""
     flat: list[dict[str, Any]] = []
@@ -615,17 +572,6 @@ def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     for f in flat:
         keys += [k for k in f if k not in keys]
     return {k: [f.get(k) for f in flat] for k in keys}
-
-
-def _dumps(obj: Any, level: int = 0) -> str:
-    """JSON with one line per list of scalars (sample columns stay readable and small)."""
-    pad, inner = "  " * level, "  " * (level + 1)
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list) and obj and any(isinstance(v, dict | list) for v in obj):
-        return "[\n" + ",\n".join(inner + _dumps(v, level + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -702,23 +648,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if importlib.util.find_spec("coordinator") is None:
         print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
         return 2
     atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="coordinator-bench-", dir=args.tmp_dir))
     # generated repositories: cached under benchmarks/results/tmp/ (gitignored) for this run only
     args.repo_cache = HERE / "results" / "tmp" / f"repos-{os.getpid()}-{int(started)}"
     try:
-        results = _json_safe(run_all(args, work, started))
+        results = json_safe(run_all(args, work, started))
     except KeyboardInterrupt:
         print(f"interrupted; work directory {work}", file=sys.stderr)
         return 130
@@ -729,12 +671,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop_all()
         if not args.keep_tmp:
-            _progress(f"removing the work directory {work} and the generated repositories")
+            progress(f"removing the work directory {work} and the generated repositories")
             _remove_tree(work)
             _remove_tree(args.repo_cache)
     results["figures"] = []
     if args.write and "plots" not in args.skip:
-        _progress("drawing the plots")
+        progress("drawing the plots")
         figures, err = make_plots(results, args.results_dir, results["date"])
         results["figures"] = figures
         if err:
@@ -744,14 +686,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         base = args.results_dir / results["date"]
-        base.with_suffix(".json").write_text(_dumps(results) + "\n")
+        base.with_suffix(".json").write_text(dumps(results) + "\n")
         base.with_suffix(".md").write_text(report)
-        _progress(f"wrote {base}.json and {base}.md")
+        progress(f"wrote {base}.json and {base}.md")
     if "strategies" not in args.skip:
         # reload strategies under load on real app servers: a section appended to the day's report
         from benchmarks.strategies import render_section, run_for_report
 
-        _progress("reload strategies under load (benchmarks.strategies)")
+        progress("reload strategies under load (benchmarks.strategies)")
         try:
             results["strategies"] = run_for_report(args.quick, args.tmp_dir, args.keep_tmp)
         except KeyboardInterrupt:
@@ -764,9 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = args.results_dir / results["date"]
             with open(base.with_suffix(".md"), "a") as f:
                 f.write("\n" + section)
-            base.with_suffix(".json").write_text(_dumps(results) + "\n")
-            _progress(f"appended the reload strategies to {base}.json and {base}.md")
-    _progress(f"total run time {results['duration_s']:.0f} s")
+            base.with_suffix(".json").write_text(dumps(results) + "\n")
+            progress(f"appended the reload strategies to {base}.json and {base}.md")
+    progress(f"total run time {results['duration_s']:.0f} s")
     sys.stdout.write(report)
     sys.stdout.flush()
     with contextlib.suppress(Exception):

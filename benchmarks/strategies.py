@@ -45,9 +45,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from benchmarks.common import cmd_out, cpu_model, dumps, json_safe, loadavg, on_signal, progress
 from benchmarks.harness import Event, LogTail, write_marker
 from benchmarks.report import _f, _table
 from benchmarks.stats import summarize
@@ -150,68 +150,15 @@ class BenchError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- small helpers
 
 
-def _progress(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _cmd_out(args: Sequence[str], cwd: Path | None = None) -> str:
-    try:
-        out = subprocess.run(list(args), cwd=cwd, capture_output=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return out.stdout.decode(errors="replace").strip()
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _json_safe(obj: Any) -> Any:
-    """Floats rounded to 3 decimals, NaN and infinities as None (the JSON of ``benchmarks.run``)."""
-    if isinstance(obj, float):
-        return round(obj, 3) if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _dumps(obj: Any, level: int = 0) -> str:
-    """JSON with one line per list of scalars, as ``benchmarks.run`` writes it."""
-    pad, inner = "  " * level, "  " * (level + 1)
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list) and obj and any(isinstance(v, dict | list) for v in obj):
-        return "[\n" + ",\n".join(inner + _dumps(v, level + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def machine_info() -> dict[str, Any]:
     return {
-        "nproc": _cmd_out(["nproc"]),
-        "cpu_model": _cpu_model(),
+        "nproc": cmd_out(["nproc"]),
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "coordinator_rev": _cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
+        "coordinator_rev": cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
         "coordinator_dirty": _dirty(),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
     }
 
 
@@ -589,7 +536,7 @@ def _dirty() -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    out = {"uwsgi": _cmd_out([str(BIN / "uwsgi"), "--version"])}
+    out = {"uwsgi": cmd_out([str(BIN / "uwsgi"), "--version"])}
     try:
         out["gunicorn"] = importlib.metadata.version("gunicorn")
     except importlib.metadata.PackageNotFoundError:
@@ -621,19 +568,19 @@ def measure(
     """Run every strategy (or those in ``only``) in ``work``; the JSON-safe results. ``import_delay_s`` > 0
     makes each load of the app take that much longer (the e2e app itself loads in milliseconds)."""
     started = time.time()
-    loadavg_start = _loadavg()
+    loadavg_start = loadavg()
     chosen = [s for s in STRATEGIES if only is None or s.key in only]
-    _progress(f"strategies: building the test app repository in {work}")
+    progress(f"strategies: building the test app repository in {work}")
     if import_delay_s > 0:
         repo = _slow_app_repo(work / "app-repo", import_delay_s)
     else:
         repo = make_app_repo(work / "app-repo", len(TAGS))
     rows: list[dict[str, Any]] = []
     for i, s in enumerate(chosen):
-        _progress(f"strategy {s.key}: {deploys} deploys under load")
+        progress(f"strategy {s.key}: {deploys} deploys under load")
         row = run_strategy(s, repo.path, work, deploys, seed + i)
         m = row["marker_to_new_ms"]
-        _progress(
+        progress(
             f"strategy {s.key}: marker->new p50 {m['p50']:.0f} ms max {m['max']:.0f} ms; "
             f"p99 {row['latency_steady_ms']['p99']:.1f} -> {row['latency_deploys_ms']['p99']:.1f} ms; "
             f"failed {row['failures']} mixed {row['mixed']}"
@@ -659,9 +606,9 @@ def measure(
         "versions": _versions(),
         "strategies": rows,
         "loadavg_start": loadavg_start,
-        "loadavg_end": _loadavg(),
+        "loadavg_end": loadavg(),
     }
-    out: dict[str, Any] = _json_safe(results)
+    out: dict[str, Any] = json_safe(results)
     return out
 
 
@@ -918,17 +865,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if importlib.util.find_spec("coordinator") is None:
         print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
         return 2
     atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     work = Path(tempfile.mkdtemp(prefix="coordinator-bench-strategies-", dir=args.tmp_dir))
     machine = machine_info()
     try:
@@ -944,15 +887,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_all()
         if not args.keep_tmp:
             shutil.rmtree(work, ignore_errors=True)
-    results["machine"] = _json_safe(machine)
+    results["machine"] = json_safe(machine)
     report = render_standalone(results, machine)
     if args.write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         suffix = f"-import{args.import_delay:g}s" if args.import_delay > 0 else ""
         base = args.results_dir / f"{results['date']}-strategies{suffix}"
-        base.parent.joinpath(base.name + ".json").write_text(_dumps(results) + "\n")
+        base.parent.joinpath(base.name + ".json").write_text(dumps(results) + "\n")
         base.parent.joinpath(base.name + ".md").write_text(report)
-        _progress(f"wrote {base}.json and {base}.md")
+        progress(f"wrote {base}.json and {base}.md")
     sys.stdout.write(report)
     sys.stdout.flush()
     with contextlib.suppress(Exception):

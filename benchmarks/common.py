@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmark entry points (benchmarks.run and benchmarks.strategies):
+progress lines, machine facts, the results' JSON layout and SIGTERM handling."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchmarks.stats import Summary
+
+__all__ = ["cmd_out", "cpu_model", "dumps", "json_safe", "loadavg", "on_signal", "progress"]
+
+
+def progress(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_out(args: Sequence[str], cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(list(args), cwd=cwd, capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.stdout.decode(errors="replace").strip()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 3) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Summary):
+        return json_safe(obj.to_dict())
+    return obj
+
+
+def dumps(obj: Any, level: int = 0) -> str:
+    """JSON with one line per list of scalars (sample columns stay readable and small)."""
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {dumps(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, dict | list) for v in obj):
+        return "[\n" + ",\n".join(inner + dumps(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
