@@ -2,8 +2,10 @@
 as ``kill -9`` would (``SIGKILL`` to itself: no cleanup, no ``finally``, no flush).
 
 Several names may be given, comma-separated; ``name@N`` fires at the N-th time the point is reached
-(default 1). With the variable unset, :func:`failpoint` costs one dictionary lookup. Never set it in
-production.
+(default 1). ``name:ERRNO`` (``during-prepare:ENOSPC@1``) raises ``OSError(ERRNO)`` there instead,
+once, at the N-th hit: a fault the volume could give (a full disk, permission denied) that then goes
+away, without needing root to fill a real filesystem. With the variable unset, :func:`failpoint`
+costs one dictionary lookup. Never set it in production.
 
 Points in the deploy path, in order: ``after-fetch``, ``during-prepare``, ``before-publish``,
 ``after-release-fsync``, ``after-release-rename``, ``after-temp-link``, ``after-swap``,
@@ -13,6 +15,7 @@ Points in the deploy path, in order: ``after-fetch``, ``during-prepare``, ``befo
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -40,22 +43,33 @@ _ENV = "COORDINATOR_FAILPOINTS"
 _hits: dict[str, int] = {}
 
 
-def _armed() -> dict[str, int]:
+def _armed() -> dict[str, tuple[int, int | None]]:
+    """Armed points: name -> (hit that fires, errno to raise or None to die)."""
     spec = os.environ.get(_ENV, "")
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, int | None]] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, count = item.partition("@")
-        out[name] = int(count) if count.isdigit() else 1
+        point, _, count = item.partition("@")
+        name, _, err = point.partition(":")
+        code = getattr(errno, err, None) if err else None
+        if err and not isinstance(code, int):
+            raise ValueError(f"{_ENV}: unknown errno name {err!r} (use ENOSPC, EACCES, EIO...)")
+        out[name] = (int(count) if count.isdigit() else 1, code)
     return out
 
 
 def failpoint(name: str) -> None:
-    """Die here, as kill -9 would, if ``name`` is armed in ``COORDINATOR_FAILPOINTS``."""
+    """Die here, as kill -9 would (or raise the armed OSError), if ``name`` is armed in
+    ``COORDINATOR_FAILPOINTS``."""
     if _ENV not in os.environ:
         return
     armed = _armed()
     if name not in armed:
         return
+    at, err = armed[name]
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= armed[name]:
+    if err is not None:
+        if _hits[name] == at:
+            raise OSError(err, os.strerror(err))
+        return
+    if _hits[name] >= at:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -14,17 +14,19 @@ Everything here blocks; async code calls it through ``anyio.to_thread.run_sync``
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
 import os
 import secrets
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 from coordinator.failpoints import failpoint
 
 __all__ = [
     "atomic_write",
+    "describe_os_error",
     "fsync_dir",
     "is_real_dir",
     "remove_tree",
@@ -35,7 +37,8 @@ __all__ = [
 
 _libc: ctypes.CDLL | None
 try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # the process's own symbols (libc included): ctypes.util.find_library("c") would run /sbin/ldconfig
+    _libc = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - not on glibc/musl
     _libc = None
 
@@ -75,6 +78,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write or fsync: say which file (the status error shows it)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -159,3 +167,35 @@ def remove_tree(path: Path) -> None:
                     os.chmod(full, 0o700)
         os.chmod(trash, 0o700)
         shutil.rmtree(trash)
+
+
+#: what to do about an OSError the volume gave us, by errno. The daemon retries every such failure on
+#: the next event or periodic resync, so the fix only has to remove the cause.
+_OS_FIXES = {
+    errno.ENOSPC: "free space on the volume (df -h {dir}; df -i {dir} for inodes)",
+    errno.EDQUOT: "raise the disk quota or free space on the volume of {dir}",
+    errno.EACCES: "make {path} (or the directory holding it) writable by the user coordinator runs as (uid {uid})",
+    errno.EPERM: "make {path} writable by (and, for the reload file, owned by) uid {uid}",
+    errno.EROFS: "the volume holding {path} is mounted read-only: mount it read-write",
+    errno.ENOTDIR: "something that is not a directory is in the way at {path}: remove it",
+    errno.EISDIR: "a directory is in the way at {path}: remove it",
+    errno.EIO: "the volume reports I/O errors: check the disk (dmesg)",
+}
+_RETRY = "; coordinator retries on the next event or resync"
+
+
+def describe_os_error(e: OSError, *, retried: bool = True) -> dict[str, Any]:
+    """An OSError from the volume as a status-file error: kind ``io``, the system's message with the
+    path, and a fix naming what to do (free space, permissions, read-only mount...). ``retried``
+    says whether the fix also tells that coordinator retries by itself."""
+    path = ""
+    for name in (e.filename2, e.filename) if e.errno in (errno.ENOTDIR, errno.EISDIR) else (e.filename,):
+        if isinstance(name, (str, bytes, os.PathLike)):
+            path = os.fsdecode(name)
+            break
+    reason = e.strerror or str(e)
+    message = f"{reason}: {path}" if path else reason
+    template = _OS_FIXES.get(e.errno or 0, "check the volume (df -h, dmesg, permissions)")
+    where = path or "ROOT"
+    fix = template.format(path=where, dir=os.path.dirname(path) or where, uid=os.geteuid())
+    return {"kind": "io", "message": message, "fix": fix + (_RETRY if retried else "")}

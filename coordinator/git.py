@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ import structlog
 from coordinator.exceptions import GitError, TagNotFoundError
 from coordinator.proc import GroupResult, run_in_group
 
-__all__ = ["GitCache", "redact"]
+__all__ = ["GitCache", "redact", "remove_git_temporaries"]
 
 log = structlog.get_logger("coordinator.git")
 
@@ -78,17 +79,22 @@ class GitCache:
         rc = result.returncode if result.returncode is not None else -1
         log.debug("git", cmd=name, rc=rc, duration_ms=round((time.monotonic() - started) * 1000, 1))
         if check and rc != 0:
+            err = redact(_last_line(result.stderr))
             raise GitError(
-                f"git {name} failed: {redact(_last_line(result.stderr))}",
-                fix="check --repo and that the repository is reachable",
+                f"git {name} failed: {err}",
+                fix=_volume_fix(result.stderr, self.git_dir) or "check --repo and that the repository is reachable",
                 repo=redact(self.repo),
                 rc=rc,
             )
         return result
 
     async def ensure(self) -> None:
-        """Create the bare cache repository if it does not exist yet."""
+        """Create the bare cache repository if it does not exist yet; remove the temporary files of a
+        fetch that was killed (a crash, kill -9)."""
         if (self.git_dir / "HEAD").exists():
+            removed = await anyio.to_thread.run_sync(remove_git_temporaries, self.git_dir)
+            if removed:
+                log.info("git_leftovers_removed", paths=removed)
             return
         self.git_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -115,11 +121,18 @@ class GitCache:
         ref = f"refs/tags/{tag}"
         before = await self.resolve(tag)
         self._known.pop(tag, None)
-        result = await self._git(
-            ["fetch", "--no-tags", "--no-write-fetch-head", "-q", "--", self.repo, f"+{ref}:{ref}"],
-            check=False,
-        )
+        try:
+            result = await self._git(
+                ["fetch", "--no-tags", "--no-write-fetch-head", "-q", "--", self.repo, f"+{ref}:{ref}"],
+                check=False,
+            )
+        except BaseException:  # timed out or cancelled: git was killed mid-write
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_git_temporaries, self.git_dir)
+            raise
         if result.returncode != 0:
+            # a failed fetch leaves its partly written objects behind (on a full volume: all the space)
+            await anyio.to_thread.run_sync(remove_git_temporaries, self.git_dir)
             err = redact(_last_line(result.stderr))
             if "couldn't find remote ref" in err:
                 raise TagNotFoundError(
@@ -130,7 +143,7 @@ class GitCache:
                 )
             raise GitError(
                 f"git fetch failed: {err}",
-                fix="check --repo and that the repository is reachable",
+                fix=_volume_fix(result.stderr, self.git_dir) or "check --repo and that the repository is reachable",
                 repo=redact(self.repo),
                 tag=tag,
             )
@@ -172,3 +185,36 @@ def _last_line(stderr: bytes) -> str:
         if ln.startswith("fatal:"):
             return ln[:300]
     return (lines[-1] if lines else "no output")[:300]
+
+
+def _volume_fix(stderr: bytes, git_dir: Path) -> str | None:
+    """The fix for a git failure caused by the volume (full, over quota, read-only), or None."""
+    text = stderr.decode("utf-8", "replace")
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return f"free space on the volume holding {git_dir} (df -h); coordinator retries on the next event or resync"
+    if "Read-only file system" in text:
+        return f"the volume holding {git_dir} is mounted read-only: mount it read-write"
+    return None
+
+
+#: temporary files git writes while fetching, relative to the objects directory: loose objects being
+#: written, packs and indexes being received, quarantine directories
+_GIT_TEMPORARIES = ("??/tmp_obj_*", "pack/tmp_*", "incoming-*")
+
+
+def remove_git_temporaries(git_dir: Path) -> list[str]:
+    """Remove what a failed or killed git fetch left in the cache's ``objects/`` (blocking); only call
+    it while no git command runs on the cache. Returns the removed paths, relative to ``git_dir``."""
+    objects = git_dir / "objects"
+    removed = []
+    for pattern in _GIT_TEMPORARIES:
+        for p in objects.glob(pattern):
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(str(p.relative_to(git_dir)))
+    return sorted(removed)

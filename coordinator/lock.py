@@ -23,11 +23,26 @@ __all__ = ["hold_lock"]
 def hold_lock(path: Path) -> Iterator[None]:
     """Hold the ROOT lock for the duration of the block, or raise LockHeldError at once."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # the state directory itself must not be a symlink either: the lock would be created outside ROOT
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise LayoutError(
+                f"{path.parent} is not a directory (a symlink or file was planted there)",
+                fix=f"remove {path.parent}; coordinator recreates it",
+            ) from e
+        raise LayoutError(f"cannot open {path.parent}: {e.strerror}", fix="check ROOT is writable") from e
+    try:
+        fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise LayoutError(f"lock file {path} is a symlink", fix="remove it; coordinator recreates it") from e
-        raise LayoutError(f"cannot open lock file {path}: {e.strerror}", fix="check ROOT is writable") from e
+        raise LayoutError(
+            f"cannot open lock file {path}: {e.strerror}",
+            fix=f"make ROOT and {path.parent} writable by the user coordinator runs as (uid {os.geteuid()})",
+        ) from e
+    finally:
+        os.close(dir_fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

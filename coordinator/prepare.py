@@ -42,6 +42,8 @@ reason in :attr:`PrepareStats.fallback`:
 * ``unknown_object_format`` / ``unexpected_git_output``: defensive, not expected to happen.
 
 Other errors (a git failure for the new commit, ``ENOSPC``, ``EIO``) are raised as with a full checkout.
+git reports a full volume only as "unable to write file X": a git failure while the volume holding the
+release has less than 1 MiB (or no inode) free is raised as ``OSError(ENOSPC)`` naming ``releases/``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import anyio
 import structlog
 
 from coordinator.config import Layout
+from coordinator.exceptions import GitError
 from coordinator.fsutil import is_real_dir, remove_tree
 from coordinator.git import GitCache
 from coordinator.plan import Step
@@ -182,18 +185,42 @@ async def prepare_release(
     a build may modify files in place, which must never reach an inode shared with a published
     release, so the release is then always a full checkout.
     """
-    reason = await anyio.to_thread.run_sync(_refusal, previous, build_command)
-    detail: str | None = None
-    if reason is None:
-        assert previous is not None and previous.sha is not None and previous.created is not None
-        try:
-            return await _incremental(git, sha, dest, index_file, previous)
-        except _Fallback as fb:
-            reason, detail = fb.reason, fb.detail
-            log.warning("prepare_fallback", reason=reason, detail=detail, previous=previous.path.name)
-            await anyio.to_thread.run_sync(_empty_dir, dest)
-    await git.checkout(sha, dest, index_file)
-    return PrepareStats(mode="full", fallback=reason, detail=detail)
+    try:
+        reason = await anyio.to_thread.run_sync(_refusal, previous, build_command)
+        detail: str | None = None
+        if reason is None:
+            assert previous is not None and previous.sha is not None and previous.created is not None
+            try:
+                return await _incremental(git, sha, dest, index_file, previous)
+            except _Fallback as fb:
+                reason, detail = fb.reason, fb.detail
+                log.warning("prepare_fallback", reason=reason, detail=detail, previous=previous.path.name)
+                await anyio.to_thread.run_sync(_empty_dir, dest)
+        await git.checkout(sha, dest, index_file)
+        return PrepareStats(mode="full", fallback=reason, detail=detail)
+    except GitError as e:
+        # git says only "unable to write file X" when the volume is full: tell the user what happened
+        full = await anyio.to_thread.run_sync(_volume_full, dest)
+        if full is None:
+            raise
+        log.warning("prepare_no_space", git_error=e.message, **full)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest.parent)) from e
+
+
+#: a volume with less free space than this (or no free inode) is full, for all a release needs
+_FULL_BYTES = 1 << 20
+
+
+def _volume_full(path: Path) -> dict[str, int] | None:
+    """Free bytes and inodes of the volume holding ``path`` when it is full, else None (blocking)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < _FULL_BYTES or (st.f_files > 0 and st.f_favail == 0):
+        return {"free_bytes": free, "free_inodes": st.f_favail}
+    return None
 
 
 async def _incremental(

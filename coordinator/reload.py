@@ -118,7 +118,13 @@ class TouchReloader:
             ns = token * 1_000_000_000
             os.utime(fd, ns=(ns, ns))
         except OSError as e:
-            raise ReloadError(f"cannot touch the reload file {self.path}: {e.strerror}", path=str(self.path)) from e
+            raise ReloadError(
+                f"cannot touch the reload file {self.path}: {e.strerror}",
+                fix=f"setting its mtime needs the file to be owned by uid {os.geteuid()}: chown it (or delete it)"
+                if e.errno == errno.EPERM
+                else "check the reload file and the volume holding it",
+                path=str(self.path),
+            ) from e
         finally:
             os.close(fd)
 

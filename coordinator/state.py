@@ -5,7 +5,7 @@
   the last permanent failure (so a broken marker is not retried until it changes, even across
   restarts).
 * ``journal.jsonl`` (append-only, one JSON object per line): every attempt with its result, phases
-  and request id: the deploy history.
+  and request id: the deploy history. Bounded: rotated to ``journal.jsonl.1`` at 4 MiB.
 * ``releases/<name>.json``: metadata of each published release (tag, sha, time, result).
 * the status file (default ``ROOT/deploy.status.json``), replaced atomically on every change; its
   fields are documented in the README.
@@ -15,13 +15,17 @@ All functions block; async callers run them in a worker thread.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from coordinator.fsutil import atomic_write
 
@@ -40,8 +44,12 @@ __all__ = [
     "write_release_meta",
 ]
 
+log = structlog.get_logger("coordinator")
+
 STATUS_VERSION = 1
 _JSON_MAX_BYTES = 1 << 20
+#: the journal is rotated (one older generation kept) once it reaches this size: about 8,000 attempts
+JOURNAL_MAX_BYTES = 4 << 20
 
 
 def iso(ts: float | None = None) -> str:
@@ -123,26 +131,71 @@ def _str_or_none(v: Any) -> str | None:
 
 def append_journal(path: Path, entry: dict[str, Any]) -> None:
     """Append one line to the journal and fsync it. A torn last line (a crash mid-append) is ended
-    first, so the new entry stays readable."""
+    first, so the new entry stays readable.
+
+    The journal is bounded: once it holds ``JOURNAL_MAX_BYTES`` it is renamed to ``<name>.1`` (replacing
+    the generation before) and a new one is started, so at most two generations are ever on disk. A
+    symlink planted at the journal's name is replaced by a new file, never written through.
+    """
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = _open_journal(path)
     try:
         size = os.fstat(fd).st_size
+        if size >= JOURNAL_MAX_BYTES:
+            os.replace(path, _rotated(path))
+            os.close(fd)
+            fd = -1
+            fd = _open_journal(path)
+            size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
+    except OSError as e:
+        if e.filename is None:  # a failed write or fsync: say which file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _rotated(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def _open_journal(path: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        log.warning("journal_symlink_replaced", path=str(path), target=_readlink(path))
+        path.unlink()  # the link only, never its target
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
+        raise OSError(errno.EINVAL, "the journal is not a regular file", str(path))
+    return fd
+
+
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 def read_journal(path: Path, limit: int = 1000) -> list[dict[str, Any]]:
-    """The last ``limit`` journal entries, oldest first; unreadable lines (a torn last line) skipped."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()[-limit:]
-    except FileNotFoundError:
-        return []
+    """The last ``limit`` journal entries, oldest first; unreadable lines (a torn last line) skipped.
+
+    Reads from the end of the file (and of the generation before, if needed), so memory and time
+    follow ``limit``, not the journal's size. A symlink or non-regular file is read as empty.
+    """
+    lines = _tail_lines(path, limit)
+    if len(lines) < limit:
+        lines = _tail_lines(_rotated(path), limit - len(lines)) + lines
     out: list[dict[str, Any]] = []
     for ln in lines:
         try:
@@ -152,6 +205,40 @@ def read_journal(path: Path, limit: int = 1000) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             out.append(obj)
     return out
+
+
+_TAIL_BLOCK = 64 * 1024
+
+
+def _tail_lines(path: Path, limit: int) -> list[bytes]:
+    """The last ``limit`` non-empty lines of ``path``, read backwards in blocks (blocking)."""
+    if limit <= 0:
+        return []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        end = st.st_size
+        blocks: list[bytes] = []
+        newlines = 0
+        while end > 0 and newlines <= limit:
+            start = max(0, end - _TAIL_BLOCK)
+            block = os.pread(fd, end - start, start)
+            blocks.append(block)
+            newlines += block.count(b"\n")
+            end = start
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    segments = b"".join(reversed(blocks)).split(b"\n")
+    if end > 0:
+        segments = segments[1:]  # what precedes the first newline read may be cut by the block boundary
+    return [ln for ln in segments if ln.strip()][-limit:]
 
 
 @dataclass(frozen=True, slots=True)

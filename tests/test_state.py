@@ -206,14 +206,14 @@ def test_append_after_torn_line_keeps_new_entry(tmp_path: Path) -> None:
 
 
 def test_append_journal_refuses_symlink(tmp_path: Path) -> None:
-    """append_journal does not write through a symlink planted at the journal path."""
+    """append_journal does not write through a symlink planted at the journal path: it replaces it."""
     target = tmp_path / "victim"
     target.write_text("untouched\n")
     link = tmp_path / "journal.jsonl"
     link.symlink_to(target)
-    with pytest.raises(OSError):
-        append_journal(link, {"n": 1})
+    append_journal(link, {"n": 1})
     assert target.read_text() == "untouched\n"
+    assert not link.is_symlink() and read_journal(link) == [{"n": 1}]
 
 
 # ---------------------------------------------------------------------------------------- release meta
