@@ -8,7 +8,9 @@ to the config file's directory (TOML).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 
 from coordinator.exceptions import ConfigError
 
-__all__ = ["OPTIONS", "Config", "Layout", "Option", "resolve_options"]
+__all__ = ["OPTIONS", "Config", "Layout", "Option", "parse_http_bind", "resolve_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ OPTIONS: dict[str, Option] = {
         Option("health-url", "str", None, "URL that must answer 2xx with --health-expect after a reload"),
         Option("health-expect", "str", "{sha}", "text the health answer must contain ({tag} and {sha} filled in)"),
         Option("health-timeout", "float", 60.0, "seconds to wait for the new release to pass the health check"),
+        Option("http-bind", "str", None, "serve /metrics, /healthz, /readyz on HOST:PORT or [V6ADDR]:PORT (0: any)"),
         Option("log-format", "str", "auto", "auto (console on a terminal, else json), json or console"),
         Option("log-level", "str", "info", "debug, info, warning or error"),
     ]
@@ -104,6 +107,45 @@ def _convert(opt: Option, raw: Any, base: Path | None, source: str) -> Any:
             fix=f"see `coordinator run --help` for {opt.name}",
             option=opt.name,
         ) from e
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_http_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6ADDR]:PORT`` as (host, port); port 0 asks for any free port.
+
+    HOST is an IPv4 address or a host name; an IPv6 address goes in brackets. Raises ConfigError.
+    """
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(
+            f"invalid --http-bind {text[:80]!r}: {why}",
+            fix="give HOST:PORT or [V6ADDR]:PORT, e.g. 127.0.0.1:9100, 0.0.0.0:9100 or [::1]:9100 (0: any free port)",
+            option="http-bind",
+        )
+
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise bad("expected [V6ADDR]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise bad("no port (expected HOST:PORT)")
+        if not host:
+            raise bad("no host (use 0.0.0.0 for every IPv4 interface, [::] for every interface)")
+        if ":" in host:
+            raise bad("put an IPv6 address in brackets, e.g. [::1]:9100")
+        if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+            raise bad(f"{host!r} is not a host name or IPv4 address")
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
+        raise bad(f"port {port!r} is not a number from 0 to 65535")
+    return host, int(port)
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -244,6 +286,7 @@ class Config:
     health_url: str | None = None
     health_expect: str = "{sha}"
     health_timeout: float = 60.0
+    http_bind: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -279,6 +322,13 @@ class Config:
             raise ConfigError(
                 f"--health-url must be an http(s) URL, not {self.health_url!r}", fix="e.g. http://127.0.0.1:8000/"
             )
+        if self.http_bind is not None:
+            parse_http_bind(self.http_bind)
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of ``--http-bind`` (host without brackets), or None when not configured."""
+        return None if self.http_bind is None else parse_http_bind(self.http_bind)
 
     @property
     def reload_strategy(self) -> str:
@@ -316,4 +366,5 @@ class Config:
             health_url=opts.get("health_url"),
             health_expect=opts.get("health_expect") or "{sha}",
             health_timeout=opts.get("health_timeout", 60.0),
+            http_bind=opts.get("http_bind"),
         )

@@ -19,7 +19,10 @@ from anyio.abc import TaskGroup
 from coordinator.config import Config
 from coordinator.deployer import Attempt, Deployer
 from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError
+from coordinator.fsutil import describe_os_error
 from coordinator.lock import hold_lock
+from coordinator.metrics import Metrics
+from coordinator.probes import Liveness, ProbeServer
 from coordinator.watch import watch_marker
 
 __all__ = ["run"]
@@ -59,13 +62,22 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
     except FileExistsError as e:
         raise LayoutError(f"{state_dir} is not a directory", fix=f"remove {state_dir}") from e
     except OSError as e:
-        raise LayoutError(f"cannot create {state_dir}: {e.strerror}", fix="check ROOT is writable") from e
+        err = describe_os_error(e, retried=False)
+        raise LayoutError(f"cannot create {state_dir}: {e.strerror}", fix=err["fix"]) from e
     with hold_lock(lay.lock_file):
         deployer = Deployer(config)
-        await deployer.startup()
+        try:
+            await deployer.startup()
+        except OSError as e:  # e.g. ROOT not writable by this user: exit 2 with one line, no traceback
+            err = describe_os_error(e, retried=False)
+            raise LayoutError(f"cannot prepare {lay.root}: {err['message']}", fix=err["fix"]) from e
         log.info("started", root=str(lay.root), marker=str(lay.marker), once=once)
         if once:
-            attempt = await deployer.reconcile()
+            try:
+                attempt = await deployer.reconcile()
+            except OSError as e:  # e.g. the status file could not be written on a full volume
+                err = describe_os_error(e, retried=False)
+                raise DeployFailed(err["message"], fix=err["fix"]) from e
             if attempt is not None and attempt.result == "failed":
                 err = attempt.error or {}
                 raise DeployFailed(
@@ -80,6 +92,11 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
 async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | None) -> None:
     wake = _Wake()
     stop = anyio.Event()
+    metrics = Metrics()
+    deployer.on_phase = metrics.phase_finished
+    deployer.on_attempt = metrics.attempt_changed
+    liveness = Liveness(stop)
+    probes = await ProbeServer.open(config, deployer, metrics, liveness) if config.http_address else None
 
     async with anyio.create_task_group() as tg:
 
@@ -87,16 +104,20 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
             wake.set()
             tg.start_soon(deployer.check_superseded)
 
+        async def watch() -> None:
+            with liveness.running("watcher"):  # /healthz fails if the watcher is gone
+                await watch_marker(
+                    config.layout.marker,
+                    on_hint,
+                    poll=config.poll,
+                    step_ms=config.watch_step_ms,
+                    stop_event=stop,
+                )
+
         tg.start_soon(_signals, tg, stop)
-        tg.start_soon(
-            lambda: watch_marker(
-                config.layout.marker,
-                on_hint,
-                poll=config.poll,
-                step_ms=config.watch_step_ms,
-                stop_event=stop,
-            )
-        )
+        if probes is not None:
+            tg.start_soon(probes.serve)
+        tg.start_soon(watch)
         if ready is not None:
             ready()
         try:
@@ -105,13 +126,20 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                 try:
                     await deployer.reconcile()
                 except CoordinatorError as e:
+                    metrics.reconcile_errors.inc()
                     log.error("reconcile_failed", **e.as_dict())
+                except OSError as e:  # the volume refused a write (full, read-only...): retried on resync
+                    metrics.reconcile_errors.inc()
+                    log.error("reconcile_failed", **describe_os_error(e), retryable=True)
                 except Exception:  # a bug must not take the daemon down: log it, retry on the next hint/resync
+                    metrics.reconcile_errors.inc()
                     log.exception("reconcile_crashed")
                 with anyio.move_on_after(config.resync_interval):
                     await wake.wait()
         finally:
             with anyio.CancelScope(shield=True):
+                if probes is not None:
+                    await probes.aclose()
                 await deployer.publish_stopped()
                 log.info("stopped")
 

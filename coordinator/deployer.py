@@ -38,7 +38,15 @@ import structlog
 from coordinator.config import Config
 from coordinator.exceptions import BuildError, CoordinatorError, LayoutError, MarkerError, RolledBack, VerifyError
 from coordinator.failpoints import failpoint
-from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, swap_symlink, sync_tree, temp_name
+from coordinator.fsutil import (
+    describe_os_error,
+    fsync_dir,
+    is_real_dir,
+    remove_tree,
+    swap_symlink,
+    sync_tree,
+    temp_name,
+)
 from coordinator.git import GitCache
 from coordinator.health import expected_text, wait_healthy
 from coordinator.inuse import releases_in_use
@@ -147,6 +155,8 @@ class Deployer:
         self._inflight: DeployRequest | None = None
         self._inflight_digest: str | None = None
         self.on_phase: Callable[[str, float], None] | None = None
+        # called when an attempt starts (result "running") and again once it is finished and journaled
+        self.on_attempt: Callable[[Attempt], None] | None = None
         self._pending_verify: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ start-up
@@ -182,7 +192,7 @@ class Deployer:
         root = lay.root
         if not root.is_dir():
             raise LayoutError(f"root {root} is not a directory", fix="create it or fix --root")
-        for d in (lay.releases, lay.state_dir, lay.meta_dir, lay.tmp_dir):
+        for d in (lay.releases, lay.state_dir, lay.meta_dir, lay.tmp_dir, lay.git_dir):
             try:
                 st = os.lstat(d)
             except FileNotFoundError:
@@ -309,6 +319,8 @@ class Deployer:
         assert req is not None
         attempt = Attempt(tag=req.tag, request_id=req.request_id)
         self._last_attempt = attempt
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
         if p.action is Action.FETCH or Step.PREPARE in p.steps:
             # a long deploy: show it. A swap to a release on disk skips this write (it would delay the
             # swap by a file and a directory fsync); the status is written once it is done.
@@ -348,7 +360,7 @@ class Deployer:
             )
         except OSError as e:
             attempt.result = "failed"
-            attempt.error = {"kind": "io", "message": f"{e.strerror or e}: {e.filename or ''}".strip(": ")}
+            attempt.error = describe_os_error(e)
             log.error(
                 "deploy_failed", **{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True}
             )
@@ -362,6 +374,8 @@ class Deployer:
                     append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()}
                 )
                 failpoint("after-journal")
+                if self.on_attempt is not None:
+                    self.on_attempt(attempt)
                 current = await anyio.to_thread.run_sync(read_current, self.layout.root)
                 if attempt.result == "success":
                     self._last_success = attempt.to_dict()
@@ -426,6 +440,8 @@ class Deployer:
         tag, sha = (meta.tag, meta.sha) if meta else (current, "")
         attempt = Attempt(tag=tag, request_id=None, sha=sha, release=current)
         self._last_attempt = attempt
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
         log.info("verify_resumed", release=current)
         try:
             back_to = pending.get("back_to")
@@ -449,6 +465,8 @@ class Deployer:
             log.error("deploy_failed", **{**e.as_dict(), "tag": tag})
         attempt.finished = time.time()
         await anyio.to_thread.run_sync(append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()})
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
         now = await anyio.to_thread.run_sync(read_current, self.layout.root)
         state = {"success": "idle", "rolled_back": "rolled_back"}.get(attempt.result, "failed")
         await self._publish(state, reading, now)
@@ -686,10 +704,43 @@ class Deployer:
     async def _phase(self, attempt: Attempt, step: Step) -> AsyncIterator[None]:
         started = time.monotonic()
         try:
+            if self._status and step not in (Step.SWAP, Step.RELOAD, Step.PRUNE):
+                # Show the running phase (for `deploy --wait`): a copy of the last status with `phase` and
+                # the attempt in flight (its `phases_ms` are the phases done), written without fsync and
+                # without reading the volume (except after the swap, for `current`). Not before swap,
+                # reload and prune: they are short, and the first two are on the marker -> reload path.
+                after_swap = step in (Step.VERIFY, Step.ROLLBACK)
+                live = {
+                    **self._status,
+                    "state": "deploying",
+                    "marker_error": None,
+                    "error": None,
+                    "reloaded": self.state.reloaded,
+                    "last_attempt": attempt.to_dict(),
+                    "phase": {"name": step.value, "tag": attempt.tag, "id": attempt.request_id, "started_at": iso()},
+                }
+                desired = live.get("desired") or {}
+                if desired.get("id") != attempt.request_id or desired.get("tag") != attempt.tag:
+                    live["desired"] = {"tag": attempt.tag, "sha": None, "id": attempt.request_id}
+                self._status = live
+
+                def write() -> dict[str, Any]:
+                    if after_swap:
+                        with contextlib.suppress(CoordinatorError):
+                            live["current"] = self._release_ref(read_current(self.layout.root))
+                        live["previous"] = self._release_ref(self.state.previous)
+                    with contextlib.suppress(OSError):  # a hint only: the final status write reports errors
+                        write_json(self.layout.status_file, {**live, "updated_at": iso()}, durable=False)
+                    return live
+
+                self._status = await anyio.to_thread.run_sync(write)
+                started = time.monotonic()
             yield
         finally:
             ms = _ms(started)
             attempt.phases[step.value] = ms
+            if self._status.get("phase") is not None:
+                self._status = {**self._status, "phase": None}
             log.info(step.value, duration_ms=ms, tag=attempt.tag, release=attempt.release)
             if self.on_phase is not None:
                 self.on_phase(step.value, ms)
@@ -723,6 +774,7 @@ class Deployer:
             "reloaded": self.state.reloaded,
             "last_attempt": self._last_attempt.to_dict() if self._last_attempt else None,
             "last_success": self._last_success,
+            "phase": None,
             "error": None,
         }
         if error is not None:
