@@ -18,19 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from coordinator import __version__
+from coordinator import __version__, display
 from coordinator.config import OPTIONS, Config, Layout, resolve_options
 from coordinator.exceptions import ConfigError, CoordinatorError
 from coordinator.logs import configure_logging
-from coordinator.plan import Step
+
+if TYPE_CHECKING:
+    from coordinator.marker import DeployRequest
 
 __all__ = ["main"]
 
@@ -78,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     releases = sub.add_parser("releases", help="list releases on disk (current and previous marked)")
     _add_options(releases, _CLIENT_OPTIONS)
 
+    history = sub.add_parser("history", help="past deploys from the journal, newest first")
+    history.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N deploys (default 20)")
+    history.add_argument("--json", action="store_true", help="print the journal lines as a JSON array")
+    _add_options(history, _CLIENT_OPTIONS)
+
     rollback = sub.add_parser("rollback", help="make the previous release desired")
     rollback.add_argument("--wait", action="store_true")
     rollback.add_argument("--timeout", type=float, default=600.0)
@@ -96,23 +104,6 @@ def _layout(opts: dict[str, Any]) -> Layout:
 def _print(text: str = "") -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def _progress_printer(tag: str) -> Any:
-    seen: set[str] = set()
-
-    def show(status: dict[str, Any]) -> None:
-        attempt = status.get("last_attempt") or {}
-        if attempt.get("tag") != tag:
-            return
-        phases = attempt.get("phases_ms") or {}
-        for phase in [s.value for s in Step]:
-            ms = phases.get(phase)
-            if ms is not None and phase not in seen:
-                seen.add(phase)
-                _print(f"  {phase:<8} {ms:>9.1f} ms")
-
-    return show
 
 
 async def _cmd(args: argparse.Namespace) -> int:
@@ -134,11 +125,13 @@ async def _cmd(args: argparse.Namespace) -> int:
             req = await commands.request_deploy(layout, args.tag, args.sha)
         else:
             req = await commands.request_rollback(layout)
-        _print(f"requested {req.tag}{' @ ' + req.sha if req.sha else ''} (id {req.request_id})")
+        style = display.style_for(
+            os.environ, sys.stdout.isatty(), sys.stdout.encoding, shutil.get_terminal_size().columns
+        )
+        if not (args.wait and style.live):
+            _print(f"requested {req.tag}{' @ ' + req.sha if req.sha else ''} (id {req.request_id})")
         if args.wait:
-            status = await commands.wait_for(layout, req, args.timeout, _progress_printer(req.tag))
-            cur = status.get("current") or {}
-            _print(f"{req.tag} is current ({cur.get('release')}) and reloaded")
+            await _wait(layout, req, args.timeout, style)
         return 0
     if args.command == "status":
         found = await commands.read_status(layout)
@@ -146,50 +139,34 @@ async def _cmd(args: argparse.Namespace) -> int:
             raise CoordinatorError(
                 f"no status file at {layout.status_file}", fix="start `coordinator run` on this root first"
             )
-        status = found
-        if args.json:
-            _print(json.dumps(status, indent=2, sort_keys=True))
-        else:
-            _print(format_status(status))
+        _print(json.dumps(found, indent=2, sort_keys=True) if args.json else display.format_status(found, time.time()))
         return 0
     if args.command == "releases":
-        rows = await commands.list_releases(layout)
-        _print(f"{'':2} {'RELEASE':<40} {'TAG':<20} {'SHA':<12} CREATED")
-        for r in rows:
-            mark = "*" if r.current else ("-" if r.previous else " ")
-            created = _fmt_time(r.created) if r.created else "?"
-            _print(f"{mark:2} {r.name:<40} {r.tag or '?':<20} {(r.sha or '?')[:12]:<12} {created}")
-        _print("(* current, - previous)")
+        _print(display.format_releases(await commands.list_releases(layout), time.time()))
+        return 0
+    if args.command == "history":
+        entries = await commands.read_history(layout, args.limit)
+        _print(json.dumps([e.raw for e in entries], indent=2) if args.json else display.format_history(entries))
         return 0
     raise ConfigError(f"unknown command {args.command}")  # pragma: no cover
 
 
-def _fmt_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: display.Style) -> None:
+    """``--wait``: follow the deploy on stdout (live on a terminal, else plain lines)."""
+    from coordinator import commands
 
-
-def format_status(status: dict[str, Any]) -> str:
-    """The status file as a short human-readable table."""
-    cur = status.get("current") or {}
-    prev = status.get("previous") or {}
-    desired = status.get("desired") or {}
-    attempt = status.get("last_attempt") or {}
-    lines = [
-        f"state     {status.get('state')}",
-        f"desired   {desired.get('tag', '-')}" + (f" (id {desired['id']})" if desired.get("id") else ""),
-        f"current   {cur.get('tag', '-')}  {cur.get('release', '')}",
-        f"previous  {prev.get('tag', '-')}  {prev.get('release', '')}",
-    ]
-    if attempt:
-        phases = ", ".join(f"{k} {v:.1f} ms" for k, v in (attempt.get("phases_ms") or {}).items())
-        lines.append(f"last      {attempt.get('tag')} {attempt.get('result')} at {attempt.get('finished_at')}")
-        if phases:
-            lines.append(f"phases    {phases}")
-    err = status.get("error")
-    if err:
-        lines.append(f"error     {err.get('message')}" + (f" -- {err['fix']}" if err.get("fix") else ""))
-    lines.append(f"updated   {status.get('updated_at')}")
-    return "\n".join(lines)
+    progress = display.DeployProgress(sys.stdout, style, req.tag, req.request_id or "", time.time())
+    status: dict[str, Any] | None = None
+    try:
+        status = await commands.wait_for(
+            layout,
+            req,
+            seconds,
+            lambda st: progress.update(st, time.time()),
+            on_poll=lambda: progress.tick(time.time()),
+        )
+    finally:
+        progress.finish(status, time.time())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

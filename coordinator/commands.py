@@ -1,25 +1,36 @@
-"""What the client commands do (deploy, wait, status, releases, rollback), as plain functions that
-return data; :mod:`coordinator.cli` only parses arguments and prints."""
+"""What the client commands do (deploy, wait, status, releases, rollback, history), as plain functions
+that return data; :mod:`coordinator.cli` only parses arguments and prints."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
 from coordinator.config import Layout
 from coordinator.deployer import new_request_id, read_current
-from coordinator.exceptions import CoordinatorError, DeployFailed, WaitTimeoutError
+from coordinator.display import parse_time
+from coordinator.exceptions import ConfigError, CoordinatorError, DeployFailed, WaitTimeoutError
 from coordinator.fsutil import atomic_write
 from coordinator.marker import DeployRequest, validate_sha, validate_tag
-from coordinator.state import load_state, read_json, read_release_meta
+from coordinator.state import load_state, read_journal, read_json, read_release_meta
 
-__all__ = ["ReleaseRow", "list_releases", "read_status", "request_deploy", "request_rollback", "wait_for"]
+__all__ = [
+    "HistoryEntry",
+    "ReleaseRow",
+    "list_releases",
+    "read_history",
+    "read_status",
+    "request_deploy",
+    "request_rollback",
+    "wait_for",
+]
 
 
 async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> DeployRequest:
@@ -48,8 +59,13 @@ async def wait_for(
     seconds: float,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     interval: float = 0.01,
+    *,
+    on_poll: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise."""
+    """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise.
+
+    ``on_progress`` gets every new status read; ``on_poll`` is called after every read without news
+    (every ``interval`` seconds), e.g. to redraw elapsed times."""
     deadline = time.monotonic() + seconds
     last: dict[str, Any] | None = None
     while time.monotonic() < deadline:
@@ -62,7 +78,10 @@ async def wait_for(
             if done == "ok":
                 return status
             if done is not None:
-                raise DeployFailed(done, fix="see `coordinator status` and the daemon's log")
+                message, fix = done
+                raise DeployFailed(message, fix=fix or "see `coordinator status` and the daemon's log")
+        elif on_poll is not None:
+            on_poll()
         await anyio.sleep(interval)
     raise WaitTimeoutError(
         f"{req.tag} was not deployed within {seconds:g} s",
@@ -70,22 +89,22 @@ async def wait_for(
     )
 
 
-def _outcome(status: dict[str, Any], req: DeployRequest) -> str | None:
-    """'ok', an error message, or None while undecided."""
+def _outcome(status: dict[str, Any], req: DeployRequest) -> Literal["ok"] | tuple[str, str | None] | None:
+    """'ok', an error message with its fix, or None while undecided."""
     desired = status.get("desired") or {}
     attempt = status.get("last_attempt") or {}
     if desired.get("id") != req.request_id:
         ours = hashlib.sha256(req.to_json().encode()).hexdigest()
         if status.get("state") == "invalid" and status.get("marker_digest") == ours:
             err = status.get("marker_error") or {}
-            return f"the marker was refused: {err.get('message', 'invalid')}"
+            return f"the marker was refused: {err.get('message', 'invalid')}", _fix(err)
         return None
     if attempt.get("id") == req.request_id and attempt.get("result") == "failed":
         err = attempt.get("error") or {}
-        return f"deploy of {req.tag} failed: {err.get('message', 'unknown error')}"
+        return f"deploy of {req.tag} failed: {err.get('message', 'unknown error')}", _fix(err)
     if attempt.get("id") == req.request_id and attempt.get("result") == "rolled_back":
         err = attempt.get("error") or {}
-        return f"deploy of {req.tag} was rolled back: {err.get('message', 'health check failed')}"
+        return f"deploy of {req.tag} was rolled back: {err.get('message', 'health check failed')}", _fix(err)
     current = status.get("current") or {}
     if (
         status.get("state") == "idle"
@@ -96,8 +115,13 @@ def _outcome(status: dict[str, Any], req: DeployRequest) -> str | None:
     if status.get("state") in ("failed", "rolled_back"):
         err = status.get("error") or {}
         verb = "was rolled back" if status.get("state") == "rolled_back" else "failed"
-        return f"deploy of {req.tag} {verb}: {err.get('message', 'unknown error')}"
+        return f"deploy of {req.tag} {verb}: {err.get('message', 'unknown error')}", _fix(err)
     return None
+
+
+def _fix(err: dict[str, Any]) -> str | None:
+    fix = err.get("fix")
+    return fix if isinstance(fix, str) and fix else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +178,76 @@ async def request_rollback(layout: Layout) -> DeployRequest:
             fix="deploy a tag explicitly with `coordinator deploy TAG`",
         )
     return await request_deploy(layout, prev.tag, prev.sha)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One past deploy attempt from the journal; fields the line lacks (or has with the wrong type)
+    are None, and ``raw`` is the line as written (with any fields this version does not know)."""
+
+    started: float | None  # epoch seconds
+    finished: float | None
+    tag: str | None
+    sha: str | None
+    release: str | None
+    result: str | None
+    duration_ms: float | None
+    phases_ms: dict[str, float]
+    request_id: str | None
+    error: str | None  # "kind: message"
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_journal(cls, raw: dict[str, Any]) -> HistoryEntry:
+        def text(key: str) -> str | None:
+            v = raw.get(key)
+            return v if isinstance(v, str) and v else None
+
+        def number(v: object) -> float | None:
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        phases = raw.get("phases_ms")
+        phases_ms = (
+            {str(k): float(v) for k, v in phases.items() if number(v) is not None} if isinstance(phases, dict) else {}
+        )
+        err = raw.get("error")
+        error: str | None = None
+        if isinstance(err, dict):
+            kind, message = err.get("kind"), err.get("message")
+            error = f"{kind}: {message}" if isinstance(kind, str) and kind else str(message or "unknown error")
+        elif isinstance(err, str) and err:
+            error = err
+        return cls(
+            started=parse_time(raw.get("started_at")),
+            finished=parse_time(raw.get("finished_at")),
+            tag=text("tag"),
+            sha=text("sha"),
+            release=text("release"),
+            result=text("result"),
+            duration_ms=number(raw.get("duration_ms")),
+            phases_ms=phases_ms,
+            request_id=text("id"),
+            error=error,
+            raw=raw,
+        )
+
+
+def _read_history(layout: Layout, limit: int | None) -> list[HistoryEntry]:
+    want = sys.maxsize if limit is None else limit
+    while True:  # read the journal's tail, more of it while lines that are not attempts crowd it
+        lines = read_journal(layout.journal, want)
+        entries = [e for e in lines if e.get("event", "attempt") == "attempt"]
+        if limit is None or len(entries) >= limit or len(lines) < want:
+            break
+        want *= 4
+    newest = entries[::-1] if limit is None else entries[: -limit - 1 : -1]
+    return [HistoryEntry.from_journal(e) for e in newest]
+
+
+async def read_history(layout: Layout, limit: int | None = None) -> list[HistoryEntry]:
+    """Past deploy attempts from the journal, newest first (at most ``limit``). A torn last line
+    (a crash mid-append) and lines that are not JSON objects are skipped; unknown fields are kept
+    in ``raw`` only."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {limit}", fix="pass --limit N with N >= 1")
+    return await anyio.to_thread.run_sync(_read_history, layout, limit)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
+import select
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Daemon, GitRepo, current_release, read_status, wait_until
+
+ESC = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -104,7 +114,9 @@ def test_status_prints_a_table_and_json(root: Path, repo: GitRepo) -> None:
     cli("run", "--once", "--root", str(root), "--repo", str(repo.path))
     table = cli("status", "--root", str(root))
     raw = cli("status", "--root", str(root), "--json")
-    assert table.returncode == 0 and "current   v1" in table.stdout
+    sha = repo.tag_sha("v1")[:12]
+    assert table.returncode == 0
+    assert f"current       v1  v1-{sha}  sha {sha}  (reloaded)" in table.stdout.splitlines()
     assert json.loads(raw.stdout) == read_status(root)
 
 
@@ -121,10 +133,9 @@ def test_releases_marks_current_and_previous(root: Path, repo: GitRepo) -> None:
         cli("run", "--once", "--root", str(root), "--repo", str(repo.path))
     out = cli("releases", "--root", str(root))
     lines = [ln for ln in out.stdout.splitlines() if ln[:2].strip() in ("*", "-")]
-    assert [ln.split()[0:2] for ln in lines] == [
-        ["*", f"v2-{repo.tag_sha('v2')[:12]}"],
-        ["-", f"v1-{repo.tag_sha('v1')[:12]}"],
-    ]
+    v1, v2 = repo.tag_sha("v1")[:12], repo.tag_sha("v2")[:12]
+    assert [ln.split()[0:4] for ln in lines] == [["*", f"v2-{v2}", "v2", v2], ["-", f"v1-{v1}", "v1", v1]]
+    assert out.stdout.splitlines()[0].split() == ["RELEASE", "TAG", "SHA", "CREATED", "(UTC)"]
 
 
 def test_rollback_wait_restores_the_previous_release(root: Path, repo: GitRepo) -> None:
@@ -147,3 +158,158 @@ def test_version_flag(tmp_path: Path) -> None:
     """`--version` prints the version."""
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("coordinator ")
+
+
+# ---------------------------------------------------------------------------------------------- deploy --wait
+
+
+def on_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the command with a pseudo-terminal as stdout; return its exit code, terminal output, stderr."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "100", "PYTHONIOENCODING": "utf-8", **(env or {})},
+    )
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.5)[0]:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    rc = proc.wait(10)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    return rc, b"".join(chunks).decode().replace("\r\n", "\n"), err
+
+
+def phase_lines(stdout: str) -> list[tuple[str, str]]:
+    """(phase, 'running' | 'ok' | 'FAILED') of the plain progress lines, in order."""
+    return [(w[0], w[1]) for w in (ln.split() for ln in stdout.splitlines() if ln.startswith("  ")) if len(w) >= 2]
+
+
+def test_deploy_wait_in_a_pipe_prints_plain_phase_lines_in_order(root: Path, repo: GitRepo) -> None:
+    """Piped, `deploy --wait` prints one plain line per phase change, in order, then the summary."""
+    with Daemon(root, repo.path, "--build-command", "sleep 0.4"):
+        out = cli("deploy", "v1", "--root", str(root), "--wait", "--timeout", "30")
+    assert out.returncode == 0, out.stderr
+    done = [name for name, word in phase_lines(out.stdout) if word == "ok"]
+    assert done == ["fetch", "prepare", "build", "publish", "swap", "reload"]
+    assert phase_lines(out.stdout).index(("build", "running")) < phase_lines(out.stdout).index(("build", "ok"))
+    sha = repo.tag_sha("v1")[:12]
+    assert out.stdout.splitlines()[-1].startswith(f"v1 is current and reloaded: release v1-{sha}, sha {sha}, ")
+    assert "\x1b" not in out.stdout
+
+
+def test_deploy_wait_on_a_terminal_shows_the_live_display(root: Path, repo: GitRepo) -> None:
+    """On a terminal the phases are redrawn in place, the running one with its elapsed time, then a summary."""
+    with Daemon(root, repo.path, "--build-command", "sleep 0.6"):
+        rc, screen, err = on_terminal("deploy", "v1", "--root", str(root), "--wait", "--timeout", "30")
+    assert rc == 0, err
+    assert "\x1b[2K" in screen and re.search(r"\x1b\[\d+A", screen)  # erase line, cursor up
+    assert "\x1b[32m✓\x1b[0m" in screen  # a green check mark
+    plain = ESC.sub("", screen)
+    running = set(re.findall(r"^  [⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] build +(\d\.\d) s$", plain, re.M))
+    assert len(running) >= 2  # the running phase's elapsed time, updated in place
+    assert re.search(r"^  ✓ build +(\d+ ms|\d\.\d\d s)$", plain, re.M)  # done, with its duration
+    sha = repo.tag_sha("v1")[:12]
+    assert plain.splitlines()[-1].startswith(f"✓ v1 is current and reloaded: release v1-{sha}, sha {sha}, ")
+
+
+def test_deploy_wait_on_a_dumb_terminal_prints_plain_lines(root: Path, repo: GitRepo) -> None:
+    """TERM=dumb gets the plain lines even on a terminal: no escape codes."""
+    with Daemon(root, repo.path):
+        rc, screen, err = on_terminal(
+            "deploy", "v1", "--root", str(root), "--wait", "--timeout", "30", env={"TERM": "dumb"}
+        )
+    assert rc == 0, err
+    assert "\x1b" not in screen and ("swap", "ok") in phase_lines(screen)
+
+
+def test_deploy_wait_with_no_color_has_no_colours(root: Path, repo: GitRepo) -> None:
+    """NO_COLOR keeps the live display (cursor movement) but drops every colour code."""
+    with Daemon(root, repo.path):
+        rc, screen, err = on_terminal(
+            "deploy", "v1", "--root", str(root), "--wait", "--timeout", "30", env={"NO_COLOR": "1"}
+        )
+    assert rc == 0, err
+    assert "\x1b[2K" in screen and not re.search(r"\x1b\[[\d;]*m", screen)
+
+
+class _App(http.server.BaseHTTPRequestHandler):
+    """The app for health checks: answers the current release's sha, or 500 if it has a file BROKEN."""
+
+    root: Path
+
+    def do_GET(self) -> None:
+        real = Path(os.path.realpath(self.root / "current"))
+        try:
+            sha = json.loads(Path(f"{real}.json").read_text()).get("sha", "none")
+        except (FileNotFoundError, ValueError):
+            sha = "none"
+        body = f"sha={sha}\n".encode()
+        self.send_response(500 if (real / "BROKEN").exists() else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def app_url(root: Path) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_App,), {"root": root}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/health"
+    server.shutdown()
+    server.server_close()
+
+
+def test_deploy_wait_shows_a_failed_verify_and_the_rollback(root: Path, repo: GitRepo, app_url: str) -> None:
+    """A release failing its health check shows verify FAILED, then rollback, and exits 1 saying so."""
+    repo.commit({"BROKEN": "yes\n"}, tag="broken")
+    with Daemon(root, repo.path, "--health-url", app_url, "--health-timeout", "1"):
+        assert cli("deploy", "v1", "--root", str(root), "--wait", "--timeout", "30").returncode == 0
+        out = cli("deploy", "broken", "--root", str(root), "--wait", "--timeout", "30")
+    assert out.returncode == 1 and "rolled back" in out.stderr
+    lines = phase_lines(out.stdout)
+    assert lines.index(("verify", "running")) < lines.index(("verify", "FAILED")) < lines.index(("rollback", "ok"))
+
+
+def test_status_file_shows_the_running_phase_and_the_phases_done(root: Path, repo: GitRepo) -> None:
+    """While a build runs, the status file names it (with the request id) and lists the phases done."""
+    with Daemon(root, repo.path, "--build-command", "sleep 1"):
+        out = cli("deploy", "v1", "--root", str(root))
+        rid = out.stdout.split("(id ")[1].split(")")[0]
+        st = wait_until(lambda: (s := read_status(root)) and (s.get("phase") or {}).get("name") == "build" and s)
+        assert (st["state"], st["phase"]["id"], st["phase"]["tag"]) == ("deploying", rid, "v1")
+        assert st["last_attempt"]["result"] == "running"
+        assert sorted(st["last_attempt"]["phases_ms"]) == ["fetch", "prepare"]
+        done = wait_until(lambda: (s := read_status(root)) and s["state"] == "idle" and s)
+    assert done["phase"] is None and "build" in done["last_attempt"]["phases_ms"]
+
+
+def test_status_after_a_failure_shows_the_error_and_its_fix(root: Path, repo: GitRepo) -> None:
+    """`status` after a failed attempt shows the error's kind, message and fix."""
+    (root / "deploy.request").write_text("v9")
+    cli("run", "--once", "--root", str(root), "--repo", str(repo.path))
+    out = cli("status", "--root", str(root))
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("state         failed")
+    assert any(ln.startswith("error         tag_not_found: ") for ln in lines)
+    assert any(ln.startswith("  fix         ") for ln in lines)
