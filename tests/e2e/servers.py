@@ -150,68 +150,39 @@ def _gunicorn_has_control_socket() -> bool:
     return any(getattr(setting, "name", None) == "control_socket" for setting in config.KNOWN_SETTINGS)
 
 
-def supervisord_conf(
-    tmp: Path, uwsgi_argv: Sequence[str], coordinator_argv: Sequence[str], env: Mapping[str, str]
-) -> str:
-    """The old single-container topology with coordinator in place of the ``git checkout`` one-shot:
-    supervisord runs uWSGI (``--touch-reload``) and ``coordinator run`` as two long-running programs,
-    both ``autorestart=true``; coordinator swaps and touches, uWSGI reloads. ``stopasgroup`` and
-    ``killasgroup`` make a stop reach uWSGI's workers and a build command's children. The control
-    socket is a unix socket in ``tmp`` (no TCP listener)."""
+#: The repository's docker/ directory: the uWSGI and supervisord configuration the images ship.
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
 
-    def command(argv: Sequence[str]) -> str:
-        return " ".join(_supervisor_quote(a) for a in argv)
+#: The single-container topology's supervisord configuration, used as it is by the tests.
+SUPERVISORD_CONF = DOCKER_DIR / "supervisord.conf"
 
-    environment = ",".join(f'{k}="{v}"' for k, v in env.items())
-    return f"""\
-[unix_http_server]
-file={tmp}/supervisor.sock
-chmod=0700
-
-[supervisord]
-nodaemon=true
-logfile={tmp}/supervisord.log
-pidfile={tmp}/supervisord.pid
-childlogdir={tmp}
-directory={tmp}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{tmp}/supervisor.sock
-
-[program:uwsgi]
-command={command(uwsgi_argv)}
-environment={environment}
-directory={tmp}
-autorestart=true
-stopsignal=TERM
-stopasgroup=true
-killasgroup=true
-stdout_logfile={tmp}/uwsgi.log
-redirect_stderr=true
-
-[program:coordinator]
-command={command(coordinator_argv)}
-directory={tmp}
-autorestart=true
-startsecs=1
-stopsignal=TERM
-stopwaitsecs=30
-stopasgroup=true
-killasgroup=true
-stdout_logfile={tmp}/coordinator.log
-redirect_stderr=true
-"""
+#: The recommended uWSGI configuration (touch reload, release pinning), used as it is by the tests.
+UWSGI_INI = DOCKER_DIR / "uwsgi.ini"
 
 
-def _supervisor_quote(arg: str) -> str:
-    """Quote one argument for supervisord's ``command=`` (shlex-like; % doubled for its expansion)."""
-    arg = arg.replace("%", "%%")
-    if arg and all(c.isalnum() or c in "-_./:=@+," for c in arg):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def uwsgi_ini_env(port: int, root: Path, app: str = APP) -> dict[str, str]:
+    """The environment that points :data:`UWSGI_INI` at ``127.0.0.1:port``, the volume ``root`` and the
+    app ``app`` inside each release."""
+    return {"APP_HTTP": f"127.0.0.1:{port}", "COORDINATOR_ROOT": str(root), "COORDINATOR_PIN_APP": app}
+
+
+def supervisord_env(
+    tmp: Path, port: int, root: Path, repo: Path | str, app: str = APP, **options: str
+) -> dict[str, str]:
+    """The environment under which :data:`SUPERVISORD_CONF` runs uWSGI (:data:`UWSGI_INI`, touch reload)
+    and ``coordinator run`` as two autorestarted programs, with the control socket, pid file and logs in
+    ``tmp`` and this virtualenv's ``uwsgi`` and ``coordinator`` first on ``PATH``. ``options`` are more
+    coordinator options by name (``build_command="sleep 1"`` sets ``COORDINATOR_BUILD_COMMAND``)."""
+    env = {
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SUPERVISOR_RUN_DIR": str(tmp),
+        "SUPERVISOR_LOG_DIR": str(tmp),
+        **uwsgi_ini_env(port, root, app),
+        "COORDINATOR_REPO": str(repo),
+        "COORDINATOR_LOG_FORMAT": "json",
+    }
+    env.update({"COORDINATOR_" + name.upper(): value for name, value in options.items()})
+    return env
 
 
 class Process:

@@ -1,6 +1,8 @@
-"""The old single-container topology for real: supervisord runs uWSGI (--touch-reload) and
-`coordinator run` as supervised programs; deploys go through under load, and a coordinator killed
-with SIGKILL in the middle of a deploy is restarted by supervisord and finishes it."""
+"""The single-container topology for real, with the very configuration files the image ships:
+supervisord (docker/supervisord.conf) runs uWSGI (docker/uwsgi.ini, --touch-reload) and
+`coordinator run` as supervised programs, configured by environment only; deploys go through under
+load, and a coordinator killed with SIGKILL in the middle of a deploy is restarted by supervisord and
+finishes it."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Rig, coordinator_bin
-from tests.e2e.servers import BIN, Process, get, kill_group, pin_env, supervisord_conf, uwsgi_touch, wait_http
+from tests.e2e.conftest import Rig
+from tests.e2e.servers import BIN, SUPERVISORD_CONF, Process, get, kill_group, supervisord_env, wait_http
 from tests.helpers import read_status, wait_until, write_marker
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.e2e
 class Supervisor:
     conf: Path
     process: Process
+    env: dict[str, str]
     seen_pids: set[int] = field(default_factory=set)
 
     def pid(self, program: str) -> int:
@@ -35,6 +38,7 @@ class Supervisor:
             text=True,
             timeout=10,
             check=False,
+            env={**os.environ, **self.env},  # the configuration expands %(ENV_SUPERVISOR_RUN_DIR)s
         )
         text = out.stdout.strip()
         pid = int(text) if text.isdigit() else 0
@@ -50,14 +54,13 @@ class Supervisor:
 
 @pytest.fixture
 def supervised(rig: Rig) -> Iterator[Supervisor]:
-    """supervisord running uWSGI and coordinator (with a 1 s build, so that a deploy has a window)."""
+    """supervisord running uWSGI and coordinator (with a 1 s build, so that a deploy has a window),
+    from docker/supervisord.conf as it is, configured by environment."""
     rig.deploy_once("v1")  # the release uWSGI starts on
-    coordinator = [coordinator_bin(), "run", "--root", str(rig.root), "--repo", str(rig.repo.path)]
-    coordinator += ["--log-format", "json", "--build-command", "sleep 1"]
-    conf = rig.tmp / "supervisord.conf"
-    conf.write_text(supervisord_conf(rig.tmp, uwsgi_touch(rig.port, rig.root), coordinator, pin_env(rig.root)))
-    proc = Process([str(BIN / "supervisord"), "-c", str(conf)], rig.tmp / "supervisord.out", cwd=rig.tmp)
-    sup = Supervisor(conf, proc.start())
+    env = supervisord_env(rig.tmp, rig.port, rig.root, rig.repo.path, build_command="sleep 1")
+    conf = SUPERVISORD_CONF
+    proc = Process([str(BIN / "supervisord"), "-c", str(conf)], rig.tmp / "supervisord.out", env=env, cwd=rig.tmp)
+    sup = Supervisor(conf, proc.start(), env)
     try:
         wait_http(rig.port, "app=v1 late=v1", timeout=60, server=proc)
         wait_until(lambda: sup.pid("coordinator") and (read_status(rig.root) or {}).get("state") == "idle", 30)
