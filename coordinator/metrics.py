@@ -54,25 +54,7 @@ PHASE_BUCKETS = (
     600.0,
 )
 #: a whole deploy: a swap to a release on disk (a few ms) to a long fetch and build
-DEPLOY_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-)
+DEPLOY_BUCKETS = (*PHASE_BUCKETS[2:], 1800.0)
 
 
 class Metrics:

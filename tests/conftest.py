@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.helpers import GitRepo, app_repo
+from tests.helpers import GitRepo, app_repo, release_health_server
 
 pytest_plugins = ["pytester"]
 
@@ -93,3 +96,28 @@ def root(tmp_path: Path) -> Path:
     r = tmp_path / "volume"
     r.mkdir()
     return r
+
+
+@pytest.fixture
+def app_url(root: Path) -> Iterator[str]:
+    """The health URL of a fake app serving the sha of the release `current` points to (500 if BROKEN)."""
+    with release_health_server(root) as url:
+        yield url
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory every user can traverse (pytest's tmp_path is private to root), removed afterwards.
+
+    Skips when the daemon cannot be run as another user (not root: the suite already runs as non-root).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the daemon as another user (as non-root the suite already is non-root)")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    base = Path(tempfile.mkdtemp(prefix="coordinator-users-"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)

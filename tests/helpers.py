@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,25 +128,55 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float =
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def daemon_argv(root: Path, repo: Path | str, *extra: str) -> list[str]:
+    """The command line of `coordinator run` on ROOT and REPO, with extra options."""
+    return [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(repo), *extra]
+
+
+class _ReleaseApp(http.server.BaseHTTPRequestHandler):
+    root: Path
+
+    def do_GET(self) -> None:
+        real = Path(os.path.realpath(self.root / "current"))
+        try:
+            meta = json.loads(Path(f"{real}.json").read_text())
+        except (FileNotFoundError, ValueError):
+            meta = {}
+        sha = meta.get("sha", "none") if isinstance(meta, dict) else "none"
+        body = f"sha={sha}\n".encode()
+        self.send_response(500 if (real / "BROKEN").exists() else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def release_health_server(root: Path) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 playing the app; yields its health URL.
+
+    It answers `sha=<commit>` of the release `ROOT/current` points to (from its metadata file), or
+    500 when that release holds a file named BROKEN.
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_ReleaseApp,), {"root": root}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/health"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class Daemon:
     """`coordinator run` as a real subprocess."""
 
     def __init__(self, root: Path, repo: Path | str, *extra: str, env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.log_path = root.parent / f"daemon-{root.name}.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "run",
-            "--root",
-            str(root),
-            "--repo",
-            str(repo),
-            "--log-format",
-            "json",
-            *extra,
-        ]
+        self.args = daemon_argv(root, repo, "--log-format", "json", *extra)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -202,3 +235,18 @@ def write_marker(root: Path, text: str | bytes, name: str = "deploy.request") ->
     tmp = root / f".{name}.writing"
     tmp.write_bytes(text.encode() if isinstance(text, str) else text)
     os.replace(tmp, root / name)
+
+
+#: the unprivileged user the permission and non-root tests run the daemon as
+NOBODY = 65534
+
+
+def chown_to_nobody(path: Path) -> None:
+    """Give ``path`` and everything below it to nobody:nogroup (symlinks themselves, not their targets)."""
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, NOBODY, NOBODY, follow_symlinks=False)
+
+
+def as_nobody(argv: list[str]) -> list[str]:
+    """``argv`` run as nobody:nogroup without supplementary groups (needs root and setpriv)."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *argv]

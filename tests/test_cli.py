@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import select
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.helpers import Daemon, GitRepo, current_release, read_status, wait_until
 
@@ -247,37 +242,6 @@ def test_deploy_wait_with_no_color_has_no_colours(root: Path, repo: GitRepo) -> 
         )
     assert rc == 0, err
     assert "\x1b[2K" in screen and not re.search(r"\x1b\[[\d;]*m", screen)
-
-
-class _App(http.server.BaseHTTPRequestHandler):
-    """The app for health checks: answers the current release's sha, or 500 if it has a file BROKEN."""
-
-    root: Path
-
-    def do_GET(self) -> None:
-        real = Path(os.path.realpath(self.root / "current"))
-        try:
-            sha = json.loads(Path(f"{real}.json").read_text()).get("sha", "none")
-        except (FileNotFoundError, ValueError):
-            sha = "none"
-        body = f"sha={sha}\n".encode()
-        self.send_response(500 if (real / "BROKEN").exists() else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def app_url(root: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_App,), {"root": root}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/health"
-    server.shutdown()
-    server.server_close()
 
 
 def test_deploy_wait_shows_a_failed_verify_and_the_rollback(root: Path, repo: GitRepo, app_url: str) -> None:

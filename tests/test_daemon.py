@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, GitRepo, current_release, read_status, wait_until, write_marker
+from tests.helpers import Daemon, GitRepo, current_release, daemon_argv, read_status, wait_until, write_marker
 
 
 def deployed(root: Path, tag: str) -> bool:
@@ -116,7 +116,7 @@ def test_second_daemon_on_the_same_root_refuses(root: Path, repo: GitRepo) -> No
     """A second coordinator on the same ROOT exits 3 with a clear message."""
     with Daemon(root, repo.path):
         out = subprocess.run(
-            [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(repo.path)],
+            daemon_argv(root, repo.path),
             capture_output=True,
             text=True,
             timeout=30,

@@ -27,22 +27,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import Daemon, GitRepo, app_repo, current_release, read_status, wait_until, write_marker
+from tests.helpers import (
+    NOBODY,
+    Daemon,
+    GitRepo,
+    app_repo,
+    as_nobody,
+    chown_to_nobody,
+    current_release,
+    read_status,
+    wait_until,
+    write_marker,
+)
 from tests.test_daemon import deployed
 from tests.test_failpoints import TouchCounter
-
-NOBODY = 65534
-
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -260,31 +266,11 @@ def test_run_once_reports_a_failed_status_write_in_one_line(root: Path, repo: Gi
 # ------------------------------------------------------------------------------------ permissions
 
 
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory every user can traverse (pytest's tmp_path is private to root), removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the daemon as another user")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    base = Path(tempfile.mkdtemp(prefix="coordinator-faults-"))
-    try:
-        base.chmod(0o755)
-        yield base
-    finally:
-        shutil.rmtree(base)
-
-
 def nobody_repo(base: Path) -> GitRepo:
     """The v1..v2 app repository, owned by nobody (git refuses another user's repository)."""
     repo = app_repo(base / "repo", 2)
-    for p in [repo.path, *repo.path.rglob("*")]:
-        os.chown(p, NOBODY, NOBODY, follow_symlinks=False)
+    chown_to_nobody(repo.path)
     return repo
-
-
-def as_nobody(argv: list[str]) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *argv]
 
 
 @pytest.mark.parametrize("state_dir", ["missing", "owned-by-root", "owned-by-nobody"])

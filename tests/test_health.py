@@ -6,11 +6,8 @@ points to, or 500 when that release holds a file named BROKEN.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -23,38 +20,6 @@ from coordinator.state import load_state, save_state
 from tests.helpers import GitRepo, read_status
 
 pytestmark = pytest.mark.anyio
-
-
-class _App(http.server.BaseHTTPRequestHandler):
-    root: Path
-
-    def do_GET(self) -> None:
-        real = Path(os.path.realpath(self.root / "current"))
-        try:
-            meta = json.loads(Path(f"{real}.json").read_text())
-        except (FileNotFoundError, ValueError):
-            meta = {}
-        broken = (real / "BROKEN").exists()
-        body = f"sha={meta.get('sha', 'none')}\n".encode()
-        self.send_response(500 if broken else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def app_url(root: Path) -> Iterator[str]:
-    """A threaded HTTP server on 127.0.0.1 serving the current release's sha."""
-    handler = type("Handler", (_App,), {"root": root})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/health"
-    server.shutdown()
-    server.server_close()
 
 
 async def deployer(root: Path, repo: GitRepo, url: str, **kw: object) -> Deployer:

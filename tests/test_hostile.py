@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from coordinator.state import read_journal
-from tests.helpers import Daemon, GitRepo, app_repo, current_release, read_status, wait_until, write_marker
+from tests.helpers import (
+    NOBODY,
+    Daemon,
+    GitRepo,
+    app_repo,
+    as_nobody,
+    chown_to_nobody,
+    current_release,
+    read_status,
+    wait_until,
+    write_marker,
+)
 from tests.test_daemon import deployed
-
-NOBODY = 65534
 
 
 def snapshot(base: Path) -> dict[str, tuple[str, bytes | str, int]]:
@@ -215,29 +221,9 @@ def test_nothing_is_world_writable_even_under_umask_000(root: Path, repo: GitRep
     assert world_writable(root) == []
 
 
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory every user can traverse (pytest's tmp_path is private to root), removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the daemon as another user (as non-root the suite already is non-root)")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    base = Path(tempfile.mkdtemp(prefix="coordinator-users-"))
-    try:
-        base.chmod(0o755)
-        yield base
-    finally:
-        shutil.rmtree(base)
-
-
-def chown_tree(path: Path) -> None:
-    for p in [path, *path.rglob("*")]:
-        os.chown(p, NOBODY, NOBODY, follow_symlinks=False)
-
-
-def as_nobody(d: Daemon, home: Path) -> Daemon:
+def daemon_as_nobody(d: Daemon, home: Path) -> Daemon:
     """Run ``d`` as nobody:nogroup, without supplementary groups."""
-    d.args = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *d.args]
+    d.args = as_nobody(d.args)
     d.env["HOME"] = str(home)
     return d
 
@@ -245,11 +231,11 @@ def as_nobody(d: Daemon, home: Path) -> Daemon:
 def test_whole_deploy_as_an_unprivileged_user(world_dir: Path) -> None:
     """The daemon as nobody, on a ROOT nobody owns, deploys v1 then v2 and touches the reload file."""
     repo = app_repo(world_dir / "repo", 2)
-    chown_tree(repo.path)  # git refuses to fetch from a repository another user owns ("dubious ownership")
+    chown_to_nobody(repo.path)  # git refuses to fetch from a repository another user owns ("dubious ownership")
     root = world_dir / "volume"
     root.mkdir()
     os.chown(root, NOBODY, NOBODY)
-    with as_nobody(Daemon(root, repo.path), world_dir) as d:
+    with daemon_as_nobody(Daemon(root, repo.path), world_dir) as d:
         for tag in ("v1", "v2"):
             write_marker(root, tag)
             wait_until(lambda tag=tag: deployed(root, tag))  # type: ignore[misc]

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,7 @@ from coordinator.exceptions import ConfigError
 from coordinator.metrics import Metrics
 from coordinator.probes import Liveness, ProbeServer
 from coordinator.state import write_json
-from tests.helpers import Daemon, GitRepo, read_status, wait_until, write_marker
+from tests.helpers import Daemon, GitRepo, daemon_argv, read_status, wait_until, write_marker
 
 # ---------------------------------------------------------------------- in-process server
 
@@ -372,37 +369,6 @@ def test_daemon_readyz_is_503_for_a_failing_tag(root: Path, repo: GitRepo) -> No
     assert [dict(k[1])["tag"] for k in m if k[0] == "coordinator_current_release_info"] == ["v1"]
 
 
-class _App(http.server.BaseHTTPRequestHandler):
-    """The app behind --health-url: the sha of the current release, or 500 if it holds BROKEN."""
-
-    root: Path
-
-    def do_GET(self) -> None:
-        real = Path(os.path.realpath(self.root / "current"))
-        try:
-            sha = json.loads(Path(f"{real}.json").read_text())["sha"]
-        except (FileNotFoundError, ValueError, KeyError):
-            sha = "none"
-        body = f"sha={sha}\n".encode()
-        self.send_response(500 if (real / "BROKEN").exists() else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def app_url(root: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_App,), {"root": root}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
 def test_daemon_counts_a_rollback(root: Path, repo: GitRepo, app_url: str) -> None:
     """A release failing its health check: rolled_back and rollbacks counted, v1 current again."""
     repo.commit({"BROKEN": "yes\n"}, tag="broken")
@@ -445,18 +411,7 @@ def test_daemon_without_http_bind_serves_nothing(root: Path, repo: GitRepo) -> N
 def test_a_bad_http_bind_exits_2(root: Path, repo: GitRepo, bind: str) -> None:
     """`run --http-bind` with a malformed value exits 2 with one line naming the option."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "run",
-            "--root",
-            str(root),
-            "--repo",
-            str(repo.path),
-            "--http-bind",
-            bind,
-        ],
+        daemon_argv(root, repo.path, "--http-bind", bind),
         capture_output=True,
         text=True,
         timeout=30,
@@ -475,7 +430,7 @@ def test_a_port_in_use_exits_2(root: Path, repo: GitRepo) -> None:
         port = taken.getsockname()[1]
         env = {"COORDINATOR_HTTP_BIND": f"127.0.0.1:{port}"}
         out = subprocess.run(
-            [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(repo.path)],
+            daemon_argv(root, repo.path),
             capture_output=True,
             text=True,
             timeout=30,
