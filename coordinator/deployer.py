@@ -98,6 +98,10 @@ class Attempt:
     error: dict[str, Any] | None = None
     phases: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def duration_ms(self) -> float | None:
+        return round((self.finished - self.started) * 1000, 1) if self.finished else None
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "tag": self.tag,
@@ -108,7 +112,7 @@ class Attempt:
             "error": self.error,
             "started_at": iso(self.started),
             "finished_at": iso(self.finished) if self.finished else None,
-            "duration_ms": round((self.finished - self.started) * 1000, 1) if self.finished else None,
+            "duration_ms": self.duration_ms,
             "phases_ms": dict(self.phases),
         }
         return out
@@ -317,10 +321,7 @@ class Deployer:
             await self._publish("idle" if req is not None else "waiting", reading, current)
             return None
         assert req is not None
-        attempt = Attempt(tag=req.tag, request_id=req.request_id)
-        self._last_attempt = attempt
-        if self.on_attempt is not None:
-            self.on_attempt(attempt)
+        attempt = self._start_attempt(Attempt(tag=req.tag, request_id=req.request_id))
         if p.action is Action.FETCH or Step.PREPARE in p.steps:
             # a long deploy: show it. A swap to a release on disk skips this write (it would delay the
             # swap by a file and a directory fsync); the status is written once it is done.
@@ -348,16 +349,7 @@ class Deployer:
                 cancelled = await self._deploy(attempt, req, reading.digest, p.target, p.sha, p.steps, current)
                 attempt.result = "cancelled" if cancelled else "success"
         except CoordinatorError as e:
-            attempt.result = "rolled_back" if isinstance(e, RolledBack) else "failed"
-            attempt.error = e.as_dict()
-            if not e.retryable:
-                self.state.failed_marker = reading.digest
-                self.state.failed_error = attempt.error
-                await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
-            log.error(
-                "deploy_failed",
-                **{**e.as_dict(), "tag": req.tag, "request_id": req.request_id, "retryable": e.retryable},
-            )
+            await self._attempt_failed(attempt, e, reading, permanent=not e.retryable)
         except OSError as e:
             attempt.result = "failed"
             attempt.error = describe_os_error(e)
@@ -365,31 +357,10 @@ class Deployer:
                 "deploy_failed", **{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True}
             )
         finally:
-            attempt.finished = time.time()
             if attempt.result == "running":
                 attempt.result = "cancelled"
             with anyio.CancelScope(shield=True):
-                failpoint("before-journal")
-                await anyio.to_thread.run_sync(
-                    append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()}
-                )
-                failpoint("after-journal")
-                if self.on_attempt is not None:
-                    self.on_attempt(attempt)
-                current = await anyio.to_thread.run_sync(read_current, self.layout.root)
-                if attempt.result == "success":
-                    self._last_success = attempt.to_dict()
-                    if self.state.failed_marker is not None:
-                        self.state.failed_marker = None
-                        self.state.failed_error = None
-                        await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
-                state = {
-                    "success": "idle",
-                    "failed": "failed",
-                    "rolled_back": "rolled_back",
-                    "cancelled": "deploying",
-                }.get(attempt.result, "failed")
-                await self._publish(state, reading, current)
+                await self._finish_attempt(attempt, reading)
         if attempt.result == "success":
             log.info(
                 "deploy_succeeded",
@@ -397,7 +368,7 @@ class Deployer:
                 sha=attempt.sha,
                 release=attempt.release,
                 request_id=req.request_id,
-                duration_ms=round((attempt.finished - attempt.started) * 1000, 1),
+                duration_ms=attempt.duration_ms,
             )
         elif attempt.result == "cancelled":
             log.info("deploy_superseded", tag=req.tag, release=attempt.release)
@@ -438,10 +409,7 @@ class Deployer:
         """A daemon killed while verifying ``current`` verifies it again at start, and rolls back."""
         meta = await anyio.to_thread.run_sync(read_release_meta, self.layout.meta_dir, current)
         tag, sha = (meta.tag, meta.sha) if meta else (current, "")
-        attempt = Attempt(tag=tag, request_id=None, sha=sha, release=current)
-        self._last_attempt = attempt
-        if self.on_attempt is not None:
-            self.on_attempt(attempt)
+        attempt = self._start_attempt(Attempt(tag=tag, request_id=None, sha=sha, release=current))
         log.info("verify_resumed", release=current)
         try:
             back_to = pending.get("back_to")
@@ -456,21 +424,55 @@ class Deployer:
             )
             attempt.result = "success"
         except CoordinatorError as e:
-            attempt.result = "rolled_back" if isinstance(e, RolledBack) else "failed"
-            attempt.error = e.as_dict()
-            if reading.request is not None and reading.request.tag == tag:
-                self.state.failed_marker = reading.digest
-                self.state.failed_error = attempt.error
-                await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
-            log.error("deploy_failed", **{**e.as_dict(), "tag": tag})
-        attempt.finished = time.time()
-        await anyio.to_thread.run_sync(append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()})
+            # permanent for the marker only when the marker asks for this very tag
+            permanent = reading.request is not None and reading.request.tag == tag
+            await self._attempt_failed(attempt, e, reading, permanent=permanent)
+        await self._finish_attempt(attempt, reading)
+        return attempt
+
+    def _start_attempt(self, attempt: Attempt) -> Attempt:
+        self._last_attempt = attempt
         if self.on_attempt is not None:
             self.on_attempt(attempt)
-        now = await anyio.to_thread.run_sync(read_current, self.layout.root)
-        state = {"success": "idle", "rolled_back": "rolled_back"}.get(attempt.result, "failed")
-        await self._publish(state, reading, now)
         return attempt
+
+    async def _attempt_failed(
+        self, attempt: Attempt, e: CoordinatorError, reading: MarkerReading, *, permanent: bool
+    ) -> None:
+        """Record a failed attempt; a permanent failure blocks these marker bytes until they change."""
+        attempt.result = "rolled_back" if isinstance(e, RolledBack) else "failed"
+        attempt.error = e.as_dict()
+        if permanent:
+            self.state.failed_marker = reading.digest
+            self.state.failed_error = attempt.error
+            await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+        log.error(
+            "deploy_failed",
+            **{**e.as_dict(), "tag": attempt.tag, "request_id": attempt.request_id, "retryable": not permanent},
+        )
+
+    async def _finish_attempt(self, attempt: Attempt, reading: MarkerReading) -> None:
+        """Journal a finished attempt, remember a success, and publish the resulting state."""
+        attempt.finished = time.time()
+        failpoint("before-journal")
+        await anyio.to_thread.run_sync(append_journal, self.layout.journal, {"event": "attempt", **attempt.to_dict()})
+        failpoint("after-journal")
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
+        current = await anyio.to_thread.run_sync(read_current, self.layout.root)
+        if attempt.result == "success":
+            self._last_success = attempt.to_dict()
+            if self.state.failed_marker is not None:
+                self.state.failed_marker = None
+                self.state.failed_error = None
+                await anyio.to_thread.run_sync(save_state, self.layout.state_file, self.state)
+        state = {
+            "success": "idle",
+            "failed": "failed",
+            "rolled_back": "rolled_back",
+            "cancelled": "deploying",
+        }.get(attempt.result, "failed")
+        await self._publish(state, reading, current)
 
     async def _verify_or_roll_back(
         self,
