@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from coordinator.daemon import run_argv
+
 __all__ = [
     "Daemon",
     "DaemonError",
@@ -135,20 +137,7 @@ class Daemon:
         self.log_path = log_path
         self.step_ms = step_ms
         self.log_level = log_level
-        self.args = [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "run",
-            "--root",
-            str(root),
-            "--repo",
-            str(repo),
-            "--log-format",
-            "json",
-            "--log-level",
-            log_level,
-        ]
+        self.args = run_argv(root, repo, "--log-format", "json", "--log-level", log_level)
         if step_ms is not None:
             self.args += ["--watch-step-ms", str(step_ms)]
         self.args += list(extra_args)

@@ -47,10 +47,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cmd_out, cpu_model, dumps, json_safe, loadavg, on_signal, progress
+from benchmarks.common import (
+    add_common_args,
+    cmd_out,
+    cpu_model,
+    dumps,
+    finish_common_args,
+    json_safe,
+    loadavg,
+    on_signal,
+    progress,
+)
 from benchmarks.harness import Event, LogTail, write_marker
 from benchmarks.report import _f, _table
 from benchmarks.stats import summarize
+from coordinator.daemon import run_argv
 from tests.e2e.app import WSGI, make_app_repo
 from tests.e2e.conftest import COORDINATOR_ONCE, served
 from tests.e2e.load import Failure, Load, Response
@@ -280,19 +291,7 @@ def run_strategy(s: Strategy, repo: Path, work: Path, deploys: int, seed: int) -
         server = _start(s.argv(port, root, tmp), server_log, pin_env(root), tmp, clean_env=False)
         procs.append(server)
         wait_http(port, "app=v1 late=v1", timeout=60, server=server)
-        daemon_argv = [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "run",
-            "--root",
-            str(root),
-            "--repo",
-            str(repo),
-            "--log-format",
-            "json",
-            *s.daemon_args(root, tmp),
-        ]
+        daemon_argv = run_argv(root, repo, "--log-format", "json", *s.daemon_args(root, tmp))
         daemon = _start(daemon_argv, daemon_log, None, PROJECT, clean_env=True)
         procs.append(daemon)
         tail = LogTail(daemon_log)
@@ -839,20 +838,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.0,
         help="seconds each load of the app sleeps (default 0: the e2e app, which loads in milliseconds)",
     )
-    p.add_argument("--seed", type=int, default=20240101, help="seed of the pacing jitter")
-    p.add_argument("--tmp-dir", type=Path, default=None, help="where to create the work directory")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the work directory (volumes, server and daemon logs)")
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=None,
-        help="where to write the results (default benchmarks/results; with --quick, nothing is written unless given)",
-    )
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 deploys per strategy")
+    add_common_args(p, keep_what="volumes, server and daemon logs", quick_what="a smoke run: 2 deploys per strategy")
     args = p.parse_args(argv)
-    args.write = args.results_dir is not None or not args.quick
-    if args.results_dir is None:
-        args.results_dir = HERE / "results"
+    finish_common_args(args, HERE / "results")
     if args.quick:
         args.deploys = 2
     if args.deploys < 1:

@@ -10,7 +10,9 @@ been reloaded.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import structlog
@@ -25,9 +27,15 @@ from coordinator.metrics import Metrics
 from coordinator.probes import Liveness, ProbeServer
 from coordinator.watch import watch_marker
 
-__all__ = ["run"]
+__all__ = ["run", "run_argv"]
 
 log = structlog.get_logger("coordinator")
+
+
+def run_argv(root: Path | str, repo: Path | str, *extra: str) -> list[str]:
+    """The argv that starts this daemon as a subprocess of the running interpreter on ``root`` from
+    ``repo``, with ``extra`` options (the demo, the tests and the benchmarks start it this way)."""
+    return [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(repo), *extra]
 
 
 class _Wake:

@@ -25,6 +25,7 @@ import anyio
 
 from coordinator.commands import read_status, request_deploy, request_rollback, wait_for
 from coordinator.config import Layout
+from coordinator.daemon import run_argv
 from coordinator.exceptions import CoordinatorError
 from coordinator.fsutil import atomic_write
 
@@ -117,18 +118,7 @@ def _run(base: Path) -> int:
     log_path = base / "daemon.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "coordinator",
-                "run",
-                "--root",
-                str(root),
-                "--repo",
-                str(repo),
-                "--log-format",
-                "json",
-            ],
+            run_argv(root, repo, "--log-format", "json"),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from coordinator.daemon import run_argv
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
@@ -128,11 +129,6 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float =
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-def daemon_argv(root: Path, repo: Path | str, *extra: str) -> list[str]:
-    """The command line of `coordinator run` on ROOT and REPO, with extra options."""
-    return [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(repo), *extra]
-
-
 class _ReleaseApp(http.server.BaseHTTPRequestHandler):
     root: Path
 
@@ -176,7 +172,7 @@ class Daemon:
     def __init__(self, root: Path, repo: Path | str, *extra: str, env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.log_path = root.parent / f"daemon-{root.name}.log"
-        self.args = daemon_argv(root, repo, "--log-format", "json", *extra)
+        self.args = run_argv(root, repo, "--log-format", "json", *extra)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -7,14 +7,14 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, GitRepo, current_release, daemon_argv, read_status, wait_until, write_marker
+from coordinator.daemon import run_argv
+from tests.helpers import Daemon, GitRepo, current_release, read_status, wait_until, write_marker
 
 
 def deployed(root: Path, tag: str) -> bool:
@@ -116,7 +116,7 @@ def test_second_daemon_on_the_same_root_refuses(root: Path, repo: GitRepo) -> No
     """A second coordinator on the same ROOT exits 3 with a clear message."""
     with Daemon(root, repo.path):
         out = subprocess.run(
-            daemon_argv(root, repo.path),
+            run_argv(root, repo.path),
             capture_output=True,
             text=True,
             timeout=30,
@@ -239,7 +239,7 @@ def test_kill9_during_deploys_always_leaves_a_complete_current(root: Path, repo:
 
 def test_run_once_exits_zero_on_success_and_one_on_failure(root: Path, repo: GitRepo) -> None:
     """`run --once` is the safe one-shot: exit 0 when deployed, 1 with the reason when not."""
-    base = [sys.executable, "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)]
+    base = run_argv(root, repo.path, "--once")
     write_marker(root, "v1")
     ok = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr

@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from coordinator.config import Config, Layout
+from coordinator.daemon import run_argv
 from coordinator.deployer import Deployer
 from coordinator.exceptions import LayoutError
 from coordinator.state import load_state, save_state
@@ -550,13 +551,9 @@ def test_git_is_never_given_marker_text_as_an_option(root: Path, repo: GitRepo, 
     wrapper.chmod(0o755)
     mark(root, "--upload-pack=touch /tmp/coordinator-pwned")
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    subprocess.run(
-        ["python", "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
+    subprocess.run(run_argv(root, repo.path, "--once"), env=env, capture_output=True, check=False)
     logged = argv_log.read_text() if argv_log.exists() else ""
+    assert logged, "the daemon never ran git through the wrapper (the test would prove nothing)"
     assert "upload-pack" not in logged
 
 

@@ -13,12 +13,12 @@ import os
 import select
 import struct
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from coordinator.daemon import run_argv
 from coordinator.failpoints import POINTS
 from tests.helpers import GitRepo, current_release
 
@@ -66,7 +66,7 @@ def run_once(root: Path, repo: GitRepo, failpoints: str = "") -> subprocess.Comp
     if failpoints:
         env["COORDINATOR_FAILPOINTS"] = failpoints
     return subprocess.run(
-        [sys.executable, "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)],
+        run_argv(root, repo.path, "--once"),
         env=env,
         capture_output=True,
         text=True,

@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from coordinator.daemon import run_argv
 from tests.helpers import (
     NOBODY,
     Daemon,
@@ -207,7 +207,7 @@ def test_disk_full_while_writing_state_and_status_recovers_with_one_reload(tmp_p
 def test_startup_removes_what_a_killed_fetch_left_in_the_git_cache(root: Path, repo: GitRepo) -> None:
     """git's temporary objects and packs (a fetch killed with the daemon) are removed at the next start."""
     write_marker(root, "v1")
-    argv = [sys.executable, "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)]
+    argv = run_argv(root, repo.path, "--once")
     subprocess.run(argv, capture_output=True, timeout=60, check=True)
     objects = root / ".coordinator" / "git" / "objects"
     (objects / "ab").mkdir(exist_ok=True)
@@ -252,7 +252,7 @@ def test_injected_enospc_fails_clearly_and_the_next_resync_converges(root: Path,
 def test_run_once_reports_a_failed_status_write_in_one_line(root: Path, repo: GitRepo) -> None:
     """`run --once` whose status write hits ENOSPC exits 1 in one line; run again, it deploys."""
     write_marker(root, "v1")
-    argv = [sys.executable, "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)]
+    argv = run_argv(root, repo.path, "--once")
     env = {**os.environ, "COORDINATOR_FAILPOINTS": "before-status:ENOSPC@1"}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert out.returncode == 1, out.stderr
@@ -282,7 +282,7 @@ def test_root_not_writable_exits_2_with_a_clear_message(world_dir: Path, state_d
         (root / ".coordinator").mkdir()
     if state_dir == "owned-by-nobody":
         os.chown(root / ".coordinator", NOBODY, NOBODY)
-    argv = [sys.executable, "-m", "coordinator", "run", "--root", str(root), "--repo", str(world_dir / "repo")]
+    argv = run_argv(root, world_dir / "repo")
     out = subprocess.run(
         as_nobody(argv), capture_output=True, text=True, timeout=30, check=False, env={**os.environ, "HOME": "/"}
     )

@@ -27,12 +27,13 @@ from structlog.testing import capture_logs
 
 from coordinator import probes
 from coordinator.config import Config, Layout
+from coordinator.daemon import run_argv
 from coordinator.deployer import Deployer
 from coordinator.exceptions import ConfigError
 from coordinator.metrics import Metrics
 from coordinator.probes import Liveness, ProbeServer
 from coordinator.state import write_json
-from tests.helpers import Daemon, GitRepo, daemon_argv, read_status, wait_until, write_marker
+from tests.helpers import Daemon, GitRepo, read_status, wait_until, write_marker
 
 # ---------------------------------------------------------------------- in-process server
 
@@ -411,7 +412,7 @@ def test_daemon_without_http_bind_serves_nothing(root: Path, repo: GitRepo) -> N
 def test_a_bad_http_bind_exits_2(root: Path, repo: GitRepo, bind: str) -> None:
     """`run --http-bind` with a malformed value exits 2 with one line naming the option."""
     out = subprocess.run(
-        daemon_argv(root, repo.path, "--http-bind", bind),
+        run_argv(root, repo.path, "--http-bind", bind),
         capture_output=True,
         text=True,
         timeout=30,
@@ -430,7 +431,7 @@ def test_a_port_in_use_exits_2(root: Path, repo: GitRepo) -> None:
         port = taken.getsockname()[1]
         env = {"COORDINATOR_HTTP_BIND": f"127.0.0.1:{port}"}
         out = subprocess.run(
-            daemon_argv(root, repo.path),
+            run_argv(root, repo.path),
             capture_output=True,
             text=True,
             timeout=30,
