@@ -3,6 +3,7 @@ progress lines, machine facts, the results' JSON layout and SIGTERM handling."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
@@ -16,7 +17,17 @@ from typing import Any
 
 from benchmarks.stats import Summary
 
-__all__ = ["cmd_out", "cpu_model", "dumps", "json_safe", "loadavg", "on_signal", "progress"]
+__all__ = [
+    "add_common_args",
+    "cmd_out",
+    "cpu_model",
+    "dumps",
+    "finish_common_args",
+    "json_safe",
+    "loadavg",
+    "on_signal",
+    "progress",
+]
 
 
 def progress(msg: str) -> None:
@@ -75,3 +86,24 @@ def dumps(obj: Any, level: int = 0) -> str:
 
 def on_signal(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def add_common_args(p: argparse.ArgumentParser, *, keep_what: str, quick_what: str) -> None:
+    """The options every benchmark entry point has: pacing seed, work directory, results, --quick."""
+    p.add_argument("--seed", type=int, default=20240101, help="seed of the pacing jitter")
+    p.add_argument("--tmp-dir", type=Path, default=None, help="where to create the work directory")
+    p.add_argument("--keep-tmp", action="store_true", help=f"keep the work directory ({keep_what})")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="where to write the results (default benchmarks/results; with --quick, nothing is written unless given)",
+    )
+    p.add_argument("--quick", action="store_true", help=quick_what)
+
+
+def finish_common_args(args: argparse.Namespace, default_results: Path) -> None:
+    """Results are written unless this is a --quick run without --results-dir."""
+    args.write = args.results_dir is not None or not args.quick
+    if args.results_dir is None:
+        args.results_dir = default_results

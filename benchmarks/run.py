@@ -46,7 +46,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cmd_out, cpu_model, dumps, json_safe, loadavg, on_signal, progress
+from benchmarks.common import (
+    add_common_args,
+    cmd_out,
+    cpu_model,
+    dumps,
+    finish_common_args,
+    json_safe,
+    loadavg,
+    on_signal,
+    progress,
+)
 from benchmarks.configmap import ConfigMapMarker
 from benchmarks.deploys import LOG_PHASES, DeployRecord, MarkerWriter
 from benchmarks.harness import proc_sample, stop_all
@@ -74,26 +84,9 @@ CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken
 # ---------------------------------------------------------------------------------------------- machine
 
 
-def _fs_type(path: Path) -> str:
-    best, fstype = "", "?"
-    real = os.path.realpath(path)
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                    best, fstype = mnt, parts[2]
-    except OSError:
-        pass
-    return fstype
-
-
-def _mount_of(path: Path) -> tuple[str, str, str]:
-    """(device, mount point, options) of the file system holding ``path``."""
-    best = ("?", "", "")
+def _mount_of(path: Path) -> tuple[str, str, str, str]:
+    """(device, mount point, file system type, options) of the file system holding ``path``."""
+    best = ("?", "", "?", "")
     real = os.path.realpath(path)
     try:
         with open("/proc/mounts") as f:
@@ -103,7 +96,7 @@ def _mount_of(path: Path) -> tuple[str, str, str]:
                     continue
                 mnt = parts[1].replace("\\040", " ")
                 if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[1]):
-                    best = (parts[0], mnt, parts[3])
+                    best = (parts[0], mnt, parts[2], parts[3])
     except OSError:
         pass
     return best
@@ -111,9 +104,10 @@ def _mount_of(path: Path) -> tuple[str, str, str]:
 
 def _ext4_journal(path: Path) -> bool | None:
     """Whether the ext4 file system holding ``path`` has a journal (None: not ext4, or unknown)."""
-    if _fs_type(path) != "ext4":
+    device, _mnt, fs_type, _options = _mount_of(path)
+    if fs_type != "ext4":
         return None
-    dev = os.path.basename(_mount_of(path)[0])
+    dev = os.path.basename(device)
     try:
         return any(name.startswith(f"{dev}-") for name in os.listdir("/proc/fs/jbd2"))
     except FileNotFoundError:
@@ -138,6 +132,7 @@ def _coarse_res_ms() -> float:
 
 def machine_info(work: Path) -> dict[str, Any]:
     dirty = cmd_out(["git", "status", "--porcelain", "--", "coordinator"], PROJECT)
+    _device, _mnt, fs_type, fs_options = _mount_of(work)
     return {
         "nproc": cmd_out(["nproc"]),
         "cpu_count": os.cpu_count(),
@@ -147,8 +142,8 @@ def machine_info(work: Path) -> dict[str, Any]:
         "python_executable": sys.executable,
         "git": cmd_out(["git", "--version"]),
         "watchfiles": importlib.metadata.version("watchfiles"),
-        "fs_type": _fs_type(work),
-        "fs_options": _mount_of(work)[2],
+        "fs_type": fs_type,
+        "fs_options": fs_options,
         "ext4_journal": _ext4_journal(work),
         "work_dir": str(work),
         "coordinator_rev": cmd_out(["git", "rev-parse", "--short", "HEAD"], PROJECT),
@@ -587,18 +582,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--files", type=int, default=2000, help="files in the synthetic repository (default 2000)")
     p.add_argument("--changed", type=int, default=100, help="files v2 changes (default 100)")
-    p.add_argument("--seed", type=int, default=20240101, help="seed of the pacing jitter")
     p.add_argument("--main-log-level", default="info", help="log level of the main daemon (default info)")
     p.add_argument("--observer-sleep-us", type=float, default=0.0, help="sleep between polls (default 0: spin)")
-    p.add_argument("--tmp-dir", type=Path, default=None, help="where to create the work directory")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the work directory (repo, ROOT, daemon logs)")
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=None,
-        help="where to write the results (default benchmarks/results; with --quick, nothing is written unless given)",
-    )
-    p.add_argument("--quick", action="store_true", help="a smoke run with small counts and sizes")
+    add_common_args(p, keep_what="repo, ROOT, daemon logs", quick_what="a smoke run with small counts and sizes")
     p.add_argument("--configmap-deploys", type=int, default=None, help="deploys with a ConfigMap marker (= --deploys)")
     p.add_argument("--idle-long-seconds", type=float, default=60.0, help="idle window at the default step (60)")
     p.add_argument("--sizes", default="1000,2000,10000,50000", help="files per generated repository (new tags)")
@@ -629,10 +615,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.first_reps_large = 2
     if args.configmap_deploys is None:
         args.configmap_deploys = args.deploys
-    write = args.results_dir is not None or not args.quick
-    args.write = write
-    if args.results_dir is None:
-        args.results_dir = HERE / "results"
+    finish_common_args(args, HERE / "results")
     if args.deploys < 2 or args.baseline < 2 or args.table_deploys < 2 or not args.steps:
         p.error("counts must be at least 2 and --steps non-empty")
     if args.configmap_deploys < 2 or args.newtag_reps < 1 or min(args.first_reps, args.first_reps_large) < 1:
