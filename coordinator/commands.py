@@ -15,11 +15,10 @@ import anyio
 
 from coordinator.config import Layout
 from coordinator.deployer import new_request_id, read_current
-from coordinator.display import parse_time
 from coordinator.exceptions import ConfigError, CoordinatorError, DeployFailed, WaitTimeoutError
 from coordinator.fsutil import atomic_write
 from coordinator.marker import DeployRequest, validate_sha, validate_tag
-from coordinator.state import load_state, read_journal, read_json, read_release_meta
+from coordinator.state import load_state, parse_iso, read_journal, read_json, read_release_meta
 
 __all__ = [
     "HistoryEntry",
@@ -218,8 +217,8 @@ class HistoryEntry:
         elif isinstance(err, str) and err:
             error = err
         return cls(
-            started=parse_time(raw.get("started_at")),
-            finished=parse_time(raw.get("finished_at")),
+            started=parse_iso(raw.get("started_at")),
+            finished=parse_iso(raw.get("finished_at")),
             tag=text("tag"),
             sha=text("sha"),
             release=text("release"),

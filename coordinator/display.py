@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from coordinator.state import parse_iso
+
 if TYPE_CHECKING:
     from coordinator.commands import HistoryEntry, ReleaseRow
 
@@ -77,17 +79,6 @@ def fmt_ago(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600:.0f} h ago"
     return f"{seconds // 86400:.0f} d ago"
-
-
-def parse_time(text: object) -> float | None:
-    """Epoch seconds from an RFC 3339 timestamp as the daemon writes them, or None."""
-    if not isinstance(text, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def fmt_time(ts: float | None) -> str:
@@ -214,7 +205,7 @@ class Progress:
         running = _str(phase.get("name"))
         if phase.get("id") == self.request_id and running and running not in self.done and self.result is None:
             if running != self.running:
-                self.running, self.running_since = running, parse_time(phase.get("started_at"))
+                self.running, self.running_since = running, parse_iso(phase.get("started_at"))
                 events.append((running, None))
         else:
             self.running = self.running_since = None
@@ -395,7 +386,7 @@ def format_status(status: Mapping[str, Any], now: float) -> str:
         rows.append((label, text))
     phase = status.get("phase")
     if isinstance(phase, Mapping) and phase.get("name"):
-        since = parse_time(phase.get("started_at"))
+        since = parse_iso(phase.get("started_at"))
         running = f", running for {_elapsed(max(0.0, now - since) * 1000)}" if since is not None else ""
         rows.append(("phase", f"{phase['name']} of {phase.get('tag', '?')}{running}"))
     attempt = status.get("last_attempt")
@@ -419,7 +410,7 @@ def format_status(status: Mapping[str, Any], now: float) -> str:
         if output:
             for i, ln in enumerate(output.splitlines()[-5:]):
                 rows.append(("  output" if i == 0 else "", f"| {ln}"))
-    updated = parse_time(status.get("updated_at"))
+    updated = parse_iso(status.get("updated_at"))
     daemon = f"pid {status.get('pid', '?')}"
     if updated is not None:
         daemon += f", status written {fmt_time(updated)} UTC ({fmt_ago(max(0.0, now - updated))})"
@@ -432,7 +423,7 @@ def _attempt_text(attempt: Mapping[str, Any]) -> str:
     parts = [_str(attempt.get("tag")) or "?", _str(attempt.get("result")) or "?"]
     if _num(attempt.get("duration_ms")) is not None:
         parts.append(fmt_ms(_num(attempt.get("duration_ms"))))
-    when = parse_time(attempt.get("finished_at")) or parse_time(attempt.get("started_at"))
+    when = parse_iso(attempt.get("finished_at")) or parse_iso(attempt.get("started_at"))
     if when is not None:
         parts.append(f"at {fmt_time(when)} UTC")
     if attempt.get("sha"):

@@ -25,7 +25,6 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from coordinator.config import Config
 from coordinator.deployer import Deployer, MarkerReading, read_current
 from coordinator.exceptions import ConfigError, CoordinatorError
 from coordinator.metrics import Metrics
-from coordinator.state import ReleaseMeta, read_json, read_release_meta
+from coordinator.state import ReleaseMeta, parse_iso, read_json, read_release_meta
 
 __all__ = [
     "CONNECTION_DEADLINE_S",
@@ -184,15 +183,6 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _parse_time(text: object) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -434,6 +424,6 @@ class ProbeServer:
         meta = seen.meta
         self.metrics.set_current(seen.current, meta.tag if meta else None, meta.sha if meta else None)
         last = (seen.status or {}).get("last_success")
-        finished = _parse_time(last.get("finished_at")) if isinstance(last, Mapping) else None
+        finished = parse_iso(last.get("finished_at")) if isinstance(last, Mapping) else None
         if finished is not None:
             self.metrics.seen_success(finished)

@@ -36,6 +36,7 @@ __all__ = [
     "append_journal",
     "iso",
     "load_state",
+    "parse_iso",
     "read_journal",
     "read_json",
     "read_release_meta",
@@ -55,6 +56,17 @@ JOURNAL_MAX_BYTES = 4 << 20
 def iso(ts: float | None = None) -> str:
     """An RFC 3339 UTC timestamp with milliseconds."""
     return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).isoformat(timespec="milliseconds")
+
+
+def parse_iso(text: object) -> float | None:
+    """Epoch seconds from a timestamp as :func:`iso` writes it (a naive one is taken as UTC), or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

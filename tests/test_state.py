@@ -17,6 +17,7 @@ from coordinator.state import (
     append_journal,
     iso,
     load_state,
+    parse_iso,
     read_journal,
     read_json,
     read_release_meta,
@@ -249,3 +250,14 @@ def test_iso_is_utc_with_milliseconds() -> None:
     """iso() formats a timestamp as RFC 3339 UTC with milliseconds."""
     assert iso(0) == "1970-01-01T00:00:00.000+00:00"
     assert iso(1.5) == "1970-01-01T00:00:01.500+00:00"
+
+
+def test_parse_iso_reads_back_what_iso_writes() -> None:
+    """parse_iso(iso(t)) is t to the millisecond; a naive time is UTC; anything else is None."""
+    t = 1_795_000_000.123
+    parsed = parse_iso(iso(t))
+    assert parsed is not None and abs(parsed - t) < 0.001
+    assert (
+        parse_iso("2026-11-28T07:30:01") == parse_iso("2026-11-28T07:30:01+00:00") == parse_iso("2026-11-28T07:30:01Z")
+    )
+    assert parse_iso("yesterday") is None and parse_iso(None) is None and parse_iso(12) is None
