@@ -74,6 +74,10 @@ __all__ = ["Attempt", "Deployer", "MarkerReading", "read_current"]
 
 log = structlog.get_logger("coordinator")
 
+#: phases not announced in the status file while they run: they are short, and swap and reload are on
+#: the marker -> reload path (a status write there costs about 2 ms of it); they show once done
+_UNANNOUNCED_PHASES = frozenset({Step.SWAP, Step.RELOAD, Step.PRUNE})
+
 
 @dataclass(slots=True)
 class MarkerReading:
@@ -706,36 +710,8 @@ class Deployer:
     async def _phase(self, attempt: Attempt, step: Step) -> AsyncIterator[None]:
         started = time.monotonic()
         try:
-            if self._status and step not in (Step.SWAP, Step.RELOAD, Step.PRUNE):
-                # Show the running phase (for `deploy --wait`): a copy of the last status with `phase` and
-                # the attempt in flight (its `phases_ms` are the phases done), written without fsync and
-                # without reading the volume (except after the swap, for `current`). Not before swap,
-                # reload and prune: they are short, and the first two are on the marker -> reload path.
-                after_swap = step in (Step.VERIFY, Step.ROLLBACK)
-                live = {
-                    **self._status,
-                    "state": "deploying",
-                    "marker_error": None,
-                    "error": None,
-                    "reloaded": self.state.reloaded,
-                    "last_attempt": attempt.to_dict(),
-                    "phase": {"name": step.value, "tag": attempt.tag, "id": attempt.request_id, "started_at": iso()},
-                }
-                desired = live.get("desired") or {}
-                if desired.get("id") != attempt.request_id or desired.get("tag") != attempt.tag:
-                    live["desired"] = {"tag": attempt.tag, "sha": None, "id": attempt.request_id}
-                self._status = live
-
-                def write() -> dict[str, Any]:
-                    if after_swap:
-                        with contextlib.suppress(CoordinatorError):
-                            live["current"] = self._release_ref(read_current(self.layout.root))
-                        live["previous"] = self._release_ref(self.state.previous)
-                    with contextlib.suppress(OSError):  # a hint only: the final status write reports errors
-                        write_json(self.layout.status_file, {**live, "updated_at": iso()}, durable=False)
-                    return live
-
-                self._status = await anyio.to_thread.run_sync(write)
+            if self._status and step not in _UNANNOUNCED_PHASES:
+                await self._announce_phase(attempt, step)
                 started = time.monotonic()
             yield
         finally:
@@ -746,6 +722,37 @@ class Deployer:
             log.info(step.value, duration_ms=ms, tag=attempt.tag, release=attempt.release)
             if self.on_phase is not None:
                 self.on_phase(step.value, ms)
+
+    async def _announce_phase(self, attempt: Attempt, step: Step) -> None:
+        """Show the running phase (for `deploy --wait`): a copy of the last status with `phase` and the
+        attempt in flight (its `phases_ms` are the phases done), written without fsync and without
+        reading the volume (except after the swap, for `current`)."""
+        live = {
+            **self._status,
+            "state": "deploying",
+            "marker_error": None,
+            "error": None,
+            "reloaded": self.state.reloaded,
+            "last_attempt": attempt.to_dict(),
+            "phase": {"name": step.value, "tag": attempt.tag, "id": attempt.request_id, "started_at": iso()},
+        }
+        desired = live.get("desired") or {}
+        if desired.get("id") != attempt.request_id or desired.get("tag") != attempt.tag:
+            # a swap to a release on disk publishes nothing before it: the last status is older
+            live["desired"] = {"tag": attempt.tag, "sha": None, "id": attempt.request_id}
+        self._status = live
+        after_swap = step in (Step.VERIFY, Step.ROLLBACK)
+
+        def write() -> dict[str, Any]:
+            if after_swap:
+                with contextlib.suppress(CoordinatorError):
+                    live["current"] = self._release_ref(read_current(self.layout.root))
+                live["previous"] = self._release_ref(self.state.previous)
+            with contextlib.suppress(OSError):  # a hint only: the final status write reports errors
+                write_json(self.layout.status_file, {**live, "updated_at": iso()}, durable=False)
+            return live
+
+        self._status = await anyio.to_thread.run_sync(write)
 
     def _log_marker_error(self, reading: MarkerReading) -> None:
         assert reading.error is not None
