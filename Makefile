@@ -38,7 +38,7 @@ unit: venv
 ## bench: the benchmarks; results land in benchmarks/results/
 bench: venv
 	$(BIN)/python -m pip install -q -e '.[dev,e2e,bench]'
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

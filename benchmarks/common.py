@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark entry points (benchmarks.run and benchmarks.strategies):
+"""Helpers shared by the benchmarks' sub-commands (``python -m benchmarks run`` and ``strategies``):
 progress lines, machine facts, the results' JSON layout and SIGTERM handling."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The deploy-latency benchmark: ``python -m benchmarks.run`` (``make bench``).
+"""The deploy-latency benchmark: ``python -m benchmarks run`` (the default of ``python -m benchmarks``;
+``make bench``).
 
 1. builds a deterministic synthetic repository (2,000 small files; tags v1 and v2 differ in 100);
 2. starts the real daemon (``python -m coordinator run``) on a temporary ROOT, deploys v1 and v2 once
@@ -570,7 +571,7 @@ def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__.split("\n\n")[0])
     p.add_argument("--deploys", type=int, default=200, help="deploys of a release on disk (default 200)")
     p.add_argument("--baseline", type=int, default=100, help="in-place git checkouts (default 100)")
     p.add_argument("--table-deploys", type=int, default=50, help="deploys per watcher step (default 50)")

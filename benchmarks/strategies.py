@@ -1,5 +1,5 @@
-"""Reload strategies under load: ``python -m benchmarks.strategies`` (also run at the end of
-``python -m benchmarks.run``, i.e. ``make bench``).
+"""Reload strategies under load: ``python -m benchmarks strategies`` (also run at the end of
+``python -m benchmarks run``, i.e. ``make bench``).
 
 For each reload strategy (uWSGI ``--touch-reload``, uWSGI master FIFO graceful reload ``r``, uWSGI
 ``--lazy-apps`` chain reload ``c`` through the FIFO, gunicorn ``HUP``), on 127.0.0.1, with the real app
@@ -17,7 +17,7 @@ server (command lines from :mod:`tests.e2e.servers`, app from :mod:`tests.e2e.ap
 3. failed requests and mixed-version responses (``app`` != ``late`` in one response; must be 0), and how
    long both versions were served side by side (first new-version response -> last old-version one).
 
-Results: a Markdown section (appended to ``benchmarks/results/<date>.md`` by ``benchmarks.run``; standalone
+Results: a Markdown section (appended to ``benchmarks/results/<date>.md`` by ``python -m benchmarks run``; standalone
 it writes ``benchmarks/results/<date>-strategies.md`` and ``.json``). Every server and daemon runs in its
 own process group and is stopped at the end, also on errors and on SIGTERM/SIGINT.
 """
@@ -63,7 +63,6 @@ from benchmarks.report import _f, _table
 from benchmarks.stats import summarize
 from coordinator.daemon import run_argv
 from tests.e2e.app import WSGI, make_app_repo
-from tests.e2e.conftest import COORDINATOR_ONCE, served
 from tests.e2e.load import Failure, Load, Response
 from tests.e2e.servers import (
     BIN,
@@ -76,7 +75,7 @@ from tests.e2e.servers import (
     uwsgi_touch,
     wait_http,
 )
-from tests.helpers import GitRepo, read_status
+from tests.helpers import GitRepo, deployed, read_status
 
 __all__ = ["STRATEGIES", "Strategy", "main", "measure", "render_section"]
 
@@ -239,7 +238,7 @@ def _once(root: Path, repo: Path, tag: str, log: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COORDINATOR_", "WATCHFILES_", "GIT_"))}
     with open(log, "ab") as out:
         rc = subprocess.run(
-            [*COORDINATOR_ONCE, "--root", str(root), "--repo", str(repo), "--log-format", "json"],
+            run_argv(root, repo, "--once", "--log-format", "json"),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -309,7 +308,7 @@ def run_strategy(s: Strategy, repo: Path, work: Path, deploys: int, seed: int) -
 
         _wait(started, 30, f"{s.key}: daemon `started` event", check)
         _wait(
-            lambda: served(root, "v1") and (read_status(root) or {}).get("pid") == daemon.pid,
+            lambda: deployed(root, "v1") and (read_status(root) or {}).get("pid") == daemon.pid,
             30,
             f"{s.key}: status idle on v1 from the daemon",
             check,
@@ -345,7 +344,7 @@ def run_strategy(s: Strategy, repo: Path, work: Path, deploys: int, seed: int) -
             def converged(d: Deploy = d, want_done: int = want_done) -> bool:
                 cursor.poll()
                 now = time.monotonic()
-                if now < d.first_seen + WINDOW_TAIL_S or not served(root, d.tag):
+                if now < d.first_seen + WINDOW_TAIL_S or not deployed(root, d.tag):
                     return False
                 if s.done_line is not None and server.log().count(s.done_line) < want_done:
                     return False
@@ -630,7 +629,7 @@ def render_section(r: dict[str, Any], level: int = 2) -> str:
     out = [
         f"{h} Reload strategies under load: {cfg['deploys']} deploys each",
         "",
-        f"`python -m benchmarks.strategies`. Real servers on 127.0.0.1 (uWSGI {r['versions']['uwsgi']}, gunicorn "
+        f"`python -m benchmarks strategies`. Real servers on 127.0.0.1 (uWSGI {r['versions']['uwsgi']}, gunicorn "
         f"{r['versions']['gunicorn']}), the real daemon (`python -m coordinator run` with the strategy's reload "
         "options), the e2e test app (`tests/e2e/app.py`, loaded through `coordinator.pin`) and the e2e load "
         f"generator: {cfg['clients']} client threads, a new connection per request, "
@@ -773,7 +772,7 @@ def _notes(r: dict[str, Any]) -> list[str]:
         f"{load} gunicorn's HUP stops the old workers as soon as the new ones are forked (`Arbiter.reload`), and "
         "a uWSGI full reload (touch, FIFO `r`) loads the app again in the master before it forks workers, so "
         "with a slower app both serve nothing for about the app's load time longer; the chain reload replaces "
-        "a worker only once its successor is ready. `python -m benchmarks.strategies --import-delay 1` measures it.",
+        "a worker only once its successor is ready. `python -m benchmarks strategies --import-delay 1` measures it.",
     ]
     stalled = [s["title"] for s in rows if (s["gap_ms"]["deploys"]["max"] or 0) > 200]
     if stalled:
@@ -827,7 +826,7 @@ def run_for_report(quick: bool, tmp_dir: Path | None = None, keep_tmp: bool = Fa
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.strategies", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks strategies", description=__doc__.split("\n\n")[0])
     p.add_argument("--deploys", type=int, default=10, help="deploys per strategy (default 10)")
     p.add_argument(
         "--only", default=None, help=f"comma-separated strategies (default all: {','.join(STRATEGIES_BY_KEY)})"

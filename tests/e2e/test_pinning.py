@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import Rig
+from tests.e2e.rig import Rig
 from tests.e2e.servers import get, gunicorn_hup, uwsgi_touch
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import Rig, coordinator_bin
+from tests.e2e.rig import Rig, coordinator_bin
 from tests.e2e.servers import get, gunicorn_hup, uwsgi_fifo, uwsgi_touch
 from tests.helpers import read_status, wait_until
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Rig
+from tests.e2e.rig import Rig
 from tests.e2e.servers import BIN, SUPERVISORD_CONF, Process, get, kill_group, supervisord_env, wait_http
 from tests.helpers import read_status, wait_until, write_marker
 
