@@ -1,26 +1,21 @@
-"""Shared fixtures: real git repositories, an asyncio loop in debug mode that fails any test whose
-code blocks the event loop for more than 100 ms."""
+"""Shared fixtures: real git repositories, and a blocking-call detector (tests/blockcheck) that fails
+any test whose code, or a daemon it started, made a blocking call on an event loop."""
 
 from __future__ import annotations
 
-import gc
-import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
+from tests.blockcheck.detector import ENV, PYTHONPATH_DIR, Detector
 from tests.helpers import GitRepo, app_repo, release_health_server
 
 pytest_plugins = ["pytester"]
-
-#: asyncio (debug mode) reports every callback that holds the loop longer than this.
-BLOCKING_LIMIT_S = 0.1
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,48 +28,60 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    return ("asyncio", {"debug": True})
+def anyio_backend() -> str:
+    # not asyncio's debug mode: its slow-callback warnings are timing-based (and written to a log file)
+    return "asyncio"
 
 
-class _SlowCallbacks(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if msg.startswith("Executing") and " took " in msg:
-            self.records.append(msg)
+#: what the detector in this process found during the current test
+_found: list[str] = []
+#: one detector for the session (blockbuster must wrap the original functions, not another's wrappers)
+_detector = Detector(_found.append, allow_tests=True)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Move everything imported so far out of the garbage collector's view (see below)."""
-    gc.collect()
-    gc.freeze()
+@pytest.fixture(scope="session")
+def blocking_logs() -> Iterator[Path]:
+    """Where the daemons started by tests record their blocking calls (one file per test)."""
+    base = Path(tempfile.mkdtemp(prefix="coordinator-blockcheck-"))
+    base.chmod(0o755)  # daemons run as nobody by some tests write there too
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
-def no_blocking_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail an async test if any callback blocked the event loop longer than BLOCKING_LIMIT_S.
+def no_blocking_event_loop(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, blocking_logs: Path
+) -> Iterator[None]:
+    """Fail the test if a blocking call ran on an event loop: in this process (blockbuster, see
+    tests/blockcheck/detector.py), or in a coordinator process the test started (sitecustomize.py in
+    tests/blockcheck, put on PYTHONPATH here, records them in a file named by COORDINATOR_TEST_BLOCKING_LOG).
 
-    Automatic garbage collection is paused during each test: late in a long session a full
-    collection takes 100-160 ms, which asyncio would report as the test's callback blocking the
-    loop. It runs between tests instead, outside any event loop.
+    The test's own quick filesystem checks are allowed (the nearest project frame of the call is in
+    tests/); coordinator code never is. Tests marked ``allow_blocking`` are not checked.
     """
-    handler = _SlowCallbacks()
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(handler)
-    was_enabled = gc.isenabled()
-    gc.disable()
+    if request.node.get_closest_marker("allow_blocking"):
+        yield
+        return
+    fd, name = tempfile.mkstemp(dir=blocking_logs, suffix=".log")
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+    log = Path(name)
+    monkeypatch.setenv(ENV, str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [PYTHONPATH_DIR, os.environ.get("PYTHONPATH")])))
+    _found.clear()
+    _detector.activate()
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
-        logger.removeHandler(handler)
-    if handler.records and not request.node.get_closest_marker("allow_blocking"):
-        pytest.fail("event loop blocked:\n" + "\n".join(handler.records[:5]), pytrace=False)
+        _detector.deactivate()
+    found = [*_found, *filter(None, log.read_text(errors="replace").split("\n\n"))]
+    _found.clear()
+    log.unlink()
+    if found:
+        shown = "\n".join(found[:5]) + (f"\n... and {len(found) - 5} more" if len(found) > 5 else "")
+        pytest.fail(f"blocking call on the event loop ({len(found)}):\n{shown}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -45,6 +45,8 @@ from hypothesis import strategies as st
 
 from coordinator.exceptions import MarkerError
 from coordinator.marker import MARKER_MAX_BYTES, DeployRequest, parse_marker, release_name, validate_tag
+from tests.blockcheck.detector import ENV as BLOCKCHECK_ENV
+from tests.blockcheck.detector import PYTHONPATH_DIR as BLOCKCHECK_PYTHONPATH
 from tests.helpers import Daemon, GitRepo, read_status
 
 #: Examples of the default run (kept well under a minute on two shared cores).
@@ -639,6 +641,9 @@ class Harness:
             "LANG": "C.UTF-8",
             "GIT_CONFIG_NOSYSTEM": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
+            # the blocking-call detector in the daemon (tests/blockcheck), checked when the harness closes
+            BLOCKCHECK_ENV: str(self.logs / "blocking.log"),
+            "PYTHONPATH": BLOCKCHECK_PYTHONPATH,
         }
         self.env = env
         self.daemon = AuditedDaemon(
@@ -1054,6 +1059,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     finally:
         rc = h.close()
         assert rc == 0, h._tail()
+        blocking = h.logs / "blocking.log"
+        assert not blocking.exists() or not blocking.read_text(), blocking.read_text()
 
 
 def _fuzz(harness: Harness, examples: int, *, database: bool) -> None:
