@@ -16,6 +16,7 @@ code meaning
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -28,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from coordinator import __version__, display
-from coordinator.config import OPTIONS, Config, Layout, resolve_options
+from coordinator.config import OPTIONS, Config, resolve_options
 from coordinator.exceptions import ConfigError, CoordinatorError
+from coordinator.layout import Layout
 from coordinator.logs import configure_logging
+from coordinator.records import StatusRecord
 
 if TYPE_CHECKING:
     from coordinator.marker import DeployRequest
@@ -106,20 +109,30 @@ def _print(text: str = "") -> None:
     sys.stdout.flush()
 
 
-async def _cmd(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> Config | Layout:
+    """What a command needs before the event loop starts (it reads files: the config file, the
+    modules imported here): the daemon's Config for ``run``, else the Layout."""
     names = list(OPTIONS) if args.command == "run" else _CLIENT_OPTIONS
     opts = resolve_options(vars(args), config_file=args.config, names=names)
     configure_logging(opts.get("log_format") or "auto", opts.get("log_level") or "info")
     if args.command == "run":
+        importlib.import_module("coordinator.daemon")
+        return Config.from_options(opts)
+    importlib.import_module("coordinator.commands")
+    return _layout(opts)
+
+
+async def _cmd(args: argparse.Namespace, prepared: Config | Layout) -> int:
+    if isinstance(prepared, Config):
         from coordinator.daemon import run
 
-        attempt = await run(Config.from_options(opts), once=args.once)
+        attempt = await run(prepared, once=args.once)
         if args.once and attempt is not None:
             _print(f"{attempt.tag}: {attempt.result} ({attempt.release})")
         return 0
     from coordinator import commands
 
-    layout = _layout(opts)
+    layout = prepared
     if args.command in ("deploy", "rollback"):
         if args.command == "deploy":
             req = await commands.request_deploy(layout, args.tag, args.sha)
@@ -154,9 +167,10 @@ async def _cmd(args: argparse.Namespace) -> int:
 async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: display.Style) -> None:
     """``--wait``: follow the deploy on stdout (live on a terminal, else plain lines)."""
     from coordinator import commands
+    from coordinator.progress import DeployProgress
 
-    progress = display.DeployProgress(sys.stdout, style, req.tag, req.request_id or "", time.time())
-    status: dict[str, Any] | None = None
+    progress = DeployProgress(sys.stdout, style, req.tag, req.request_id or "", time.time())
+    status: StatusRecord | None = None
     try:
         status = await commands.wait_for(
             layout,
@@ -176,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(demo_main())
     try:
-        return anyio.run(_cmd, args)
+        return anyio.run(_cmd, args, _prepare(args))
     except CoordinatorError as e:
         sys.stderr.write(f"coordinator: {e.message}" + (f" -- {e.fix}" if e.fix else "") + "\n")
         return e.exit_code

@@ -4,7 +4,6 @@ that return data; :mod:`coordinator.cli` only parses arguments and prints."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,12 +12,13 @@ from typing import Any, Literal
 
 import anyio
 
-from coordinator.config import Layout
-from coordinator.deployer import new_request_id, read_current
 from coordinator.exceptions import ConfigError, CoordinatorError, DeployFailed, WaitTimeoutError
 from coordinator.fsutil import atomic_write
-from coordinator.marker import DeployRequest, validate_sha, validate_tag
-from coordinator.state import load_state, parse_iso, read_journal, read_json, read_release_meta
+from coordinator.layout import Layout, read_current
+from coordinator.layout import list_releases as list_releases_on_disk
+from coordinator.marker import DeployRequest, new_request_id, validate_sha, validate_tag
+from coordinator.records import AttemptResult, StatusRecord, StatusState, as_status
+from coordinator.state import load_state, parse_iso, read_journal, read_json
 
 __all__ = [
     "HistoryEntry",
@@ -39,7 +39,7 @@ async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> De
         sha=validate_sha(sha) if sha else None,
         request_id=new_request_id(),
     )
-    if not layout.marker.parent.is_dir():
+    if not await anyio.Path(layout.marker.parent).is_dir():
         raise CoordinatorError(
             f"the marker's directory {layout.marker.parent} does not exist",
             fix="check --root / --marker",
@@ -48,25 +48,27 @@ async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> De
     return req
 
 
-async def read_status(layout: Layout) -> dict[str, Any] | None:
-    return await anyio.to_thread.run_sync(read_json, layout.status_file)
+async def read_status(layout: Layout) -> StatusRecord | None:
+    """The status file, or None when it is missing or not a JSON object."""
+    raw = await anyio.to_thread.run_sync(read_json, layout.status_file)
+    return None if raw is None else as_status(raw)
 
 
 async def wait_for(
     layout: Layout,
     req: DeployRequest,
     seconds: float,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_progress: Callable[[StatusRecord], None] | None = None,
     interval: float = 0.01,
     *,
     on_poll: Callable[[], None] | None = None,
-) -> dict[str, Any]:
+) -> StatusRecord:
     """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise.
 
     ``on_progress`` gets every new status read; ``on_poll`` is called after every read without news
     (every ``interval`` seconds), e.g. to redraw elapsed times."""
     deadline = time.monotonic() + seconds
-    last: dict[str, Any] | None = None
+    last: StatusRecord | None = None
     while time.monotonic() < deadline:
         status = await read_status(layout)
         if status is not None and status != last:
@@ -88,38 +90,45 @@ async def wait_for(
     )
 
 
-def _outcome(status: dict[str, Any], req: DeployRequest) -> Literal["ok"] | tuple[str, str | None] | None:
+def _outcome(status: StatusRecord, req: DeployRequest) -> Literal["ok"] | tuple[str, str | None] | None:
     """'ok', an error message with its fix, or None while undecided."""
-    desired = status.get("desired") or {}
-    attempt = status.get("last_attempt") or {}
-    if desired.get("id") != req.request_id:
+    desired = status.get("desired")
+    attempt = status.get("last_attempt")
+    state = StatusState.parse(status.get("state"))
+    if not isinstance(desired, dict) or desired.get("id") != req.request_id:
         ours = hashlib.sha256(req.to_json().encode()).hexdigest()
-        if status.get("state") == "invalid" and status.get("marker_digest") == ours:
-            err = status.get("marker_error") or {}
-            return f"the marker was refused: {err.get('message', 'invalid')}", _fix(err)
+        if state is StatusState.INVALID and status.get("marker_digest") == ours:
+            err = status.get("marker_error")
+            return f"the marker was refused: {_message(err, 'invalid')}", _fix(err)
         return None
-    if attempt.get("id") == req.request_id and attempt.get("result") == "failed":
-        err = attempt.get("error") or {}
-        return f"deploy of {req.tag} failed: {err.get('message', 'unknown error')}", _fix(err)
-    if attempt.get("id") == req.request_id and attempt.get("result") == "rolled_back":
-        err = attempt.get("error") or {}
-        return f"deploy of {req.tag} was rolled back: {err.get('message', 'health check failed')}", _fix(err)
-    current = status.get("current") or {}
+    result = AttemptResult.parse(attempt.get("result")) if isinstance(attempt, dict) else None
+    if isinstance(attempt, dict) and attempt.get("id") == req.request_id and result is not None and result.failed:
+        err = attempt.get("error")
+        if result is AttemptResult.ROLLED_BACK:
+            return f"deploy of {req.tag} was rolled back: {_message(err, 'health check failed')}", _fix(err)
+        return f"deploy of {req.tag} failed: {_message(err, 'unknown error')}", _fix(err)
+    current = status.get("current")
     if (
-        status.get("state") == "idle"
+        state is StatusState.IDLE
+        and isinstance(current, dict)
         and current.get("tag") == req.tag
         and status.get("reloaded") == current.get("release")
     ):
         return "ok"
-    if status.get("state") in ("failed", "rolled_back"):
-        err = status.get("error") or {}
-        verb = "was rolled back" if status.get("state") == "rolled_back" else "failed"
-        return f"deploy of {req.tag} {verb}: {err.get('message', 'unknown error')}", _fix(err)
+    if state is not None and state.failed:
+        err = status.get("error")
+        verb = "was rolled back" if state is StatusState.ROLLED_BACK else "failed"
+        return f"deploy of {req.tag} {verb}: {_message(err, 'unknown error')}", _fix(err)
     return None
 
 
-def _fix(err: dict[str, Any]) -> str | None:
-    fix = err.get("fix")
+def _message(err: object, default: str) -> str:
+    message = err.get("message") if isinstance(err, dict) else None
+    return message if isinstance(message, str) and message else default
+
+
+def _fix(err: object) -> str | None:
+    fix = err.get("fix") if isinstance(err, dict) else None
     return fix if isinstance(fix, str) and fix else None
 
 
@@ -139,25 +148,17 @@ def _list_releases(layout: Layout) -> list[ReleaseRow]:
         current = read_current(layout.root)
     except CoordinatorError:
         current = None
-    rows = []
-    try:
-        entries = list(os.scandir(layout.releases))
-    except FileNotFoundError:
-        return []
-    for e in entries:
-        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
-            continue
-        meta = read_release_meta(layout.meta_dir, e.name)
-        rows.append(
-            ReleaseRow(
-                name=e.name,
-                tag=meta.tag if meta else None,
-                sha=meta.sha if meta else None,
-                created=meta.created if meta else None,
-                current=e.name == current,
-                previous=e.name == state.previous,
-            )
+    rows = [
+        ReleaseRow(
+            name=r.name,
+            tag=r.tag,
+            sha=r.sha,
+            created=r.created if r.known else None,
+            current=r.name == current,
+            previous=r.name == state.previous,
         )
+        for r in list_releases_on_disk(layout)
+    ]
     rows.sort(key=lambda r: (r.created or 0.0, r.name), reverse=True)
     return rows
 
@@ -189,7 +190,7 @@ class HistoryEntry:
     tag: str | None
     sha: str | None
     release: str | None
-    result: str | None
+    result: AttemptResult | None  # None: missing, or a result this version does not know
     duration_ms: float | None
     phases_ms: dict[str, float]
     request_id: str | None
@@ -222,7 +223,7 @@ class HistoryEntry:
             tag=text("tag"),
             sha=text("sha"),
             release=text("release"),
-            result=text("result"),
+            result=AttemptResult.parse(raw.get("result")),
             duration_ms=number(raw.get("duration_ms")),
             phases_ms=phases_ms,
             request_id=text("id"),

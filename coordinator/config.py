@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.exceptions import ConfigError
+from coordinator.layout import Layout
 
-__all__ = ["OPTIONS", "Config", "Layout", "Option", "parse_http_bind", "resolve_options"]
+__all__ = ["OPTIONS", "Config", "Option", "parse_http_bind", "resolve_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,68 +200,6 @@ def resolve_options(
         else:
             out[opt.dest] = opt.default
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Where everything lives on the volume. This layout is a contract (see the README)."""
-
-    root: Path
-    marker: Path
-    status_file: Path
-    reload_file: Path
-
-    @classmethod
-    def for_root(
-        cls,
-        root: Path,
-        marker: Path | None = None,
-        status_file: Path | None = None,
-        reload_file: Path | None = None,
-    ) -> Layout:
-        root = Path(os.path.abspath(root))
-        return cls(
-            root=root,
-            marker=marker or root / "deploy.request",
-            status_file=status_file or root / "deploy.status.json",
-            reload_file=reload_file or root / "reload.touch",
-        )
-
-    @property
-    def releases(self) -> Path:
-        return self.root / "releases"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / ".coordinator"
-
-    @property
-    def git_dir(self) -> Path:
-        return self.state_dir / "git"
-
-    @property
-    def meta_dir(self) -> Path:
-        return self.state_dir / "releases"
-
-    @property
-    def tmp_dir(self) -> Path:
-        return self.state_dir / "tmp"
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
-    @property
-    def journal(self) -> Path:
-        return self.state_dir / "journal.jsonl"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.state_dir / "lock"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ been reloaded.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
 from collections.abc import Callable
@@ -21,10 +22,12 @@ import structlog
 from anyio.abc import TaskGroup
 
 from coordinator.config import Config
-from coordinator.deployer import Attempt, Deployer
-from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError
+from coordinator.deployer import Deployer
+from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError, MarkerRefused
 from coordinator.fsutil import describe_os_error
-from coordinator.lock import hold_lock
+from coordinator.lock import holding_lock
+from coordinator.records import AttemptResult, StatusState
+from coordinator.report import Attempt
 from coordinator.watch import watch_marker
 
 if TYPE_CHECKING:
@@ -61,21 +64,20 @@ class _Wake:
 async def run(config: Config, *, once: bool = False, ready: Callable[[], None] | None = None) -> Attempt | None:
     """Run the daemon (or one reconcile with ``once``). Returns the last attempt with ``once``.
 
-    Raises LockHeldError when another coordinator runs on ROOT; with ``once``, DeployFailed when
-    the attempt failed.
+    Raises LockHeldError when another coordinator runs on ROOT; with ``once``, see :func:`_once`.
     """
     lay = config.layout
-    if not lay.root.is_dir():
+    if not await anyio.Path(lay.root).is_dir():
         raise LayoutError(f"root {lay.root} is not a directory", fix="create it or fix --root")
     state_dir = lay.state_dir
     try:
-        state_dir.mkdir(mode=0o755, exist_ok=True)
+        await anyio.Path(state_dir).mkdir(mode=0o755, exist_ok=True)
     except FileExistsError as e:
         raise LayoutError(f"{state_dir} is not a directory", fix=f"remove {state_dir}") from e
     except OSError as e:
         err = describe_os_error(e, retried=False)
         raise LayoutError(f"cannot create {state_dir}: {e.strerror}", fix=err["fix"]) from e
-    with hold_lock(lay.lock_file):
+    async with holding_lock(lay.lock_file):
         deployer = Deployer(config)
         try:
             await deployer.startup()
@@ -84,20 +86,40 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
             raise LayoutError(f"cannot prepare {lay.root}: {err['message']}", fix=err["fix"]) from e
         log.info("started", root=str(lay.root), marker=str(lay.marker), once=once)
         if once:
-            try:
-                attempt = await deployer.reconcile()
-            except OSError as e:  # e.g. the status file could not be written on a full volume
-                err = describe_os_error(e, retried=False)
-                raise DeployFailed(err["message"], fix=err["fix"]) from e
-            if attempt is not None and attempt.result == "failed":
-                err = attempt.error or {}
-                raise DeployFailed(
-                    f"deploy of {attempt.tag} failed: {err.get('message', 'unknown error')}",
-                    fix=err.get("fix"),
-                )
-            return attempt
+            return await _once(deployer)
         await _loop(config, deployer, ready)
         return None
+
+
+async def _once(deployer: Deployer) -> Attempt | None:
+    """One reconcile. Returns normally only when the marker's release is served (or there is no
+    marker): a failed or rolled-back attempt, or a marker whose request failed before, raise
+    DeployFailed (exit 1); an invalid marker raises MarkerRefused (exit 2)."""
+    try:
+        attempt = await deployer.reconcile()
+    except OSError as e:  # e.g. the status file could not be written on a full volume
+        err = describe_os_error(e, retried=False)
+        raise DeployFailed(err["message"], fix=err.get("fix")) from e
+    if attempt is not None and attempt.result.failed:
+        verb = "was rolled back" if attempt.result is AttemptResult.ROLLED_BACK else "failed"
+        error = attempt.error
+        raise DeployFailed(
+            f"deploy of {attempt.tag} {verb}: {error['message'] if error else 'unknown error'}",
+            fix=error.get("fix") if error else None,
+        )
+    state = deployer.reporter.published_state
+    error = deployer.reporter.published_error
+    if state is StatusState.INVALID:
+        raise MarkerRefused(
+            f"the marker was refused: {error['message'] if error else 'invalid'}",
+            fix=error.get("fix") if error else None,
+        )
+    if state is not None and state.failed:
+        raise DeployFailed(
+            f"the marker's request failed: {error['message'] if error else 'unknown error'}",
+            fix=error.get("fix") if error else "fix the cause, then change the marker (e.g. deploy again)",
+        )
+    return attempt
 
 
 async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | None) -> None:
@@ -105,7 +127,9 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
     stop = anyio.Event()
     probes: ProbeServer | None = None
     if config.http_address:
-        # prometheus-client and the HTTP endpoint are loaded only when asked for (~45 ms, ~2 MiB)
+        # prometheus-client and the HTTP endpoint are loaded only when asked for (~45 ms, ~2 MiB), in a
+        # worker thread: importing reads files (prometheus-client's process collector reads /proc)
+        await anyio.to_thread.run_sync(importlib.import_module, "coordinator.probes")
         from coordinator.metrics import Metrics
         from coordinator.probes import Liveness, ProbeServer
 

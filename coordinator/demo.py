@@ -24,10 +24,11 @@ from typing import Any
 import anyio
 
 from coordinator.commands import read_status, request_deploy, request_rollback, wait_for
-from coordinator.config import Layout
 from coordinator.daemon import run_argv
 from coordinator.exceptions import CoordinatorError
 from coordinator.fsutil import atomic_write
+from coordinator.layout import Layout
+from coordinator.records import StatusRecord
 
 __all__ = ["main"]
 
@@ -79,7 +80,7 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def _wait_status(root: Path, pred: Any, timeout: float = 20.0) -> dict[str, Any]:
+def _wait_status(root: Path, pred: Any, timeout: float = 20.0) -> StatusRecord:
     layout = Layout.for_root(root)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,7 +103,7 @@ def _deploy(root: Path, tag: str) -> float:
     return anyio.run(go)
 
 
-def _hostile(root: Path, text: str) -> dict[str, Any]:
+def _hostile(root: Path, text: str) -> StatusRecord:
     atomic_write(root / "deploy.request", text.encode())
     digest = __import__("hashlib").sha256(text.encode()).hexdigest()
     return _wait_status(root, lambda s: s.get("marker_digest") == digest and s.get("state") in ("invalid", "failed"))
@@ -137,8 +138,8 @@ def _run(base: Path) -> int:
             _say("\n2. hostile or wrong markers (current must stay untouched):")
             for text in ("--upload-pack=touch /tmp/pwned", "../../etc/passwd", '{"tag": "v1", "sha": "zz"}', "v9"):
                 status = _hostile(root, text)
-                err = (status.get("error") or {}).get("message", "?")
-                _say(f"   {text!r:40} -> {status['state']}: {err}")
+                error = status.get("error")
+                _say(f"   {text!r:40} -> {status.get('state')}: {error['message'] if error else '?'}")
                 _say(f"   {'':40}    current still {os.readlink(root / 'current')}, serves {_served(root)}")
 
             _say("\n3. rollback to the previous release:")

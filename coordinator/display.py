@@ -1,19 +1,21 @@
-"""What the command line shows a person: the progress of ``deploy --wait`` (a live display on a
-terminal, plain lines otherwise) and the tables of ``status``, ``releases`` and ``history``.
+"""What the command line shows a person: the tables of ``status``, ``releases`` and ``history``, and
+the formatting both they and the live progress of ``deploy --wait`` (:mod:`coordinator.progress`) use.
 
-Everything here is pure formatting except :class:`DeployProgress`, which writes to the stream it is
-given; the clock is always passed in. Standard library only: the live display needs a handful of
-ANSI sequences (cursor up, erase line, colours), which every terminal emulator in use understands.
+Pure formatting; the clock is always passed in. Standard library only: the live display needs a
+handful of ANSI sequences (cursor up, erase line, colours), which every terminal emulator in use
+understands.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from coordinator.plan import Step
+from coordinator.records import AttemptRecord, StatusRecord, StatusState
 from coordinator.state import parse_iso
 
 if TYPE_CHECKING:
@@ -21,34 +23,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PHASES",
-    "DeployProgress",
-    "Progress",
     "Style",
+    "fmt_elapsed",
     "fmt_ms",
     "format_history",
     "format_releases",
     "format_status",
-    "frame",
-    "plain_line",
-    "render_live",
+    "phases_in_order",
+    "short_sha",
     "style_for",
     "table",
 ]
 
-#: the phases a deploy shows, in the order they run (``prune`` is housekeeping, not shown live)
-PHASES = ("fetch", "prepare", "build", "publish", "swap", "reload", "verify", "rollback")
-#: every phase the daemon records, in order (``phases_ms`` in the status file is sorted by name)
-ALL_PHASES = (*PHASES, "prune")
-
-_STATES = {
-    "waiting": "no marker yet",
-    "deploying": "a deploy is in progress",
-    "idle": "converged",
-    "failed": "the last attempt for this marker failed",
-    "rolled_back": "the release failed its health check; the previous one was restored",
-    "invalid": "the marker was refused",
-    "stopped": "the daemon exited",
-}
+#: every phase the daemon records, in the order they run (``phases_ms`` in the status file is sorted by name)
+ALL_PHASES = tuple(s.value for s in Step)
+#: the phases a deploy shows (``prune`` is housekeeping, not shown live)
+PHASES = tuple(p for p in ALL_PHASES if p != Step.PRUNE)
 
 
 # ---------------------------------------------------------------------------------------------- basics
@@ -107,6 +97,13 @@ def phases_in_order(phases: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [(p, float(v)) for p, v in [*known, *extra] if _num(v) is not None]
 
 
+def fmt_elapsed(ms: float | None) -> str:
+    """An elapsed time on the live display: `4.0 s`, then as fmt_ms past a minute; empty if unknown."""
+    if ms is None:
+        return ""
+    return f"{ms / 1000:.1f} s" if ms < 60_000 else fmt_ms(ms)
+
+
 def fmt_phases(phases: Mapping[str, Any]) -> str:
     return ", ".join(f"{p} {fmt_ms(ms)}" for p, ms in phases_in_order(phases)) or "-"
 
@@ -163,202 +160,14 @@ def style_for(env: Mapping[str, str], isatty: bool, encoding: str | None, width:
     return Style(live=live, color=color, unicode=uni, width=max(width, 20))
 
 
-# ---------------------------------------------------------------------------------------------- progress
-
-
-@dataclass(slots=True)
-class Progress:
-    """What the status file says about one request (``request_id``), accumulated over status reads."""
-
-    tag: str
-    request_id: str
-    done: dict[str, float] = field(default_factory=dict)  # phase -> ms, in the order seen
-    running: str | None = None
-    running_since: float | None = None  # epoch seconds (the daemon's clock)
-    result: str | None = None  # success, failed, rolled_back, cancelled, once the attempt is over
-    release: str | None = None
-    sha: str | None = None
-    error: str | None = None
-
-    def update(self, status: Mapping[str, Any]) -> list[tuple[str, float | None]]:
-        """Take in a status; return what changed, in order: ``(phase, None)`` when a phase starts
-        and ``(phase, ms)`` when it is done."""
-        events: list[tuple[str, float | None]] = []
-        attempt = status.get("last_attempt")
-        attempt = attempt if isinstance(attempt, Mapping) else {}
-        ours = attempt.get("id") == self.request_id
-        if ours:
-            phases = attempt.get("phases_ms")
-            for name, ms in phases_in_order(phases if isinstance(phases, Mapping) else {}):
-                if name not in self.done and name in PHASES:
-                    self.done[name] = ms
-                    events.append((name, ms))
-            result = _str(attempt.get("result"))
-            self.result = result if result != "running" else None
-            self.release = _str(attempt.get("release")) or self.release
-            self.sha = _str(attempt.get("sha")) or self.sha
-            err = attempt.get("error")
-            if isinstance(err, Mapping):
-                self.error = _str(err.get("message"))
-        phase = status.get("phase")
-        phase = phase if isinstance(phase, Mapping) else {}
-        running = _str(phase.get("name"))
-        if phase.get("id") == self.request_id and running and running not in self.done and self.result is None:
-            if running != self.running:
-                self.running, self.running_since = running, parse_iso(phase.get("started_at"))
-                events.append((running, None))
-        else:
-            self.running = self.running_since = None
-        return events
-
-    def failed_phase(self) -> str | None:
-        """The phase to mark as failed: ``verify`` once a rollback runs, else the last one that ran."""
-        if self.result == "rolled_back" or self.running == "rollback" or "rollback" in self.done:
-            return "verify"
-        if self.result == "failed" and self.done:
-            return max(self.done, key=PHASES.index)
-        return None
-
-
-def plain_line(phase: str, ms: float | None, failed: bool = False) -> str:
-    """One line of the plain (pipe, CI) progress: ``  build     running`` or ``  build     ok   2.31 s``."""
-    if ms is None:
-        return f"  {phase:<9} running"
-    return f"  {phase:<9} {'FAILED' if failed else 'ok':<6} {fmt_ms(ms):>9}"
-
-
-def render_live(progress: Progress, style: Style, now: float, waited_s: float, tick: int) -> list[str]:
-    """The live display's lines: a heading, one line per phase done, the running phase (or what the
-    display is waiting for) with its elapsed time."""
-    lines = [f"deploying {progress.tag} (id {progress.request_id})"]
-    bad = progress.failed_phase()
-    for name in sorted(progress.done, key=PHASES.index):
-        mark = style.bad if name == bad else style.ok
-        lines.append(f"  {mark} {name:<9} {fmt_ms(progress.done[name]):>9}")
-    if progress.result is None:
-        label = progress.running or ("waiting" if not progress.done else "working")
-        ms: float | None = waited_s * 1000
-        if progress.running is not None:
-            since = progress.running_since
-            ms = max(0.0, now - since) * 1000 if since is not None else None
-        lines.append(f"  {style.spinner(tick)} {label:<9} {_elapsed(ms):>9}")
-    return lines
-
-
-def _elapsed(ms: float | None) -> str:
-    if ms is None:
-        return ""
-    return f"{ms / 1000:.1f} s" if ms < 60_000 else fmt_ms(ms)
-
-
-def summary_line(progress: Progress, status: Mapping[str, Any], waited_s: float) -> str:
-    """``v2 is current and reloaded: release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 2.45 s`` (the time
-    waited since the request was written)."""
-    cur = status.get("current")
-    cur = cur if isinstance(cur, Mapping) else {}
-    release = _str(cur.get("release")) or progress.release or "?"
-    sha = short_sha(cur.get("sha") or progress.sha)
-    note = "" if progress.done else " (no deploy needed)"
-    return f"{progress.tag} is current and reloaded: release {release}, sha {sha}, {fmt_ms(waited_s * 1000)}{note}"
-
-
-def frame(lines: Sequence[str], previous: int, width: int) -> str:
-    """Escape codes that redraw ``lines`` over the ``previous`` lines drawn last time: cursor up,
-    then each line erased and rewritten, cut to ``width - 1`` visible characters (a wrapped line
-    would break the count)."""
-    out = [f"\x1b[{previous}A\r"] if previous else []
-    for ln in lines:
-        out.append(f"\x1b[2K{_cut(ln, width - 1)}\n")
-    if len(lines) < previous:
-        out.append("\x1b[J")
-    return "".join(out)
-
-
-def _cut(text: str, limit: int) -> str:
-    """Cut ``text`` to ``limit`` visible characters, keeping escape sequences whole."""
-    out, seen, i = [], 0, 0
-    while i < len(text):
-        if text[i] == "\x1b":
-            end = text.find("m", i)
-            end = len(text) - 1 if end < 0 else end
-            out.append(text[i : end + 1])
-            i = end + 1
-            continue
-        if seen < limit:
-            out.append(text[i])
-            seen += 1
-        i += 1
-    return "".join(out)
-
-
-class _Stream(Protocol):
-    def write(self, s: str, /) -> int: ...
-    def flush(self) -> None: ...
-
-
-class DeployProgress:
-    """The progress of ``deploy --wait`` written to ``stream``: redrawn in place when ``style.live``
-    (call :meth:`tick` about ten times a second), else one plain line per phase change."""
-
-    def __init__(self, stream: _Stream, style: Style, tag: str, request_id: str, started: float) -> None:
-        self.stream = stream
-        self.style = style
-        self.progress = Progress(tag, request_id)
-        self.started = started  # epoch seconds, when the request was written
-        self.drawn = 0
-        self.ticks = 0
-        self.last_tick = started
-        self.closed = False
-
-    def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
-
-    def update(self, status: Mapping[str, Any], now: float) -> None:
-        events = self.progress.update(status)
-        if self.style.live:
-            self._draw(now)
-            return
-        bad = self.progress.failed_phase()
-        for name, ms in events:
-            self._write(plain_line(name, ms, failed=name == bad) + "\n")
-
-    def tick(self, now: float) -> None:
-        """Redraw the elapsed times and the spinner, at most ten times a second."""
-        if self.style.live and not self.closed and now - self.last_tick >= 0.1:
-            self.ticks += 1
-            self.last_tick = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        lines = render_live(self.progress, self.style, now, now - self.started, self.ticks)
-        self._write(frame(lines, self.drawn, self.style.width))
-        self.drawn = len(lines)
-
-    def finish(self, status: Mapping[str, Any] | None, now: float) -> None:
-        """Draw the final state; with the status of a successful deploy, the summary line too (an
-        error is printed by the caller, after this)."""
-        if self.closed:
-            return
-        if self.style.live:
-            self.progress.running = None
-            if self.progress.result is None and status is None:
-                self.progress.result = "interrupted"
-            self._draw(now)
-        self.closed = True
-        if status is not None:
-            line = summary_line(self.progress, status, now - self.started)
-            self._write((f"{self.style.ok} " if self.style.live else "") + line + "\n")
-
-
 # ---------------------------------------------------------------------------------------------- status
 
 
-def format_status(status: Mapping[str, Any], now: float) -> str:
+def format_status(status: StatusRecord, now: float) -> str:
     """The status file as a table for a person."""
     rows: list[tuple[str, str]] = []
-    state = _str(status.get("state")) or "?"
-    rows.append(("state", f"{state} ({_STATES[state]})" if state in _STATES else state))
+    state = StatusState.parse(status.get("state"))
+    rows.append(("state", f"{state} ({state.description})" if state else _str(status.get("state")) or "?"))
     desired = status.get("desired")
     if isinstance(desired, Mapping):
         text = _str(desired.get("tag")) or "?"
@@ -387,7 +196,7 @@ def format_status(status: Mapping[str, Any], now: float) -> str:
     phase = status.get("phase")
     if isinstance(phase, Mapping) and phase.get("name"):
         since = parse_iso(phase.get("started_at"))
-        running = f", running for {_elapsed(max(0.0, now - since) * 1000)}" if since is not None else ""
+        running = f", running for {fmt_elapsed(max(0.0, now - since) * 1000)}" if since is not None else ""
         rows.append(("phase", f"{phase['name']} of {phase.get('tag', '?')}{running}"))
     attempt = status.get("last_attempt")
     if isinstance(attempt, Mapping):
@@ -419,7 +228,7 @@ def format_status(status: Mapping[str, Any], now: float) -> str:
     return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows)
 
 
-def _attempt_text(attempt: Mapping[str, Any]) -> str:
+def _attempt_text(attempt: AttemptRecord) -> str:
     parts = [_str(attempt.get("tag")) or "?", _str(attempt.get("result")) or "?"]
     if _num(attempt.get("duration_ms")) is not None:
         parts.append(fmt_ms(_num(attempt.get("duration_ms"))))

@@ -11,7 +11,9 @@ invalid marker, a failed build).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
+
+from coordinator.records import ErrorInfo
 
 __all__ = [
     "BuildError",
@@ -22,6 +24,7 @@ __all__ = [
     "LayoutError",
     "LockHeldError",
     "MarkerError",
+    "MarkerRefused",
     "ReloadError",
     "RolledBack",
     "TagNotFoundError",
@@ -46,13 +49,13 @@ class CoordinatorError(Exception):
     def __str__(self) -> str:
         return self.message if not self.fix else f"{self.message} ({self.fix})"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> ErrorInfo:
         """The error as it appears in the status file and in log events."""
         out: dict[str, Any] = {"kind": self.kind, "message": self.message}
         if self.fix:
             out["fix"] = self.fix
         out.update({k: v for k, v in self.fields.items() if v is not None})
-        return out
+        return cast(ErrorInfo, out)
 
 
 class ConfigError(CoordinatorError):
@@ -80,6 +83,12 @@ class MarkerError(CoordinatorError):
     """The deploy marker cannot be read or does not state a valid request."""
 
     kind = "marker"
+
+
+class MarkerRefused(MarkerError):
+    """`run --once`: the marker is invalid, so nothing was deployed (a usage error: exit 2)."""
+
+    exit_code = 2
 
 
 class GitError(CoordinatorError):

@@ -7,7 +7,8 @@ once, at the N-th hit: a fault the volume could give (a full disk, permission de
 away, without needing root to fill a real filesystem. With the variable unset, :func:`failpoint`
 costs one dictionary lookup. Never set it in production.
 
-Points in the deploy path, in order: ``after-fetch``, ``during-prepare``, ``before-publish``,
+Points in the deploy path, in order: ``before-deploying-status`` (a new tag's deploy is announced),
+``after-fetch``, ``during-prepare``, ``before-publish``,
 ``after-release-fsync``, ``after-release-rename``, ``after-temp-link``, ``after-swap``,
 ``after-swap-fsync``, ``before-reload``, ``after-reload``, ``after-reload-recorded``,
 ``before-journal``, ``after-journal``, ``before-status``, ``after-status``.
@@ -22,6 +23,7 @@ import signal
 __all__ = ["POINTS", "failpoint"]
 
 POINTS = (
+    "before-deploying-status",
     "after-fetch",
     "during-prepare",
     "before-publish",

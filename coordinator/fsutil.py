@@ -20,9 +20,9 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
 
 from coordinator.failpoints import failpoint
+from coordinator.records import ErrorInfo
 
 __all__ = [
     "atomic_write",
@@ -184,7 +184,7 @@ _OS_FIXES = {
 _RETRY = "; coordinator retries on the next event or resync"
 
 
-def describe_os_error(e: OSError, *, retried: bool = True) -> dict[str, Any]:
+def describe_os_error(e: OSError, *, retried: bool = True) -> ErrorInfo:
     """An OSError from the volume as a status-file error: kind ``io``, the system's message with the
     path, and a fix naming what to do (free space, permissions, read-only mount...). ``retried``
     says whether the fix also tells that coordinator retries by itself."""
@@ -199,3 +199,18 @@ def describe_os_error(e: OSError, *, retried: bool = True) -> dict[str, Any]:
     where = path or "ROOT"
     fix = template.format(path=where, dir=os.path.dirname(path) or where, uid=os.geteuid())
     return {"kind": "io", "message": message, "fix": fix + (_RETRY if retried else "")}
+
+
+_FILE_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this mode is, for an error message: `a regular file`, `a symlink`..."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a FIFO")

@@ -22,7 +22,7 @@ import structlog
 from coordinator.exceptions import GitError, TagNotFoundError
 from coordinator.proc import GroupResult, run_in_group
 
-__all__ = ["GitCache", "redact", "remove_git_temporaries"]
+__all__ = ["EMPTY_TREE", "GitCache", "redact", "remove_git_temporaries"]
 
 log = structlog.get_logger("coordinator.git")
 
@@ -91,12 +91,12 @@ class GitCache:
     async def ensure(self) -> None:
         """Create the bare cache repository if it does not exist yet; remove the temporary files of a
         fetch that was killed (a crash, kill -9)."""
-        if (self.git_dir / "HEAD").exists():
+        if await anyio.Path(self.git_dir / "HEAD").exists():
             removed = await anyio.to_thread.run_sync(remove_git_temporaries, self.git_dir)
             if removed:
                 log.info("git_leftovers_removed", paths=removed)
             return
-        self.git_dir.parent.mkdir(parents=True, exist_ok=True)
+        await anyio.Path(self.git_dir.parent).mkdir(parents=True, exist_ok=True)
         try:
             with anyio.fail_after(self.timeout):
                 await anyio.run_process(["git", "init", "--bare", "-q", str(self.git_dir)], umask=0o022)
@@ -156,13 +156,54 @@ class GitCache:
 
     async def checkout(self, sha: str, dest: Path, index_file: Path) -> None:
         """Write exactly the tracked files of ``sha`` into the empty directory ``dest`` (no ``.git``)."""
-        env = {"GIT_INDEX_FILE": str(index_file)}
-        common = [f"--work-tree={dest}", "-c", "core.autocrlf=false", "-c", "core.symlinks=true"]
         try:
-            await self._git([*common, "read-tree", "--end-of-options", sha], env=env)
-            await self._git([*common, "checkout-index", "-a", "-f"], env=env)
-        finally:
-            await anyio.Path(index_file).unlink(missing_ok=True)
+            await self.read_tree(sha, dest, index_file)
+            await self._git([*_work_tree(dest), "checkout-index", "-a", "-f"], env=_index(index_file))
+        finally:  # also the lock of a git killed mid-write (a timeout, a cancelled deploy)
+            with anyio.CancelScope(shield=True):
+                for f in (index_file, index_file.with_name(index_file.name + ".lock")):
+                    await anyio.Path(f).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ for incremental preparation
+
+    async def read_tree(self, sha: str, dest: Path, index_file: Path) -> None:
+        """Build the index ``index_file`` of ``sha`` for the work tree ``dest`` (nothing written there)."""
+        await self._git([*_work_tree(dest), "read-tree", "--end-of-options", sha], env=_index(index_file))
+
+    async def checkout_paths(self, dest: Path, index_file: Path, paths: Sequence[str]) -> None:
+        """Write ``paths`` (repository-relative) from the index ``index_file`` into ``dest``."""
+        await self._git([*_work_tree(dest), "checkout-index", "-f", "--", *paths], env=_index(index_file))
+
+    async def diff_tree(self, old: str | None, new: str, output: Path) -> str | None:
+        """Write ``git diff-tree -r -z --raw`` of the commits ``old`` -> ``new`` to ``output`` (``old``
+        None: from the empty tree, i.e. a listing of ``new``). Returns None, or git's error when
+        ``old`` is not a commit of the cache (a ``new`` that is not raises GitError)."""
+        empty = EMPTY_TREE.get(len(new))
+        if empty is None:
+            raise GitError(f"unexpected object id {new[:80]!r}", fix="report this as a bug")
+        args = [*_DIFF_TREE, f"--output={output}", "--end-of-options", old or empty, new]
+        if old is None:
+            await self._git(args)
+            return None
+        result = await self._git(args, check=False)
+        return None if result.returncode == 0 else redact(_last_line(result.stderr))
+
+
+#: the empty tree, built into git for both object formats (by the length of an object id)
+EMPTY_TREE = {
+    40: "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+    64: "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321",
+}
+_DIFF_TREE = ("diff-tree", "-r", "-z", "--raw", "--no-renames", "--ignore-submodules=none")
+
+
+def _work_tree(dest: Path) -> list[str]:
+    """Options for a checkout into ``dest``: no line-ending conversion, symlinks as symlinks."""
+    return [f"--work-tree={dest}", "-c", "core.autocrlf=false", "-c", "core.symlinks=true"]
+
+
+def _index(index_file: Path) -> dict[str, str]:
+    return {"GIT_INDEX_FILE": str(index_file)}
 
 
 def _subcommand(args: Sequence[str]) -> str:

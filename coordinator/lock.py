@@ -3,6 +3,9 @@
 The kernel drops a ``flock`` when its holder dies, even by ``kill -9``, so a stale lock file never
 blocks a restart: the next coordinator simply takes the lock. The holder's pid is written into the
 file only so that the refusal message can name it.
+
+:func:`hold_lock` blocks (it opens and writes the lock file); the daemon takes the lock with
+:func:`holding_lock`, which does the same in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,17 +14,39 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+import anyio
 
 from coordinator.exceptions import LayoutError, LockHeldError
 
-__all__ = ["hold_lock"]
+__all__ = ["hold_lock", "holding_lock"]
 
 
 @contextlib.contextmanager
 def hold_lock(path: Path) -> Iterator[None]:
-    """Hold the ROOT lock for the duration of the block, or raise LockHeldError at once."""
+    """Hold the ROOT lock for the duration of the block, or raise LockHeldError at once (blocking)."""
+    fd = _acquire(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def holding_lock(path: Path) -> AsyncIterator[None]:
+    """:func:`hold_lock` for the event loop: the lock file is opened, locked and closed in a worker thread."""
+    fd = await anyio.to_thread.run_sync(_acquire, path)
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(os.close, fd)
+
+
+def _acquire(path: Path) -> int:
+    """Open and lock ``path``, write our pid into it; the open descriptor holds the lock."""
     try:
         # the state directory itself must not be a symlink either: the lock would be created outside ROOT
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -55,6 +80,7 @@ def hold_lock(path: Path) -> Iterator[None]:
             ) from e
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd

@@ -1,4 +1,5 @@
-"""The deploy marker: parsing and validation, with no I/O.
+"""The deploy marker: parsing and validation (pure), and :func:`read_marker`, the one place that
+reads the file.
 
 A marker states the desired tag. Two forms are accepted:
 
@@ -18,16 +19,26 @@ which always yields one safe path component.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
+import os
 import re
+import stat
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-from coordinator.exceptions import MarkerError
+import aiofiles
+
+from coordinator.exceptions import CoordinatorError, MarkerError
 
 __all__ = [
     "MARKER_MAX_BYTES",
     "DeployRequest",
+    "MarkerReading",
+    "new_request_id",
     "parse_marker",
+    "read_marker",
     "release_name",
     "validate_request_id",
     "validate_sha",
@@ -207,3 +218,55 @@ def release_name(tag: str, sha: str) -> str:
     safe = _SAFE_NAME_RE.sub("_", tag)[:100].lstrip(".-") or "tag"
     short = validate_sha(sha)[:12]
     return f"{safe}-{short}"
+
+
+def new_request_id() -> str:
+    """A fresh request id for ``coordinator deploy``."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(slots=True)
+class MarkerReading:
+    """The marker as read once: its request or its error, and a digest of its bytes."""
+
+    request: DeployRequest | None
+    error: CoordinatorError | None
+    digest: str | None  # None when there is no marker
+
+
+async def read_marker(path: Path, pattern: str | None = None) -> MarkerReading:
+    """Read and validate the marker at ``path``, at most :data:`MARKER_MAX_BYTES` (+1 to detect more).
+
+    Never blocks on a FIFO planted there, and refuses anything but a regular file. The digest of a
+    marker that cannot be read names the reason (``not-a-file``, ``oserror-<errno>``), so the same
+    problem is logged once, not on every reconcile.
+    """
+    try:
+        async with aiofiles.open(path, "rb", opener=_regular_file_opener) as f:
+            data = await f.read(MARKER_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return MarkerReading(None, None, None)
+    except _NotRegularFile:
+        err = MarkerError(f"marker {path} is not a regular file", fix="write the tag to a regular file")
+        return MarkerReading(None, err, "not-a-file")
+    except OSError as e:
+        err = MarkerError(f"cannot read marker {path}: {e.strerror}", fix="check the marker's permissions")
+        return MarkerReading(None, err, f"oserror-{e.errno}")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return MarkerReading(parse_marker(data, pattern), None, digest)
+    except MarkerError as e:
+        return MarkerReading(None, e, digest)
+
+
+class _NotRegularFile(OSError):
+    pass
+
+
+def _regular_file_opener(path: str, flags: int) -> int:
+    """Open without blocking on a FIFO, and refuse anything but a regular file (runs in a thread)."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotRegularFile(path)
+    return fd

@@ -1,6 +1,6 @@
 """Prometheus metrics of one coordinator, kept in its own registry (never the process-global one).
 
-The :class:`~coordinator.deployer.Deployer` feeds them through two hooks: ``on_phase`` (the end of
+The :class:`~coordinator.report.Reporter` feeds them through two hooks: ``on_phase`` (the end of
 every phase) and ``on_attempt`` (an attempt started, then finished and journaled). What can be read
 back from the volume (the release ``current`` points to, the last success, readiness) is refreshed
 by the HTTP server just before each scrape, so it is right even after a restart or a change made
@@ -21,15 +21,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import choose_encoder
 
 from coordinator import __version__
-from coordinator.deployer import Attempt
 from coordinator.plan import Step
+from coordinator.records import AttemptResult
+from coordinator.report import Attempt
 
 __all__ = ["DEPLOY_BUCKETS", "PHASES", "PHASE_BUCKETS", "RESULTS", "Metrics"]
 
 log = structlog.get_logger("coordinator")
 
-#: attempt results, as in the status file's ``last_attempt.result``
-RESULTS = ("success", "failed", "rolled_back", "cancelled")
+#: attempt results, as in the status file's ``last_attempt.result`` (every final AttemptResult)
+RESULTS = tuple(r.value for r in AttemptResult if r.final)
 #: phase names, as in the logs and the status file's ``phases_ms``
 PHASES = tuple(s.value for s in Step)
 #: from a 1 ms swap to a 10-minute build
@@ -138,15 +139,14 @@ class Metrics:
         self._safely(self._attempt_changed, attempt)
 
     def _attempt_changed(self, attempt: Attempt) -> None:
-        if attempt.result == "running":
+        if not attempt.result.final:
             self.in_progress.set(1)
             return
         self.in_progress.set(0)
-        if attempt.result in RESULTS:
-            self.deploys.labels(attempt.result).inc()
+        self.deploys.labels(attempt.result.value).inc()
         if "rollback" in attempt.phases:
             self.rollbacks.inc()
-        if attempt.result == "success":
+        if attempt.result is AttemptResult.SUCCESS:
             finished = attempt.finished or time.time()
             self.deploy_duration.observe(max(finished - attempt.started, 0.0))
             self.seen_success(finished)

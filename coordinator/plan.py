@@ -1,19 +1,45 @@
-"""The pure core: from what was observed (marker, git cache, disk, journal) to the steps to take.
+"""The pure core: from what was observed (marker, git cache, disk, state file) to what to do.
 
 Nothing here touches the filesystem, git or the clock, so every decision is tested as plain data.
 :mod:`coordinator.deployer` observes, asks :func:`plan` what to do, performs the steps, and asks again
-after a fetch (the only step that changes what is known about the tag).
+after a fetch (the only step that changes what is known about the tag). The other decisions live
+here too:
+
+* :func:`reload_to_confirm` / :func:`recover_reload`: at start-up, a reload that was started but not
+  recorded (a crash in between) is recorded as done when the reload strategy can tell it happened;
+* :func:`resume_verify`: at start-up, a release swapped in but never verified is verified again
+  (:attr:`Action.RESUME_VERIFY`);
+* :func:`rollback_target`: where a release that failed its health check goes back to, if anywhere;
+* :func:`failure_blocks_marker`: whether a failure waits for the marker to change;
+* :func:`settled_state` and :func:`status_error`: what the status file says when nothing is deploying;
+* :func:`plan_prune`: which releases to delete.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from coordinator.marker import DeployRequest, release_name
+from coordinator.records import ErrorInfo, PendingReload, PendingVerify, State, StatusState
 
-__all__ = ["Action", "Observation", "Plan", "ReleaseInfo", "Step", "plan", "plan_prune"]
+__all__ = [
+    "Action",
+    "Observation",
+    "Plan",
+    "ReleaseInfo",
+    "Step",
+    "failure_blocks_marker",
+    "plan",
+    "plan_prune",
+    "recover_reload",
+    "reload_to_confirm",
+    "resume_verify",
+    "rollback_target",
+    "settled_state",
+    "status_error",
+]
 
 
 class Step(StrEnum):
@@ -37,6 +63,7 @@ class Action(StrEnum):
     DEPLOY = "deploy"  # make `target` current
     RELOAD = "reload"  # `current` changed but its reload was never recorded (crash): reload once
     ERROR = "error"  # the request cannot be satisfied (sha mismatch after a fetch)
+    RESUME_VERIFY = "resume_verify"  # `target` (current) was never verified (crash): verify it now
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +71,7 @@ class Observation:
     """Everything the planner needs, gathered by the executor."""
 
     request: DeployRequest | None
+    invalid: bool = False  # the marker was refused (request is None then)
     current: str | None = None
     reloaded: str | None = None
     releases: frozenset[str] = frozenset()
@@ -52,6 +80,8 @@ class Observation:
     blocked: bool = False
     has_build: bool = False
     has_health: bool = False
+    failed_kind: str | None = None  # the error kind of the permanent failure that blocks the marker
+    resume_verify: PendingVerify | None = None  # offered once after start-up (see resume_verify())
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +94,14 @@ class Plan:
 
 
 def plan(obs: Observation) -> Plan:
-    """Decide what to do next. See :class:`Action` for the possible outcomes."""
+    """Decide what to do next. See :class:`Action` for the possible outcomes.
+
+    An unfinished verification comes first, whatever the marker says (a release that may be broken
+    is serving); then an unrecorded reload (with an invalid marker too: ``current`` is what it is).
+    """
+    rv = obs.resume_verify
+    if rv is not None and obs.has_health and obs.current is not None and rv.release == obs.current:
+        return Plan(Action.RESUME_VERIFY, (Step.VERIFY,), obs.current, reason="verification interrupted")
     pending_reload = obs.current is not None and obs.reloaded != obs.current
     reload_only = Plan(Action.RELOAD, (Step.RELOAD,), obs.current, reason="current was swapped but not reloaded")
     req = obs.request
@@ -107,6 +144,8 @@ class ReleaseInfo:
     name: str
     created: float = 0.0
     ok: bool = True
+    tag: str | None = None
+    sha: str | None = None
     known: bool = True  # False: no metadata, not created by us: never deleted
 
 
@@ -137,3 +176,80 @@ def plan_prune(
         else:
             delete.append(r.name)
     return delete
+
+
+# ------------------------------------------------------------------ start-up, verification, status
+
+
+def reload_to_confirm(state: State, current: str | None) -> PendingReload | None:
+    """The reload recorded as started for the release ``current`` still names (a crash came between
+    "about to reload" and "reloaded"): ask the reload strategy whether it happened. None: nothing to ask."""
+    pending = state.pending
+    if current is None or pending is None or pending.release != current:
+        return None
+    return pending
+
+
+def recover_reload(state: State, current: str, pending: PendingReload) -> State:
+    """The state once the reload ``pending`` of ``current`` is known to have happened: recorded as
+    done, so it is not repeated (the caller saves it)."""
+    return replace(
+        state,
+        previous=state.reloaded if state.reloaded != current else state.previous,
+        reloaded=current,
+        pending=None,
+        last_reload_mtime=pending.token if pending.token is not None else state.last_reload_mtime,
+    )
+
+
+def resume_verify(state: State, current: str | None, has_health: bool) -> PendingVerify | None:
+    """The verification to resume at start-up: ``current`` was swapped in and reloaded, the daemon
+    stopped before its health check ended, and a health check is still configured."""
+    v = state.verify
+    return v if v is not None and has_health and current is not None and v.release == current else None
+
+
+def rollback_target(pending: PendingVerify, on_disk: Iterable[str]) -> str | None:
+    """Where a release that failed its health check goes back to: the release that was current
+    before it, if that is still a published directory (and not the failed release itself). None:
+    nowhere, the failed release stays current and the attempt fails with a VerifyError."""
+    back = pending.back_to
+    return back if back is not None and back != pending.release and back in set(on_disk) else None
+
+
+def failure_blocks_marker(request: DeployRequest | None, tag: str, retryable: bool) -> bool:
+    """Whether a failed attempt for ``tag`` waits for the marker to change (instead of being retried
+    on the next resync): only a permanent failure (a broken build, a failed health check, not a
+    remote that was down) of the very tag the marker asks for. A resumed verification of a release
+    the marker no longer asks for blocks nothing."""
+    return not retryable and request is not None and request.tag == tag
+
+
+def settled_state(obs: Observation, action: Action, *, reload_failed: bool = False) -> StatusState:
+    """The status file's state after a reconcile that started no deploy attempt."""
+    if obs.invalid:
+        return StatusState.INVALID
+    if reload_failed:
+        return StatusState.FAILED
+    if action is Action.WAIT:
+        return StatusState.ROLLED_BACK if obs.failed_kind == "rolled_back" else StatusState.FAILED
+    return StatusState.IDLE if obs.request is not None else StatusState.WAITING
+
+
+def status_error(
+    state: StatusState,
+    *,
+    explicit: ErrorInfo | None = None,
+    marker_error: ErrorInfo | None = None,
+    attempt_error: ErrorInfo | None = None,
+    failed_error: ErrorInfo | None = None,
+) -> ErrorInfo | None:
+    """The one error the status file shows: the error of this reconcile, else the marker's, else,
+    while the marker's request has failed, the last attempt's (or the remembered permanent one)."""
+    if explicit is not None:
+        return explicit
+    if marker_error is not None:
+        return marker_error
+    if state.failed:
+        return attempt_error or failed_error
+    return None

@@ -31,9 +31,10 @@ reason in :attr:`PrepareStats.fallback`:
   a hard link into the previous, published release. Every release is a full checkout then;
 * ``previous_sha_unknown``: the previous release's metadata is missing or unreadable;
 * ``previous_not_published``: the previous release is not a complete published release directory;
-* ``previous_provenance_unknown`` / ``previous_was_built``: the journal does not show the attempt that
-  published the previous release, or shows that a build command ran in it (a build configured
-  earlier may have changed tracked files, so that release is not a pristine checkout of its commit);
+* ``previous_provenance_unknown`` / ``previous_was_built``: the previous release's metadata does not
+  say whether a build command ran in it (metadata written before coordinator 0.2: the first deploy
+  after an upgrade is a full checkout), or says that one did (a build configured earlier may have
+  changed tracked files, so that release is not a pristine checkout of its commit);
 * ``previous_commit_missing``: the git cache no longer has the previous release's commit;
 * ``gitattributes_changed``: a ``.gitattributes`` file changed, which can change how unchanged blobs
   are checked out (line endings, ``ident``, filters), so unchanged files cannot be shared;
@@ -60,28 +61,17 @@ from typing import Any
 import anyio
 import structlog
 
-from coordinator.config import Layout
 from coordinator.exceptions import GitError
 from coordinator.fsutil import is_real_dir, remove_tree
-from coordinator.git import GitCache
-from coordinator.plan import Step
-from coordinator.proc import GroupResult
-from coordinator.state import read_journal, read_release_meta
+from coordinator.git import EMPTY_TREE, GitCache
 
-__all__ = ["PrepareStats", "PreviousRelease", "load_previous", "prepare_release"]
+__all__ = ["PrepareStats", "PreviousRelease", "prepare_release"]
 
 log = structlog.get_logger("coordinator.prepare")
 
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-#: the empty tree, built into git for both object formats
-_EMPTY_TREE = {
-    40: "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
-    64: "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321",
-}
 #: os.link errors that mean "this filesystem (or this file) cannot be shared": fall back to a full checkout
 _LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP})
-#: journal entries searched for the attempt that published the previous release
-_JOURNAL_LOOKBACK = 2000
 #: bytes of path arguments per checkout-index call (far below ARG_MAX)
 _ARGS_CHUNK = 128 * 1024
 _GITLINK = b"160000"
@@ -97,7 +87,7 @@ class PreviousRelease:
     path: Path
     sha: str | None  # None: its metadata is missing or unreadable
     created: float | None = None  # when it was published (its files are not newer)
-    built: bool | None = None  # a build command ran in it; None: unknown (no journal entry found)
+    built: bool | None = None  # a build command ran in it; None: unknown (metadata of coordinator < 0.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,31 +114,6 @@ class _Fallback(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
-
-
-def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
-    """The release ``name`` (the one ``current`` points to) as a :class:`PreviousRelease` (blocking).
-
-    Reads its metadata (commit, publication time) and finds in the journal the attempt that
-    published it, to tell whether a build command ran in it.
-    """
-    if name is None:
-        return None
-    meta = read_release_meta(layout.meta_dir, name)
-    if meta is not None and meta.name != name:
-        meta = None
-    built: bool | None = None
-    for entry in reversed(read_journal(layout.journal, _JOURNAL_LOOKBACK)):
-        phases = entry.get("phases_ms")
-        if entry.get("release") == name and isinstance(phases, dict) and Step.PUBLISH.value in phases:
-            built = Step.BUILD.value in phases
-            break
-    return PreviousRelease(
-        path=layout.releases / name,
-        sha=meta.sha if meta else None,
-        created=meta.created if meta else None,
-        built=built,
-    )
 
 
 def _refusal(previous: PreviousRelease | None, build_command: bool) -> str | None:
@@ -227,25 +192,22 @@ async def _incremental(
     git: GitCache, sha: str, dest: Path, index_file: Path, previous: PreviousRelease
 ) -> PrepareStats:
     assert previous.sha is not None and previous.created is not None
-    empty = _EMPTY_TREE.get(len(sha))
-    if empty is None or not _SHA_RE.fullmatch(sha):
+    if len(sha) not in EMPTY_TREE or not _SHA_RE.fullmatch(sha):
         raise _Fallback("unknown_object_format")
     listing_file = index_file.with_name(index_file.name + ".tree")
     diff_file = index_file.with_name(index_file.name + ".diff")
-    env = {"GIT_INDEX_FILE": str(index_file)}
-    common = [f"--work-tree={dest}", "-c", "core.autocrlf=false", "-c", "core.symlinks=true"]
-    raw = ["diff-tree", "-r", "-z", "--raw", "--no-renames", "--ignore-submodules=none"]
-    diffs: dict[str, GroupResult] = {}
+    old_missing: list[str] = []
 
     async def list_new_tree() -> None:
-        await git._git([*raw, f"--output={listing_file}", "--end-of-options", empty, sha])
+        await git.diff_tree(None, sha, listing_file)
 
     async def diff_with_previous() -> None:
-        args = [*raw, f"--output={diff_file}", "--end-of-options", str(previous.sha), sha]
-        diffs["old"] = await git._git(args, check=False)
+        error = await git.diff_tree(str(previous.sha), sha, diff_file)
+        if error is not None:
+            old_missing.append(error)
 
     async def read_tree() -> None:
-        await git._git([*common, "read-tree", "--end-of-options", sha], env=env)
+        await git.read_tree(sha, dest, index_file)
 
     created_ns = int(previous.created * 1_000_000_000)
     done: list[_Linked] = []
@@ -255,8 +217,8 @@ async def _incremental(
 
     try:
         await _concurrently(list_new_tree, diff_with_previous)
-        if diffs["old"].returncode != 0:
-            raise _Fallback("previous_commit_missing", _last_line(diffs["old"].stderr))
+        if old_missing:
+            raise _Fallback("previous_commit_missing", old_missing[0])
         plan = await anyio.to_thread.run_sync(_read_plan, listing_file, diff_file)
         if plan.attributes_changed:
             raise _Fallback("gitattributes_changed")
@@ -268,10 +230,12 @@ async def _incremental(
                 await read_tree()
         linked = done[0]
         for chunk in _chunks(linked.to_write):
-            await git._git([*common, "checkout-index", "-f", "--", *chunk], env=env)
+            await git.checkout_paths(dest, index_file, chunk)
     finally:
         with anyio.CancelScope(shield=True):
-            for f in (index_file, listing_file, diff_file):
+            # index.lock too: a read-tree cancelled because a sibling step failed was killed mid-write
+            lock = index_file.with_name(index_file.name + ".lock")
+            for f in (index_file, lock, listing_file, diff_file):
                 await anyio.Path(f).unlink(missing_ok=True)
     return PrepareStats(
         mode="incremental",
@@ -451,23 +415,20 @@ def _empty_dir(path: Path) -> None:
 
 
 async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:
-    """Run the calls concurrently and raise the first error itself (not an exception group, so
-    callers see the GitError or _Fallback)."""
+    """Run the calls concurrently; on the first error cancel the others and raise that error itself
+    (not an exception group, so callers see the GitError or _Fallback)."""
     errors: list[Exception] = []
 
-    async def run(fn: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await fn()
-        except Exception as e:
-            errors.append(e)
-
     async with anyio.create_task_group() as tg:
+
+        async def run(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except Exception as e:
+                errors.append(e)
+                tg.cancel_scope.cancel()
+
         for fn in fns:
             tg.start_soon(run, fn)
     if errors:
         raise errors[0]
-
-
-def _last_line(stderr: bytes) -> str:
-    lines = stderr.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1][:300] if lines else ""

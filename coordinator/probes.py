@@ -33,10 +33,13 @@ import structlog
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 
 from coordinator.config import Config
-from coordinator.deployer import Deployer, MarkerReading, read_current
+from coordinator.deployer import Deployer
 from coordinator.exceptions import ConfigError, CoordinatorError
+from coordinator.layout import read_current
+from coordinator.marker import MarkerReading
 from coordinator.metrics import Metrics
-from coordinator.state import ReleaseMeta, parse_iso, read_json, read_release_meta
+from coordinator.records import ReleaseMeta, StatusRecord, StatusState, as_status
+from coordinator.state import parse_iso, read_json, read_release_meta
 
 __all__ = [
     "CONNECTION_DEADLINE_S",
@@ -131,7 +134,7 @@ class Readiness:
 
 def check_ready(
     reading: MarkerReading,
-    status: Mapping[str, Any] | None,
+    status: StatusRecord | None,
     current: str | None,
     pid: int,
     current_error: str | None = None,
@@ -149,15 +152,14 @@ def check_ready(
     if status.get("marker_digest") != reading.digest:
         return Readiness(False, "the marker changed and is not reconciled yet")
     state = status.get("state")
-    if state != "idle":
+    if state != StatusState.IDLE:
         err = status.get("error")
         why = err.get("message") if isinstance(err, Mapping) else None
         return Readiness(False, f"state is {state}" + (f": {why}" if why else ""))
     if current is None:
         return Readiness(False, current_error or "ROOT/current does not name a release")
     cur = status.get("current")
-    cur = cur if isinstance(cur, Mapping) else {}
-    if cur.get("release") != current:
+    if not isinstance(cur, Mapping) or cur.get("release") != current:
         return Readiness(False, f"ROOT/current changed to {current} and is not reconciled yet")
     cur_tag, cur_sha = cur.get("tag"), cur.get("sha")
     if cur_tag != req.tag or not isinstance(cur_sha, str) or not req.matches(cur_sha):
@@ -171,7 +173,7 @@ def check_ready(
 class _Observed:
     """What the volume says, read in one trip to a worker thread."""
 
-    status: dict[str, Any] | None
+    status: StatusRecord | None
     current: str | None
     current_error: str | None
     meta: ReleaseMeta | None
@@ -398,7 +400,8 @@ class ProbeServer:
     def _observe(self) -> _Observed:
         lay = self.config.layout
         fresh = _file_id(lay.status_file) not in (None, self._status_before)
-        status = read_json(lay.status_file) if fresh else None
+        raw = read_json(lay.status_file) if fresh else None
+        status = as_status(raw) if raw is not None else None
         try:
             current = read_current(lay.root)
         except CoordinatorError as e:

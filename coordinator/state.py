@@ -20,19 +20,18 @@ import json
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from coordinator.fsutil import atomic_write
+from coordinator.fsutil import atomic_write, fsync_dir
+from coordinator.records import JournalEntry, ReleaseMeta, State
 
 __all__ = [
-    "PendingReload",
-    "ReleaseMeta",
-    "State",
     "append_journal",
     "iso",
     "load_state",
@@ -47,7 +46,6 @@ __all__ = [
 
 log = structlog.get_logger("coordinator")
 
-STATUS_VERSION = 1
 _JSON_MAX_BYTES = 1 << 20
 #: the journal is rotated (one older generation kept) once it reaches this size: about 8,000 attempts
 JOURNAL_MAX_BYTES = 4 << 20
@@ -94,75 +92,42 @@ def write_json(path: Path, obj: dict[str, Any], *, durable: bool = True) -> None
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), durable=durable)
 
 
-@dataclass(slots=True)
-class PendingReload:
-    """A reload that was started but not yet recorded as done: ``token`` identifies it (for the
-    touch strategy, the whole-second mtime written to the reload file)."""
-
-    release: str
-    token: int | None = None
-
-
-@dataclass(slots=True)
-class State:
-    reloaded: str | None = None
-    previous: str | None = None
-    pending: PendingReload | None = None
-    failed_marker: str | None = None  # sha256 of the marker bytes whose request failed for good
-    failed_error: dict[str, Any] | None = None
-    last_reload_mtime: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def load_state(path: Path) -> State:
-    raw = read_json(path) or {}
-    pending = raw.get("pending")
-    return State(
-        reloaded=_str_or_none(raw.get("reloaded")),
-        previous=_str_or_none(raw.get("previous")),
-        pending=PendingReload(str(pending["release"]), pending.get("token"))
-        if isinstance(pending, dict) and isinstance(pending.get("release"), str)
-        else None,
-        failed_marker=_str_or_none(raw.get("failed_marker")),
-        failed_error=raw.get("failed_error") if isinstance(raw.get("failed_error"), dict) else None,
-        last_reload_mtime=raw.get("last_reload_mtime") if isinstance(raw.get("last_reload_mtime"), int) else None,
-        extra=dict(raw["extra"]) if isinstance(raw.get("extra"), dict) else {},
-    )
+    """``state.json`` (an empty state when it is missing or unreadable)."""
+    return State.from_json(read_json(path) or {})
 
 
 def save_state(path: Path, state: State, *, durable: bool = True) -> None:
-    write_json(path, state.to_dict(), durable=durable)
+    write_json(path, state.to_json(), durable=durable)
 
 
-def _str_or_none(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
-
-
-def append_journal(path: Path, entry: dict[str, Any]) -> None:
+def append_journal(path: Path, entry: JournalEntry | Mapping[str, object]) -> None:
     """Append one line to the journal and fsync it. A torn last line (a crash mid-append) is ended
     first, so the new entry stays readable.
 
     The journal is bounded: once it holds ``JOURNAL_MAX_BYTES`` it is renamed to ``<name>.1`` (replacing
     the generation before) and a new one is started, so at most two generations are ever on disk. A
-    symlink planted at the journal's name is replaced by a new file, never written through.
+    symlink planted at the journal's name is replaced by a new file, never written through. When the
+    file was created (first entry, or after a rotation) its directory is fsynced too, so the new name
+    survives a power loss with the entry.
     """
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = _open_journal(path)
+    fd, created = _open_journal(path)
     try:
         size = os.fstat(fd).st_size
         if size >= JOURNAL_MAX_BYTES:
             os.replace(path, _rotated(path))
             os.close(fd)
             fd = -1
-            fd = _open_journal(path)
+            fd, _ = _open_journal(path)
+            created = True
             size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
+        if created:
+            fsync_dir(path.parent)
     except OSError as e:
         if e.filename is None:  # a failed write or fsync: say which file
             raise OSError(e.errno, e.strerror, str(path)) from e
@@ -176,20 +141,27 @@ def _rotated(path: Path) -> Path:
     return path.with_name(path.name + ".1")
 
 
-def _open_journal(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+def _open_journal(path: Path) -> tuple[int, bool]:
+    """An fd of the journal opened for appending, and whether this call created the file."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    created = False
     try:
-        fd = os.open(path, flags, 0o644)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            created = True
     except OSError as e:
         if e.errno != errno.ELOOP:
             raise
         log.warning("journal_symlink_replaced", path=str(path), target=_readlink(path))
         path.unlink()  # the link only, never its target
-        fd = os.open(path, flags | os.O_EXCL, 0o644)
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        created = True
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "the journal is not a regular file", str(path))
-    return fd
+    return fd, created
 
 
 def _readlink(path: Path) -> str | None:
@@ -253,35 +225,16 @@ def _tail_lines(path: Path, limit: int) -> list[bytes]:
     return [ln for ln in segments if ln.strip()][-limit:]
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseMeta:
-    name: str
-    tag: str
-    sha: str
-    created: float
-    ok: bool = True
-
-
 def write_release_meta(meta_dir: Path, meta: ReleaseMeta, *, app_facing: bool = False) -> None:
     """Write ``<meta_dir>/<name>.json``. The app-facing copy next to the release directory has only
-    ``name``, ``tag``, ``sha``, ``created`` and ``created_at`` (no bookkeeping such as ``ok``)."""
+    ``name``, ``tag``, ``sha``, ``created`` and ``created_at`` (no bookkeeping such as ``ok``, ``built``)."""
     body = {**asdict(meta), "created_at": iso(meta.created)}
     if app_facing:
         body.pop("ok")
+        body.pop("built")
     write_json(meta_dir / f"{meta.name}.json", body)
 
 
 def read_release_meta(meta_dir: Path, name: str) -> ReleaseMeta | None:
     raw = read_json(meta_dir / f"{name}.json")
-    if not raw:
-        return None
-    try:
-        return ReleaseMeta(
-            name=str(raw["name"]),
-            tag=str(raw["tag"]),
-            sha=str(raw["sha"]),
-            created=float(raw["created"]),
-            ok=bool(raw.get("ok", True)),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
+    return ReleaseMeta.from_json(raw) if raw else None

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import http.server
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from coordinator.daemon import run_argv
+from coordinator.records import StatusRecord, as_status
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
@@ -246,3 +253,123 @@ def chown_to_nobody(path: Path) -> None:
 def as_nobody(argv: list[str]) -> list[str]:
     """``argv`` run as nobody:nogroup without supplementary groups (needs root and setpriv)."""
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *argv]
+
+
+def deployed(root: Path, tag: str) -> bool:
+    """The status file says the daemon is idle with ``tag`` current and that release reloaded."""
+    st = read_status(root) or {}
+    cur = st.get("current") or {}
+    return bool(
+        st.get("state") == "idle"
+        and cur.get("tag") == tag
+        and cur.get("release") is not None
+        and st.get("reloaded") == cur.get("release")
+    )
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary names anywhere coordinator writes (releases/, ROOT, the state directory, its tmp/, the git cache)."""
+    out = [f"releases/{n}" for n in os.listdir(root / "releases") if n.startswith(".")]
+    out += [str(root / ".coordinator" / "tmp" / n) for n in os.listdir(root / ".coordinator" / "tmp")]
+    for d in (root, root / ".coordinator", root / ".coordinator" / "releases"):
+        if d.is_dir():
+            out += [str(d / n) for n in os.listdir(d) if ".tmp-" in n or n.startswith("index")]
+    objects = root / ".coordinator" / "git" / "objects"
+    out += [str(p) for pattern in ("*/tmp_*", "incoming-*") for p in objects.glob(pattern)]  # git's own
+    return out
+
+
+def run_once(root: Path, repo: GitRepo, *extra: str, failpoints: str = "") -> subprocess.CompletedProcess[str]:
+    """`coordinator run --once` as a subprocess (``run_argv``), with COORDINATOR_FAILPOINTS set to ``failpoints``."""
+    env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_FAILPOINTS"}
+    if failpoints:
+        env["COORDINATOR_FAILPOINTS"] = failpoints
+    return subprocess.run(
+        run_argv(root, repo.path, "--once", *extra),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m coordinator ARGS` as a subprocess; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+IN_ATTRIB = 0x00000004
+
+
+class TouchCounter:
+    """Counts attribute changes (utime) of one file with a raw inotify watch on its directory."""
+
+    def __init__(self, path: Path) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0
+        assert libc.inotify_add_watch(self.fd, str(path.parent).encode(), IN_ATTRIB) >= 0
+        self.name = path.name.encode()
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if not ready:
+                continue
+            data = os.read(self.fd, 65536)
+            offset = 0
+            while offset < len(data):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
+                offset += 16 + length
+                if mask & IN_ATTRIB and name == self.name:
+                    self.count += 1
+
+    def close(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        os.close(self.fd)
+        return self.count
+
+
+#: a fixed clock for the pure display tests, and a request id
+DISPLAY_NOW = datetime(2026, 11, 18, 8, 26, 40, tzinfo=UTC).timestamp()
+DISPLAY_NOW_ISO = "2026-11-18T08:26:40.000+00:00"
+DISPLAY_ID = "a1b2c3d4e5f60718"
+
+
+def deploying_status(
+    phases: dict[str, float], phase: str | None = None, result: str = "running", **kw: Any
+) -> StatusRecord:
+    """A status file of a deploy of v2 as the daemon writes it (phases_ms sorted by name, as
+    json.dumps(sort_keys) does)."""
+    return as_status(
+        {
+            "state": "deploying",
+            "last_attempt": {
+                "id": kw.get("id", DISPLAY_ID),
+                "tag": "v2",
+                "sha": "3f9c2a1b7d4e" + "0" * 28,
+                "release": "v2-3f9c2a1b7d4e",
+                "result": result,
+                "phases_ms": dict(sorted(phases.items())),
+                "error": kw.get("error"),
+            },
+            "phase": {"name": phase, "id": kw.get("id", DISPLAY_ID), "tag": "v2", "started_at": DISPLAY_NOW_ISO}
+            if phase
+            else None,
+            "current": {"release": "v2-3f9c2a1b7d4e", "tag": "v2", "sha": "3f9c2a1b7d4e" + "0" * 28},
+        }
+    )

@@ -16,8 +16,7 @@ import pytest
 
 from coordinator import state
 from coordinator.state import append_journal, read_journal
-from tests.helpers import Daemon, GitRepo, app_repo, read_status, wait_until, write_marker
-from tests.test_daemon import deployed
+from tests.helpers import Daemon, GitRepo, app_repo, deployed, read_status, wait_until, write_marker
 
 MIB = 1024 * 1024
 

@@ -11,20 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import Daemon, GitRepo, current_release, read_status, wait_until
+from tests.helpers import Daemon, GitRepo, cli, current_release, read_status, wait_until
 
 ESC = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 def test_deploy_wait_exits_zero_once_the_tag_is_current(root: Path, repo: GitRepo) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.config import OPTIONS, Config, Layout, Option, resolve_options
+from coordinator.config import OPTIONS, Config, Option, resolve_options
 from coordinator.exceptions import ConfigError
+from coordinator.layout import Layout
 
 TomlWriter = Callable[[str], Path]
 

@@ -14,13 +14,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.daemon import run_argv
-from tests.helpers import Daemon, GitRepo, current_release, read_status, wait_until, write_marker
-
-
-def deployed(root: Path, tag: str) -> bool:
-    st = read_status(root)
-    cur = (st or {}).get("current") or {}
-    return bool(st and st.get("state") == "idle" and cur.get("tag") == tag and st.get("reloaded") == cur.get("release"))
+from tests.helpers import Daemon, GitRepo, current_release, deployed, read_status, run_once, wait_until, write_marker
 
 
 def test_daemon_deploys_when_the_marker_is_written_in_place(root: Path, repo: GitRepo) -> None:
@@ -248,3 +242,44 @@ def test_run_once_exits_zero_on_success_and_one_on_failure(root: Path, repo: Git
     bad = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1
     assert "v9" in bad.stderr and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_once_with_nothing_to_do_exits_zero(root: Path, repo: GitRepo) -> None:
+    """No marker, or the marker's release already current and reloaded: exit 0."""
+    assert run_once(root, repo).returncode == 0
+    write_marker(root, "v1")
+    assert run_once(root, repo).returncode == 0
+    again = run_once(root, repo)
+    assert again.returncode == 0 and again.stderr.count("deploy_started") == 0, again.stderr
+
+
+def test_run_once_exits_two_for_an_invalid_marker(root: Path, repo: GitRepo) -> None:
+    """A refused marker is a usage error: exit 2, one line naming the problem, nothing deployed."""
+    write_marker(root, "--upload-pack=touch /tmp/x")
+    out = run_once(root, repo)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("coordinator: the marker was refused")
+    assert current_release(root) is None and "Traceback" not in out.stderr
+
+
+def test_run_once_exits_one_when_the_release_was_rolled_back(root: Path, repo: GitRepo, app_url: str) -> None:
+    """A release that fails its health check is rolled back, and `run --once` says so with exit 1."""
+    health = ("--health-url", app_url, "--health-timeout", "2")
+    write_marker(root, "v1")
+    assert run_once(root, repo, *health).returncode == 0
+    repo.commit({"BROKEN": "yes\n"}, tag="broken")
+    write_marker(root, "broken")
+    out = run_once(root, repo, *health)
+    assert out.returncode == 1, out.stderr
+    assert "deploy of broken was rolled back" in out.stderr.strip().splitlines()[-1]
+    assert "v1" in str(current_release(root))
+
+
+def test_run_once_exits_one_while_the_marker_waits_after_a_permanent_failure(root: Path, repo: GitRepo) -> None:
+    """A marker whose request failed for good is not retried, and `run --once` still exits 1."""
+    write_marker(root, "v1")
+    assert run_once(root, repo, "--build-command", "exit 3").returncode == 1
+    out = run_once(root, repo, "--build-command", "exit 3")
+    assert out.returncode == 1, out.stderr
+    assert "the marker's request failed: build command failed" in out.stderr
+    assert out.stderr.count("deploy_started") == 0

@@ -13,12 +13,14 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from coordinator.config import Config, Layout
+from coordinator.config import Config
 from coordinator.daemon import run_argv
 from coordinator.deployer import Deployer
 from coordinator.exceptions import LayoutError
+from coordinator.layout import Layout
+from coordinator.records import AttemptResult
 from coordinator.state import load_state, save_state
-from tests.helpers import GitRepo, read_status
+from tests.helpers import GitRepo, read_status, write_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -32,10 +34,6 @@ async def started(root: Path, repo: GitRepo, **kw: object) -> Deployer:
     d = make(root, repo, **kw)
     await d.startup()
     return d
-
-
-def mark(root: Path, text: str) -> None:
-    (root / "deploy.request").write_text(text)
 
 
 def release_dirs(root: Path) -> list[str]:
@@ -73,7 +71,7 @@ def outside_snapshot(base: Path, root: Path) -> dict[str, float]:
 async def test_first_deploy_publishes_exactly_the_tags_tracked_files(root: Path, repo: GitRepo) -> None:
     """A first deploy builds releases/<name> holding exactly the tag's tracked files and no .git."""
     d = await started(root, repo)
-    mark(root, "v1\n")
+    write_marker(root, "v1\n")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
     release = root / "releases" / str(attempt.release)
@@ -85,7 +83,7 @@ async def test_first_deploy_publishes_exactly_the_tags_tracked_files(root: Path,
 async def test_current_is_a_relative_symlink_into_releases(root: Path, repo: GitRepo) -> None:
     """`current` is the relative link releases/<name>, so the volume can be mounted anywhere."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None
     assert os.readlink(root / "current") == f"releases/{attempt.release}"
@@ -94,7 +92,7 @@ async def test_current_is_a_relative_symlink_into_releases(root: Path, repo: Git
 async def test_release_name_combines_tag_and_short_sha(root: Path, repo: GitRepo) -> None:
     """The release directory is named <tag>-<12 hex of the commit>."""
     d = await started(root, repo)
-    mark(root, "v2")
+    write_marker(root, "v2")
     attempt = await d.reconcile()
     assert attempt is not None
     assert attempt.release == f"v2-{repo.tag_sha('v2')[:12]}"
@@ -105,7 +103,7 @@ async def test_annotated_tag_deploys_its_commit(root: Path, tmp_path: Path) -> N
     repo = await anyio.to_thread.run_sync(GitRepo, tmp_path / "annotated")
     sha = await anyio.to_thread.run_sync(lambda: repo.commit({"a.txt": "a"}, tag="r1", annotated=True))
     d = await started(root, repo)
-    mark(root, "r1")
+    write_marker(root, "r1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.sha == sha
 
@@ -119,7 +117,7 @@ async def test_release_preserves_modes_and_symlinks(root: Path, tmp_path: Path) 
         )
     )
     d = await started(root, repo)
-    mark(root, "m1")
+    write_marker(root, "m1")
     attempt = await d.reconcile()
     assert attempt is not None
     rel = root / "releases" / str(attempt.release)
@@ -131,7 +129,7 @@ async def test_release_preserves_modes_and_symlinks(root: Path, tmp_path: Path) 
 async def test_release_is_not_world_writable(root: Path, repo: GitRepo) -> None:
     """Release directories and files are not writable by others."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None
     rel = root / "releases" / str(attempt.release)
@@ -143,7 +141,7 @@ async def test_release_is_not_world_writable(root: Path, repo: GitRepo) -> None:
 async def test_deploy_touches_the_reload_file(root: Path, repo: GitRepo) -> None:
     """After the swap the reload file exists with a whole-second mtime."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     st = os.stat(root / "reload.touch")
     assert st.st_mtime_ns % 1_000_000_000 == 0
@@ -152,7 +150,7 @@ async def test_deploy_touches_the_reload_file(root: Path, repo: GitRepo) -> None
 async def test_same_tag_again_does_not_reload(root: Path, repo: GitRepo) -> None:
     """Reconciling an unchanged marker is a no-op: no attempt, no touch."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     before = os.stat(root / "reload.touch").st_mtime_ns
     assert await d.reconcile() is None
@@ -164,7 +162,7 @@ async def test_successive_reloads_have_strictly_increasing_whole_seconds(root: P
     d = await started(root, repo)
     seen = []
     for tag in ("v1", "v2", "v1", "v2"):
-        mark(root, tag)
+        write_marker(root, tag)
         await d.reconcile()
         seen.append(os.stat(root / "reload.touch").st_mtime_ns // 1_000_000_000)
     assert all(b >= a + 1 for a, b in itertools.pairwise(seen))
@@ -174,9 +172,9 @@ async def test_release_on_disk_is_swapped_without_fetch_or_prepare(root: Path, r
     """Going back to a release already on disk only swaps, reloads and prunes."""
     d = await started(root, repo)
     for tag in ("v1", "v2"):
-        mark(root, tag)
+        write_marker(root, tag)
         await d.reconcile()
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and set(attempt.phases) == {"swap", "reload", "prune"}
 
@@ -184,7 +182,7 @@ async def test_release_on_disk_is_swapped_without_fetch_or_prepare(root: Path, r
 async def test_status_file_describes_a_success(root: Path, repo: GitRepo) -> None:
     """The status file says idle, with desired, current and the last attempt's phases."""
     d = await started(root, repo)
-    mark(root, '{"tag": "v1", "id": "req-1"}')
+    write_marker(root, '{"tag": "v1", "id": "req-1"}')
     await d.reconcile()
     st = read_status(root)
     assert st is not None
@@ -198,7 +196,7 @@ async def test_status_file_describes_a_success(root: Path, repo: GitRepo) -> Non
 async def test_matching_sha_in_marker_deploys(root: Path, repo: GitRepo) -> None:
     """A JSON marker whose abbreviated sha matches the tag deploys it."""
     d = await started(root, repo)
-    mark(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v2")[:8]}))
+    write_marker(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v2")[:8]}))
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
 
@@ -206,10 +204,10 @@ async def test_matching_sha_in_marker_deploys(root: Path, repo: GitRepo) -> None
 async def test_mismatched_sha_fails_and_leaves_current(root: Path, repo: GitRepo) -> None:
     """A sha the tag does not point to fails the attempt; current stays where it was."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     before = os.readlink(root / "current")
-    mark(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v1")}))
+    write_marker(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v1")}))
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert os.readlink(root / "current") == before
@@ -220,11 +218,11 @@ async def test_mismatched_sha_fails_and_leaves_current(root: Path, repo: GitRepo
 async def test_permanent_failure_is_not_retried_until_the_marker_changes(root: Path, repo: GitRepo) -> None:
     """After a permanent failure the same marker is not tried again; a changed marker is."""
     d = await started(root, repo, build_command="exit 3")
-    mark(root, "v1")
+    write_marker(root, "v1")
     first = await d.reconcile()
     assert first is not None and first.result == "failed"
     assert await d.reconcile() is None
-    mark(root, '{"tag": "v1", "id": "again"}')
+    write_marker(root, '{"tag": "v1", "id": "again"}')
     again = await d.reconcile()
     assert again is not None and again.result == "failed"
 
@@ -232,7 +230,7 @@ async def test_permanent_failure_is_not_retried_until_the_marker_changes(root: P
 async def test_permanent_failure_survives_a_restart(root: Path, repo: GitRepo) -> None:
     """A restarted daemon does not retry a marker that already failed for good."""
     d = await started(root, repo, build_command="exit 3")
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     d2 = await started(root, repo, build_command="exit 3")
     assert await d2.reconcile() is None
@@ -241,7 +239,7 @@ async def test_permanent_failure_survives_a_restart(root: Path, repo: GitRepo) -
 async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
     """An unknown tag fails but is tried again on the next reconcile (it may be pushed later)."""
     d = await started(root, repo)
-    mark(root, "v9")
+    write_marker(root, "v9")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert attempt.error is not None and attempt.error["kind"] == "tag_not_found"
@@ -253,10 +251,10 @@ async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
 async def test_moved_tag_with_new_sha_is_fetched_again(root: Path, repo: GitRepo) -> None:
     """When a tag moves and the marker names the new sha, coordinator fetches and deploys it."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     first = await d.reconcile()
     new_sha = await anyio.to_thread.run_sync(lambda: repo.commit({"app.py": "VERSION = 'v1-fixed'\n"}, tag="v1"))
-    mark(root, json.dumps({"tag": "v1", "sha": new_sha}))
+    write_marker(root, json.dumps({"tag": "v1", "sha": new_sha}))
     with capture_logs() as logs:
         second = await d.reconcile()
     assert second is not None and second.release != (first.release if first else None)
@@ -288,7 +286,7 @@ HOSTILE = [
 async def test_hostile_marker_is_refused_and_nothing_changes(root: Path, repo: GitRepo, data: bytes) -> None:
     """A hostile marker gives an invalid status; current, the reload file and the outside are untouched."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     before = (os.readlink(root / "current"), os.stat(root / "reload.touch").st_mtime_ns)
     outside = outside_snapshot(root.parent, root)
@@ -306,7 +304,7 @@ async def test_hostile_marker_is_refused_and_nothing_changes(root: Path, repo: G
 async def test_tag_outside_pattern_is_refused(root: Path, repo: GitRepo) -> None:
     """With --tag-pattern, a tag that does not match never reaches git."""
     d = await started(root, repo, tag_pattern="release-*")
-    mark(root, "v1")
+    write_marker(root, "v1")
     assert await d.reconcile() is None
     st = read_status(root)
     assert st is not None and st["state"] == "invalid" and "tag-pattern" in st["error"]["message"]
@@ -333,7 +331,7 @@ async def test_marker_that_is_a_fifo_does_not_block(root: Path, repo: GitRepo) -
 async def test_build_command_runs_in_the_new_release_with_its_env(root: Path, repo: GitRepo) -> None:
     """The build command runs inside the new release with TAG, SHA and RELEASE_DIR set."""
     d = await started(root, repo, build_command='echo "$TAG $SHA $RELEASE_NAME" > built.txt; pwd > where.txt')
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
     rel = root / "releases" / str(attempt.release)
@@ -344,11 +342,11 @@ async def test_build_command_runs_in_the_new_release_with_its_env(root: Path, re
 async def test_failed_build_discards_the_release(root: Path, repo: GitRepo) -> None:
     """A failing build leaves no release behind, current untouched, and its output in the status."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     before = sorted(os.listdir(root / "releases"))
     d2 = await started(root, repo, build_command="echo compile error >&2; exit 7")
-    mark(root, "v2")
+    write_marker(root, "v2")
     attempt = await d2.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert sorted(os.listdir(root / "releases")) == before
@@ -361,7 +359,7 @@ async def test_build_timeout_kills_the_whole_process_group(root: Path, repo: Git
     """A hanging build is killed with every process it started, and the release discarded."""
     pidfile = tmp_path / "child.pid"
     d = await started(root, repo, build_command=f"sleep 300 & echo $! > {pidfile}; wait", build_timeout=1.0)
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert attempt.error is not None and "timed out" in attempt.error["message"]
@@ -380,7 +378,7 @@ async def test_build_leftover_background_processes_are_killed(root: Path, repo: 
     """A build that exits but leaves a daemonized child behind does not leak it."""
     pidfile = tmp_path / "bg.pid"
     d = await started(root, repo, build_command=f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}")
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
     child = int(pidfile.read_text())
@@ -400,7 +398,7 @@ async def test_retention_keeps_n_and_never_current_or_previous(root: Path, tmp_p
     repo = await anyio.to_thread.run_sync(build)
     d = await started(root, repo, keep=2)
     for i in range(1, 6):
-        mark(root, f"t{i}")
+        write_marker(root, f"t{i}")
         await d.reconcile()
     names = release_dirs(root)
     assert [n.split("-")[0] for n in names] == ["t4", "t5"]
@@ -410,7 +408,7 @@ async def test_keep_one_still_keeps_previous(root: Path, repo: GitRepo) -> None:
     """Even --keep 1 never deletes the previous release (needed for rollback)."""
     d = await started(root, repo, keep=1)
     for tag in ("v1", "v2", "v3"):
-        mark(root, tag)
+        write_marker(root, tag)
         await d.reconcile()
     assert [n.split("-")[0] for n in release_dirs(root)] == ["v2", "v3"]
 
@@ -419,10 +417,10 @@ async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRep
     """A failed build leaves nothing that could push a good release out of retention."""
     d = await started(root, repo, keep=2)
     for tag in ("v1", "v2"):
-        mark(root, tag)
+        write_marker(root, tag)
         await d.reconcile()
     bad = await started(root, repo, keep=2, build_command="exit 1")
-    mark(root, "v3")
+    write_marker(root, "v3")
     await bad.reconcile()
     assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2"]
 
@@ -430,7 +428,7 @@ async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRep
 async def test_startup_removes_temporary_leftovers(root: Path, repo: GitRepo) -> None:
     """Half-built releases and temp links from a crash are removed at start."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     (root / "releases" / ".v2-abc.tmp-1-deadbeef").mkdir()
     (root / "releases" / ".v2-abc.tmp-1-deadbeef" / "half.py").write_text("x")
@@ -444,7 +442,7 @@ async def test_swap_without_recorded_reload_is_reloaded_once_at_start(root: Path
     """If current changed but its reload was never recorded, start-up reloads exactly once."""
     d = await started(root, repo)
     for tag in ("v1", "v2"):
-        mark(root, tag)
+        write_marker(root, tag)
         await d.reconcile()
     state = load_state(root / ".coordinator" / "state.json")
     state.reloaded = "something-else"
@@ -462,11 +460,11 @@ async def test_swap_without_recorded_reload_is_reloaded_once_at_start(root: Path
 async def test_pending_reload_that_already_happened_is_not_repeated(root: Path, repo: GitRepo) -> None:
     """A crash after the touch but before recording it does not touch again at restart."""
     d = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     state = load_state(root / ".coordinator" / "state.json")
     touched = os.stat(root / "reload.touch").st_mtime_ns
-    from coordinator.state import PendingReload
+    from coordinator.records import PendingReload
 
     current = os.readlink(root / "current").split("/")[1]
     state.pending = PendingReload(current, touched // 1_000_000_000)
@@ -498,14 +496,14 @@ async def test_planted_symlink_as_releases_dir_is_refused(root: Path, repo: GitR
 async def test_newer_marker_cancels_a_deploy_before_the_swap(root: Path, repo: GitRepo) -> None:
     """A newer request supersedes a deploy still building; nothing of it is left behind."""
     d = await started(root, repo, build_command="sleep 30")
-    mark(root, "v1")
+    write_marker(root, "v1")
     async with anyio.create_task_group() as tg:
 
         async def supersede() -> None:
             while not any(n.startswith(".") for n in os.listdir(root / "releases")):
                 await anyio.sleep(0.02)
             await anyio.sleep(0.2)
-            mark(root, "v2")
+            write_marker(root, "v2")
             await d.check_superseded()
 
         tg.start_soon(supersede)
@@ -520,7 +518,7 @@ async def test_journal_records_every_attempt(root: Path, repo: GitRepo) -> None:
     """Each attempt is appended to the journal with its result and phases."""
     d = await started(root, repo)
     for text in ("v1", "v9"):
-        mark(root, text)
+        write_marker(root, text)
         await d.reconcile()
     lines = (root / ".coordinator" / "journal.jsonl").read_text().splitlines()
     results = [(json.loads(ln)["tag"], json.loads(ln)["result"]) for ln in lines]
@@ -532,7 +530,7 @@ async def test_credentials_in_repo_url_never_reach_status_or_logs(root: Path, re
     cfg = Config(layout=Layout.for_root(root), repo="https://user:hunter2@127.0.0.1:9/app.git", git_timeout=10)
     d = Deployer(cfg)
     await d.startup()
-    mark(root, "v1")
+    write_marker(root, "v1")
     with capture_logs() as logs:
         attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
@@ -549,7 +547,7 @@ def test_git_is_never_given_marker_text_as_an_option(root: Path, repo: GitRepo, 
     wrapper = bindir / "git"
     wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real_git} "$@"\n')
     wrapper.chmod(0o755)
-    mark(root, "--upload-pack=touch /tmp/coordinator-pwned")
+    write_marker(root, "--upload-pack=touch /tmp/coordinator-pwned")
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
     subprocess.run(run_argv(root, repo.path, "--once"), env=env, capture_output=True, check=False)
     logged = argv_log.read_text() if argv_log.exists() else ""
@@ -565,20 +563,20 @@ async def test_newer_marker_cancels_a_hanging_fetch(
     hang.write_text("#!/bin/sh\nexec sleep 60\n")
     hang.chmod(0o755)
     primed = await started(root, repo)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await primed.reconcile()
-    mark(root, "v2")
+    write_marker(root, "v2")
     await primed.reconcile()
     monkeypatch.setenv("GIT_SSH_COMMAND", str(hang))
     cfg = Config(layout=Layout.for_root(root), repo="ssh://127.0.0.1/app.git")
     d = Deployer(cfg)
     await d.startup()
-    mark(root, "v3")
+    write_marker(root, "v3")
     async with anyio.create_task_group() as tg:
 
         async def supersede() -> None:
             await anyio.sleep(0.5)
-            mark(root, "v1")
+            write_marker(root, "v1")
             await d.check_superseded()
 
         tg.start_soon(supersede)
@@ -592,21 +590,21 @@ async def test_newer_marker_cancels_a_hanging_fetch(
 async def test_release_used_by_a_live_process_is_not_pruned(root: Path, repo: GitRepo) -> None:
     """A release some process runs in (an old worker) survives retention until the process exits."""
     d = await started(root, repo, keep=1)
-    mark(root, "v1")
+    write_marker(root, "v1")
     first = await d.reconcile()
     assert first is not None
     worker = await anyio.open_process(["sleep", "30"], cwd=root / "releases" / str(first.release))
     try:
         for tag in ("v2", "v3"):
-            mark(root, tag)
+            write_marker(root, tag)
             await d.reconcile()
         assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2", "v3"]
     finally:
         worker.kill()
         await worker.wait()
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
-    mark(root, "v2")
+    write_marker(root, "v2")
     await d.reconcile()
     assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2"]
 
@@ -617,7 +615,7 @@ async def test_failed_reload_is_reported_and_retried(root: Path, repo: GitRepo, 
     cfg = Config(layout=Layout.for_root(root, reload_file=reload_dir / "touch"), repo=str(repo.path))
     d = Deployer(cfg)
     await d.startup()
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert attempt.error is not None and attempt.error["kind"] == "reload"
@@ -630,3 +628,88 @@ async def test_failed_reload_is_reported_and_retried(root: Path, repo: GitRepo, 
     assert (reload_dir / "touch").exists()
     st = read_status(root)
     assert st is not None and st["state"] == "idle" and st["reloaded"] == st["current"]["release"]
+
+
+async def test_a_failed_deploying_status_write_fails_the_attempt_and_journals_it(
+    root: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the `deploying` status write: the attempt is journaled as failed (retryable), the
+    in-progress gauge is back at 0, and the next reconcile deploys."""
+    from coordinator import failpoints
+    from coordinator.metrics import Metrics
+    from coordinator.state import read_journal
+
+    d = await started(root, repo)
+    metrics = Metrics()
+    d.on_attempt = metrics.attempt_changed
+    write_marker(root, "v1")
+    monkeypatch.setattr(failpoints, "_hits", {})
+    monkeypatch.setenv("COORDINATOR_FAILPOINTS", "before-deploying-status:ENOSPC@1")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result is AttemptResult.FAILED
+    assert attempt.error is not None and attempt.error["kind"] == "io" and "No space" in attempt.error["message"]
+    journal = read_journal(root / ".coordinator" / "journal.jsonl")
+    assert [(e["tag"], e["result"]) for e in journal] == [("v1", "failed")]
+    assert metrics.registry.get_sample_value("coordinator_deploy_in_progress") == 0
+    assert metrics.registry.get_sample_value("coordinator_deploys_total", {"result": "failed"}) == 1
+    assert not (root / "current").exists()
+    again = await d.reconcile()  # the volume recovered: retried, not blocked
+    assert again is not None and again.result is AttemptResult.SUCCESS
+
+
+def _root_written_by_0_1(root: Path, repo: GitRepo) -> tuple[str, str]:
+    """The volume as coordinator 0.1 left it after deploying v1 then v2 (files captured from a real
+    run, in tests/data/root-0.1, with the commits of ``repo`` filled in); returns the two release names."""
+    shas = {t: repo.git("rev-parse", f"{t}^{{commit}}") for t in ("v1", "v2")}
+    fill = {
+        "@V1_SHA@": shas["v1"],
+        "@V2_SHA@": shas["v2"],
+        "@V1_SHORT@": shas["v1"][:12],
+        "@V2_SHORT@": shas["v2"][:12],
+    }
+    names = (f"v1-{shas['v1'][:12]}", f"v2-{shas['v2'][:12]}")
+    data = Path(__file__).parent / "data" / "root-0.1"
+    for src in data.rglob("*"):
+        if src.is_dir():
+            continue
+        text = src.read_text()
+        for key, value in fill.items():
+            text = text.replace(key, value)
+        rel = str(src.relative_to(data)).replace("v1-V1", names[0]).replace("v2-V2", names[1])
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    for tag, name in zip(("v1", "v2"), names, strict=True):
+        (root / "releases" / name).mkdir()
+        repo.git(f"--work-tree={root / 'releases' / name}", "checkout", tag, "--", ".")
+    (root / "current").symlink_to(f"releases/{names[1]}")
+    cache = root / ".coordinator" / "git"  # 0.1's cache: a bare repository with the tags it fetched
+    subprocess.run(["git", "init", "-q", "--bare", str(cache)], check=True)
+    refs = [f"+refs/tags/{t}:refs/tags/{t}" for t in ("v1", "v2")]
+    subprocess.run(["git", f"--git-dir={cache}", "fetch", "-q", "--no-tags", str(repo.path), *refs], check=True)
+    return names
+
+
+async def test_a_root_written_by_version_0_1_is_read_and_deployed_on(root: Path, repo: GitRepo) -> None:
+    """The new daemon reads 0.1's state, journal, metadata and status: v2 stays current without a
+    reload, v3 deploys (a full checkout: 0.1's metadata does not say whether a build ran), history
+    and releases show both versions' work, and `previous` still points where 0.1 left it."""
+    from coordinator import commands
+
+    v1, v2 = await anyio.to_thread.run_sync(_root_written_by_0_1, root, repo)
+    d = await started(root, repo)
+    assert (d.state.reloaded, d.state.previous) == (v2, v1)
+    with capture_logs() as logs:
+        assert await d.reconcile() is None  # the 0.1 marker asks for v2: converged, nothing reloaded
+    assert not [e for e in logs if e["event"] in ("reload", "reloaded")]
+    write_marker(root, "v3")
+    with capture_logs() as logs:
+        attempt = await d.reconcile()
+    assert attempt is not None and attempt.result is AttemptResult.SUCCESS
+    stats = next(e for e in logs if e["event"] == "prepare_stats")
+    assert (stats["mode"], stats["fallback"]) == ("full", "previous_provenance_unknown")
+    history = await commands.read_history(d.layout)
+    assert [(h.tag, h.result) for h in history] == [("v3", "success"), ("v2", "success"), ("v1", "success")]
+    rows = await commands.list_releases(d.layout)
+    assert {r.tag for r in rows} == {"v1", "v2", "v3"} and next(r for r in rows if r.previous).name == v2
+    status = read_status(root)
+    assert status is not None and status["state"] == "idle" and status["last_success"]["tag"] == "v3"

@@ -39,16 +39,17 @@ from tests.helpers import (
     NOBODY,
     Daemon,
     GitRepo,
+    TouchCounter,
     app_repo,
     as_nobody,
     chown_to_nobody,
     current_release,
+    deployed,
+    leftovers,
     read_status,
     wait_until,
     write_marker,
 )
-from tests.test_daemon import deployed
-from tests.test_failpoints import TouchCounter
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -94,17 +95,6 @@ def fill(volume: Path) -> Path:
 def status_is(root: Path, state: str) -> dict[str, Any] | None:
     st = read_status(root)
     return st if st is not None and st.get("state") == state else None
-
-
-def leftovers(root: Path) -> list[str]:
-    """Temporary names anywhere coordinator writes: releases/, ROOT, the state directory, its tmp/ and
-    the git cache."""
-    out = [f"releases/{n}" for n in os.listdir(root / "releases") if n.startswith(".")]
-    for d in (root, root / ".coordinator", root / ".coordinator" / "tmp", root / ".coordinator" / "releases"):
-        out += [str(d / n) for n in os.listdir(d) if ".tmp-" in n or n.startswith("index")]
-    objects = root / ".coordinator" / "git" / "objects"
-    out += [str(p) for pattern in ("*/tmp_*", "incoming-*") for p in objects.glob(pattern)]  # git's own
-    return out
 
 
 def complete(root: Path, repo: GitRepo) -> str:
@@ -250,14 +240,15 @@ def test_injected_enospc_fails_clearly_and_the_next_resync_converges(root: Path,
 
 
 def test_run_once_reports_a_failed_status_write_in_one_line(root: Path, repo: GitRepo) -> None:
-    """`run --once` whose status write hits ENOSPC exits 1 in one line; run again, it deploys."""
+    """`run --once` whose first status write (deploying) hits ENOSPC fails the attempt: exit 1 in one
+    line; run again, it deploys."""
     write_marker(root, "v1")
     argv = run_argv(root, repo.path, "--once")
     env = {**os.environ, "COORDINATOR_FAILPOINTS": "before-status:ENOSPC@1"}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert out.returncode == 1, out.stderr
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("coordinator: No space left on device") and "free space" in last, last
+    assert last.startswith("coordinator: deploy of v1 failed: No space left on device") and "free space" in last, last
     assert "Traceback" not in out.stderr
     assert subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
     assert deployed(root, "v1") and leftovers(root) == []

@@ -13,11 +13,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from coordinator.config import Config, Layout
+from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.health import expected_text, probe
+from coordinator.layout import Layout
+from coordinator.records import PendingVerify
 from coordinator.state import load_state, save_state
-from tests.helpers import GitRepo, read_status
+from tests.helpers import GitRepo, read_status, write_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -39,10 +41,6 @@ async def tag_broken(repo: GitRepo) -> None:
     await anyio.to_thread.run_sync(lambda: repo.commit({"BROKEN": "yes\n"}, tag="broken"))
 
 
-def mark(root: Path, text: str) -> None:
-    (root / "deploy.request").write_text(text)
-
-
 def test_expected_text_fills_tag_and_sha() -> None:
     """{tag} and {sha} are filled; other braces stay."""
     assert expected_text("v={tag} s={sha} {x}", "v1", "abc") == "v=v1 s=abc {x}"
@@ -57,7 +55,7 @@ def test_probe_reports_an_unreachable_url() -> None:
 async def test_healthy_release_is_verified(root: Path, repo: GitRepo, app_url: str) -> None:
     """A release that serves its sha passes verification and the attempt records a verify phase."""
     d = await deployer(root, repo, app_url)
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success" and "verify" in attempt.phases
 
@@ -65,7 +63,7 @@ async def test_healthy_release_is_verified(root: Path, repo: GitRepo, app_url: s
 async def test_release_metadata_file_sits_next_to_the_release(root: Path, repo: GitRepo, app_url: str) -> None:
     """releases/<name>.json holds the tag, sha and creation time for the app to serve."""
     d = await deployer(root, repo, app_url)
-    mark(root, "v1")
+    write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None
     meta = json.loads((root / "releases" / f"{attempt.release}.json").read_text())
@@ -76,10 +74,10 @@ async def test_release_metadata_file_sits_next_to_the_release(root: Path, repo: 
 async def test_unhealthy_release_is_rolled_back(root: Path, repo: GitRepo, app_url: str) -> None:
     """A release answering 500 is swapped back to the previous one, which is served again."""
     d = await deployer(root, repo, app_url)
-    mark(root, "v1")
+    write_marker(root, "v1")
     good = await d.reconcile()
     await tag_broken(repo)
-    mark(root, "broken")
+    write_marker(root, "broken")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "rolled_back"
     assert good is not None and os.readlink(root / "current") == f"releases/{good.release}"
@@ -93,10 +91,10 @@ async def test_rolled_back_release_is_pruned_and_not_previous(root: Path, repo: 
     """The failed release does not stay on disk or become the rollback target."""
     d = await deployer(root, repo, app_url)
     for tag in ("v1", "v2"):
-        mark(root, tag)
+        write_marker(root, tag)
         await d.reconcile()
     await tag_broken(repo)
-    mark(root, "broken")
+    write_marker(root, "broken")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.release is not None
     assert not (root / "releases" / attempt.release).exists()
@@ -107,10 +105,10 @@ async def test_rolled_back_release_is_pruned_and_not_previous(root: Path, repo: 
 async def test_rolled_back_marker_is_not_retried(root: Path, repo: GitRepo, app_url: str) -> None:
     """The same marker is not deployed again after a rollback, until it changes."""
     d = await deployer(root, repo, app_url)
-    mark(root, "v1")
+    write_marker(root, "v1")
     await d.reconcile()
     await tag_broken(repo)
-    mark(root, "broken")
+    write_marker(root, "broken")
     await d.reconcile()
     assert await d.reconcile() is None
     st = read_status(root)
@@ -123,7 +121,7 @@ async def test_first_release_failing_health_has_nothing_to_roll_back_to(
     """With no previous release, a failed check fails the attempt and says so; current stays."""
     await tag_broken(repo)
     d = await deployer(root, repo, app_url)
-    mark(root, "broken")
+    write_marker(root, "broken")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert attempt.error is not None and "no previous release" in attempt.error["message"]
@@ -132,16 +130,17 @@ async def test_first_release_failing_health_has_nothing_to_roll_back_to(
 async def test_verification_interrupted_by_a_crash_is_resumed(root: Path, repo: GitRepo, app_url: str) -> None:
     """A daemon killed while verifying checks the release again at start and rolls it back."""
     d = await deployer(root, repo, app_url)
-    mark(root, "v1")
+    write_marker(root, "v1")
     good = await d.reconcile()
     await tag_broken(repo)
     nohealth = Deployer(Config(layout=Layout.for_root(root), repo=str(repo.path)))
     await nohealth.startup()
-    mark(root, "broken")
+    write_marker(root, "broken")
     bad = await nohealth.reconcile()  # deployed without verification: as if killed before verifying
     assert bad is not None and good is not None
     state = load_state(root / ".coordinator" / "state.json")
-    state.extra["verify"] = {"release": bad.release, "back_to": good.release, "previous_before": None}
+    assert bad.release is not None
+    state.verify = PendingVerify(bad.release, back_to=good.release)
     save_state(root / ".coordinator" / "state.json", state)
     restarted = await deployer(root, repo, app_url)
     attempt = await restarted.reconcile()

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from coordinator.commands import read_history
-from coordinator.config import Layout
 from coordinator.exceptions import ConfigError
+from coordinator.layout import Layout
 from coordinator.state import append_journal
-from tests.helpers import Daemon, GitRepo
-from tests.test_cli import cli
+from tests.helpers import Daemon, GitRepo, cli
 
 
 def journal(root: Path, *entries: dict[str, Any]) -> Path:

@@ -29,11 +29,12 @@ from tests.helpers import (
     as_nobody,
     chown_to_nobody,
     current_release,
+    deployed,
     read_status,
+    run_once,
     wait_until,
     write_marker,
 )
-from tests.test_daemon import deployed
 
 
 def snapshot(base: Path) -> dict[str, tuple[str, bytes | str, int]]:
@@ -62,11 +63,6 @@ def outside(tmp_path: Path) -> Path:
         (out / rel).write_bytes(os.urandom(64) + rel.encode())
     (out / "marker").write_text("v1\n")
     return out
-
-
-def run_once(root: Path, repo: GitRepo, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "coordinator", "run", "--once", "--root", str(root), "--repo", str(repo.path)]
-    return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_symlinked_state_directory_is_refused_and_nothing_is_written_through_it(

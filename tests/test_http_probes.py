@@ -26,14 +26,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from coordinator import probes
-from coordinator.config import Config, Layout
+from coordinator.config import Config
 from coordinator.daemon import run_argv
 from coordinator.deployer import Deployer
 from coordinator.exceptions import ConfigError
+from coordinator.layout import Layout
 from coordinator.metrics import Metrics
 from coordinator.probes import Liveness, ProbeServer
 from coordinator.state import write_json
-from tests.helpers import Daemon, GitRepo, read_status, wait_until, write_marker
+from tests.helpers import Daemon, GitRepo, deployed, read_status, wait_until, write_marker
 
 # ---------------------------------------------------------------------- in-process server
 
@@ -304,11 +305,6 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
-
-
-def deployed(root: Path, tag: str) -> bool:
-    st = read_status(root) or {}
-    return st.get("state") == "idle" and (st.get("current") or {}).get("tag") == tag
 
 
 def test_daemon_readyz_is_503_before_the_first_deploy_and_200_after(root: Path, repo: GitRepo) -> None:

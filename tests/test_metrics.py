@@ -14,12 +14,14 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.samples import Sample
 
-from coordinator.config import Config, Layout, parse_http_bind, resolve_options
-from coordinator.deployer import Attempt, MarkerReading
+from coordinator.config import Config, parse_http_bind, resolve_options
 from coordinator.exceptions import ConfigError, MarkerError
-from coordinator.marker import DeployRequest
+from coordinator.layout import Layout
+from coordinator.marker import DeployRequest, MarkerReading
 from coordinator.metrics import PHASES, RESULTS, Metrics
 from coordinator.probes import Liveness, check_ready
+from coordinator.records import AttemptResult, StatusRecord, as_status
+from coordinator.report import Attempt
 
 # ---------------------------------------------------------------------- metrics
 
@@ -38,7 +40,7 @@ def info_samples(m: Metrics) -> list[Sample]:
 
 def finished(result: str, *, phases: dict[str, float] | None = None, release: str | None = "v1-abc") -> Attempt:
     a = Attempt(tag="v1", request_id=None, sha="a" * 40, release=release, started=100.0, finished=102.5)
-    a.result = result
+    a.result = AttemptResult(result)
     a.phases = dict(phases or {})
     return a
 
@@ -79,7 +81,7 @@ def test_a_running_attempt_sets_deploy_in_progress_until_it_finishes() -> None:
     m.attempt_changed(attempt)
     assert value(m, "coordinator_deploy_in_progress") == 1
     assert value(m, "coordinator_deploys_total", result="success") == 0
-    attempt.result, attempt.finished = "failed", time.time()
+    attempt.result, attempt.finished = AttemptResult.FAILED, time.time()
     m.attempt_changed(attempt)
     assert value(m, "coordinator_deploy_in_progress") == 0
 
@@ -125,13 +127,20 @@ def test_phase_durations_are_observed_in_seconds() -> None:
     assert value(m, "coordinator_phase_duration_seconds_bucket", phase="build", le="120.0") == 1
 
 
-def test_unknown_phases_and_results_add_no_series() -> None:
-    """Label values come from fixed sets: an unexpected phase or result creates no new series."""
+def test_unknown_phases_add_no_series() -> None:
+    """Label values come from fixed sets: an unexpected phase creates no new series (results are an enum)."""
     m = Metrics()
     before = series(m)
     m.phase_finished("teleport", 5.0)
-    m.attempt_changed(finished("exploded", release=None))
     assert series(m) == before
+
+
+def test_every_final_result_has_its_series_from_the_start() -> None:
+    """coordinator_deploys_total has one series per final AttemptResult, at 0, before any deploy."""
+    m = Metrics()
+    assert {r: value(m, "coordinator_deploys_total", result=r.value) for r in AttemptResult if r.final} == {
+        r: 0 for r in AttemptResult if r.final
+    }
 
 
 def test_release_info_keeps_exactly_one_series() -> None:
@@ -260,7 +269,7 @@ def reading(tag: str = "v1", sha: str | None = None, digest: str = "d1") -> Mark
     return MarkerReading(DeployRequest(tag, sha), None, digest)
 
 
-def status(**changes: Any) -> dict[str, Any]:
+def status(**changes: Any) -> StatusRecord:
     base: dict[str, Any] = {
         "pid": PID,
         "state": "idle",
@@ -269,7 +278,7 @@ def status(**changes: Any) -> dict[str, Any]:
         "reloaded": RELEASE,
         "error": None,
     }
-    return {**base, **changes}
+    return as_status({**base, **changes})
 
 
 def test_ready_when_current_is_the_markers_release_deployed() -> None:
@@ -297,7 +306,7 @@ def test_ready_when_current_is_the_markers_release_deployed() -> None:
         (reading(), status(reloaded="v0-000000000000"), RELEASE, "reload is not recorded"),
     ],
 )
-def test_not_ready_says_why(marker: MarkerReading, st: dict[str, Any] | None, current: str | None, reason: str) -> None:
+def test_not_ready_says_why(marker: MarkerReading, st: StatusRecord | None, current: str | None, reason: str) -> None:
     """Every way of not being converged gives 503 with a reason naming it."""
     r = check_ready(marker, st, current, PID)
     assert not r.ready

@@ -10,7 +10,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.marker import DeployRequest, release_name
-from coordinator.plan import Action, Observation, Plan, ReleaseInfo, Step, plan, plan_prune
+from coordinator.plan import (
+    Action,
+    Observation,
+    Plan,
+    ReleaseInfo,
+    Step,
+    failure_blocks_marker,
+    plan,
+    plan_prune,
+    recover_reload,
+    reload_to_confirm,
+    resume_verify,
+    rollback_target,
+    settled_state,
+    status_error,
+)
+from coordinator.records import AttemptResult, ErrorInfo, PendingReload, PendingVerify, State, StatusState
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
@@ -447,3 +463,148 @@ def test_rollback_is_never_planned() -> None:
     """ROLLBACK only happens when VERIFY fails; the planner never puts it in a plan."""
     p = plan(Observation(request=DeployRequest("v2"), cached_sha=SHA, has_health=True, has_build=True))
     assert Step.ROLLBACK not in p.steps
+
+
+# --------------------------------------------------------------------------------------------------
+# start-up recovery, resumed verification, rollback eligibility, failure blocking, status
+
+
+PENDING_VERIFY = PendingVerify(TARGET, back_to=OLD, previous_before=None)
+
+
+def test_an_interrupted_verification_of_current_is_resumed_first() -> None:
+    """A release swapped in but never verified is verified again before anything else, whatever the marker."""
+    o = obs(current=TARGET, reloaded=TARGET, has_health=True, resume_verify=PENDING_VERIFY, request=None, invalid=True)
+    assert plan(o) == Plan(Action.RESUME_VERIFY, (Step.VERIFY,), TARGET, reason="verification interrupted")
+
+
+def test_a_verification_of_a_release_no_longer_current_is_not_resumed() -> None:
+    """Someone changed `current` since: the pending verification no longer applies."""
+    o = obs(has_health=True, resume_verify=PENDING_VERIFY)  # current is OLD
+    assert plan(o).action is Action.DEPLOY
+
+
+def test_no_verification_is_resumed_without_a_health_check() -> None:
+    """With --health-url gone from the configuration there is nothing to verify with."""
+    o = obs(current=TARGET, reloaded=TARGET, has_health=False, resume_verify=PENDING_VERIFY)
+    assert plan(o).action is Action.NOOP
+
+
+def test_resume_verify_offers_the_recorded_verification_of_current() -> None:
+    """At start-up the state's pending verification is offered when it names current and a health URL is set."""
+    state = State(verify=PENDING_VERIFY)
+    assert resume_verify(state, TARGET, has_health=True) == PENDING_VERIFY
+    assert resume_verify(state, OLD, has_health=True) is None
+    assert resume_verify(state, TARGET, has_health=False) is None
+    assert resume_verify(State(), TARGET, has_health=True) is None
+
+
+def test_an_invalid_marker_with_an_unrecorded_reload_still_reloads() -> None:
+    """`current` was swapped and not reloaded: the reload happens even while the marker is refused."""
+    p = plan(obs(request=None, invalid=True, current=TARGET, reloaded=OLD))
+    assert p.action is Action.RELOAD and p.target == TARGET
+
+
+def test_a_pending_reload_of_current_is_confirmed_with_the_strategy() -> None:
+    """Only a started reload of the release current still names is worth asking the reloader about."""
+    pending = PendingReload(TARGET, token=1700000000)
+    state = State(reloaded=OLD, pending=pending)
+    assert reload_to_confirm(state, TARGET) == pending
+    assert reload_to_confirm(state, OLD) is None
+    assert reload_to_confirm(state, None) is None
+    assert reload_to_confirm(State(reloaded=OLD), TARGET) is None
+
+
+def test_a_confirmed_reload_is_recorded_as_done() -> None:
+    """Recovering a reload that happened records it: reloaded, previous moved, token kept, nothing pending."""
+    pending = PendingReload(TARGET, token=1700000000)
+    state = State(reloaded=OLD, previous="v0-x", pending=pending, last_reload_mtime=1600000000)
+    after = recover_reload(state, TARGET, pending)
+    assert (after.reloaded, after.previous, after.pending, after.last_reload_mtime) == (TARGET, OLD, None, 1700000000)
+    assert state.pending == pending  # the input is not changed
+
+
+def test_a_token_less_reload_keeps_the_last_mtime() -> None:
+    """A strategy without tokens leaves the touch file's last mtime as it was."""
+    pending = PendingReload(TARGET, token=None)
+    after = recover_reload(State(reloaded=TARGET, previous=OLD, pending=pending, last_reload_mtime=5), TARGET, pending)
+    assert (after.reloaded, after.previous, after.last_reload_mtime) == (TARGET, OLD, 5)
+
+
+@pytest.mark.parametrize(
+    ("pending", "on_disk", "expected"),
+    [
+        (PendingVerify(TARGET, back_to=OLD), [OLD, TARGET], OLD),
+        (PendingVerify(TARGET, back_to=OLD), [TARGET], None),  # pruned or deleted by hand
+        (PendingVerify(TARGET, back_to=None), [OLD, TARGET], None),  # first deploy: nothing before it
+        (PendingVerify(TARGET, back_to=TARGET), [TARGET], None),  # never back to the failed release itself
+    ],
+    ids=["previous-on-disk", "previous-gone", "no-previous", "same-release"],
+)
+def test_rollback_goes_back_only_to_a_published_earlier_release(
+    pending: PendingVerify, on_disk: list[str], expected: str | None
+) -> None:
+    """A failed health check rolls back to the release before it only if that release is still on disk."""
+    assert rollback_target(pending, on_disk) == expected
+
+
+@pytest.mark.parametrize(
+    ("request_tag", "tag", "retryable", "blocks"),
+    [
+        ("v2", "v2", False, True),  # a broken build or a failed health check of the marker's tag
+        ("v2", "v2", True, False),  # a remote that was down: retried on the next resync
+        ("v3", "v2", False, False),  # a resumed verification of a release the marker no longer asks for
+        (None, "v2", False, False),  # no valid marker
+    ],
+)
+def test_only_a_permanent_failure_of_the_markers_tag_blocks_the_marker(
+    request_tag: str | None, tag: str, retryable: bool, blocks: bool
+) -> None:
+    """A failure waits for the marker to change only when it is permanent and for the tag asked for."""
+    req = DeployRequest(tag=request_tag) if request_tag else None
+    assert failure_blocks_marker(req, tag, retryable) is blocks
+
+
+@pytest.mark.parametrize(
+    ("o", "action", "reload_failed", "state"),
+    [
+        (obs(), Action.NOOP, False, StatusState.IDLE),
+        (obs(request=None), Action.NOOP, False, StatusState.WAITING),
+        (obs(request=None, invalid=True), Action.RELOAD, True, StatusState.INVALID),
+        (obs(), Action.RELOAD, True, StatusState.FAILED),
+        (obs(blocked=True, failed_kind="build"), Action.WAIT, False, StatusState.FAILED),
+        (obs(blocked=True, failed_kind="rolled_back"), Action.WAIT, False, StatusState.ROLLED_BACK),
+    ],
+    ids=["converged", "no-marker", "invalid-marker", "reload-failed", "blocked-build", "blocked-rollback"],
+)
+def test_settled_state_names_what_the_status_shows(
+    o: Observation, action: Action, reload_failed: bool, state: StatusState
+) -> None:
+    """Without a deploy attempt the status state follows the marker, the failure memory and the reload."""
+    assert settled_state(o, action, reload_failed=reload_failed) is state
+
+
+def test_each_attempt_result_maps_to_one_status_state() -> None:
+    """Success is idle, failures are failed or rolled_back, a superseded attempt hands over to the next deploy."""
+    assert {r: r.status_state for r in AttemptResult} == {
+        AttemptResult.RUNNING: StatusState.DEPLOYING,
+        AttemptResult.SUCCESS: StatusState.IDLE,
+        AttemptResult.FAILED: StatusState.FAILED,
+        AttemptResult.ROLLED_BACK: StatusState.ROLLED_BACK,
+        AttemptResult.CANCELLED: StatusState.DEPLOYING,
+    }
+    assert [r for r in AttemptResult if r.failed] == [AttemptResult.FAILED, AttemptResult.ROLLED_BACK]
+
+
+ERR_A: ErrorInfo = {"kind": "reload", "message": "a"}
+ERR_B: ErrorInfo = {"kind": "marker", "message": "b"}
+ERR_C: ErrorInfo = {"kind": "build", "message": "c"}
+
+
+def test_the_status_shows_one_error_in_order_of_precedence() -> None:
+    """This reconcile's error first, then the marker's, then (only while failed) the attempt's or the remembered one."""
+    assert status_error(StatusState.IDLE, explicit=ERR_A, marker_error=ERR_B) == ERR_A
+    assert status_error(StatusState.INVALID, marker_error=ERR_B, attempt_error=ERR_C) == ERR_B
+    assert status_error(StatusState.FAILED, attempt_error=ERR_C, failed_error=ERR_A) == ERR_C
+    assert status_error(StatusState.ROLLED_BACK, failed_error=ERR_A) == ERR_A
+    assert status_error(StatusState.IDLE, attempt_error=ERR_C, failed_error=ERR_A) is None

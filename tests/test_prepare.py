@@ -23,10 +23,12 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from coordinator import prepare as prepare_module
-from coordinator.config import Config, Layout
+from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.git import GitCache
-from coordinator.prepare import PrepareStats, PreviousRelease, load_previous, prepare_release
+from coordinator.layout import Layout
+from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
+from coordinator.releases import load_previous
 from tests.helpers import GitRepo, read_status
 
 pytestmark = pytest.mark.anyio
@@ -619,3 +621,22 @@ async def test_load_previous_reads_sha_and_provenance(root: Path, repo: GitRepo)
     assert prev is not None
     assert (prev.path, prev.sha, prev.built) == (root / "releases" / name, repo.tag_sha("v1"), False)
     assert prev.created is not None and prev.created <= time.time()
+
+
+async def test_concurrent_steps_cancel_each_other_on_the_first_error() -> None:
+    """When one concurrent step fails, the other is cancelled at once and the first error is raised as is."""
+    cancelled = anyio.Event()
+
+    async def fails() -> None:
+        raise prepare_module._Fallback("boom")
+
+    async def waits_forever() -> None:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    with anyio.fail_after(30), pytest.raises(prepare_module._Fallback, match="boom"):  # deadlock guard only
+        await prepare_module._concurrently(waits_forever, fails)
+    assert cancelled.is_set()

@@ -94,3 +94,13 @@ def test_paths_the_readme_names_exist() -> None:
     root = Path(__file__).resolve().parent.parent
     for rel in set(re.findall(r"`((?:docker|tests|coordinator|benchmarks)/[A-Za-z0-9_./-]+)`", README)):
         assert (root / rel.rstrip("/")).exists(), rel
+
+
+def test_the_architecture_doc_names_every_module() -> None:
+    """docs/architecture.md's module table lists every module of the package, and no module that is gone."""
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "architecture.md").read_text()
+    table = doc[doc.index("## Modules") : doc.index("## Contracts on disk")]
+    named = set(re.findall(r"`(\w+)\.py`", table))
+    modules = {p.stem for p in (root / "coordinator").glob("*.py")} - {"__init__", "__main__"}
+    assert named == modules

@@ -1,4 +1,4 @@
-"""coordinator.reload against real things: files (uWSGI --touch-reload semantics), FIFOs, processes."""
+"""coordinator.reload against real things: the touch file (uWSGI --touch-reload semantics), commands, the factory."""
 
 from __future__ import annotations
 
@@ -7,31 +7,23 @@ import json
 import math
 import os
 import re
-import select
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from coordinator.config import Config, Layout
+from coordinator.config import Config
 from coordinator.exceptions import ConfigError, ReloadError
-from coordinator.reload import (
-    FIFO_RELOAD_COMMANDS,
-    CommandReloader,
-    FifoReloader,
-    SignalReloader,
-    TouchReloader,
-    make_reloader,
-    parse_signal,
-)
+from coordinator.fifo import FifoReloader
+from coordinator.layout import Layout
+from coordinator.pidsignal import SignalReloader
+from coordinator.reload import CommandReloader, TouchReloader, make_reloader
 
 pytestmark = pytest.mark.anyio
 
@@ -48,7 +40,7 @@ def _set_mtime(path: Path, seconds: int) -> None:
 async def test_reload_creates_missing_file(tmp_path: Path) -> None:
     """The reload file is created (as a regular file) when it does not exist."""
     r = TouchReloader(tmp_path / "reload")
-    token = r.token(None)
+    token = await r.next_token(None)
     await r.reload(token)
     assert (tmp_path / "reload").is_file()
     assert not (tmp_path / "reload").is_symlink()
@@ -66,7 +58,7 @@ async def test_reload_keeps_existing_content(tmp_path: Path) -> None:
 async def test_token_is_whole_second_not_before_now(tmp_path: Path) -> None:
     """A token is an int and at least the current whole second."""
     before = math.floor(time.time())
-    token = TouchReloader(tmp_path / "reload").token(None)
+    token = await TouchReloader(tmp_path / "reload").next_token(None)
     assert isinstance(token, int)
     assert before <= token <= math.floor(time.time())
 
@@ -75,7 +67,7 @@ async def test_token_is_greater_than_previous(tmp_path: Path) -> None:
     """A token is strictly greater than the previous token, even one in the future."""
     r = TouchReloader(tmp_path / "reload")
     last = math.floor(time.time()) + 10
-    assert r.token(last) == last + 1
+    assert await r.next_token(last) == last + 1
 
 
 async def test_token_is_greater_than_file_mtime(tmp_path: Path) -> None:
@@ -84,15 +76,15 @@ async def test_token_is_greater_than_file_mtime(tmp_path: Path) -> None:
     path.touch()
     future = math.floor(time.time()) + 7
     _set_mtime(path, future)
-    assert TouchReloader(path).token(None) == future + 1
-    assert TouchReloader(path).token(future - 3) == future + 1
+    assert await TouchReloader(path).next_token(None) == future + 1
+    assert await TouchReloader(path).next_token(future - 3) == future + 1
 
 
 async def test_reload_writes_token_as_mtime(tmp_path: Path) -> None:
     """reload sets the file's mtime to exactly the token, in whole seconds."""
     path = tmp_path / "reload"
     r = TouchReloader(path)
-    token = r.token(None) + 5
+    token = await r.next_token(None) + 5
     await r.reload(token)
     st = os.lstat(path)
     assert st.st_mtime_ns == token * 1_000_000_000
@@ -102,10 +94,10 @@ async def test_two_reloads_in_one_second_differ_by_a_second(tmp_path: Path) -> N
     """Two reloads within the same second leave mtimes at least 1 s apart (uWSGI compares seconds)."""
     path = tmp_path / "reload"
     r = TouchReloader(path)
-    first = r.token(None)
+    first = await r.next_token(None)
     await r.reload(first)
     m1 = _mtime(path)
-    second = r.token(first)
+    second = await r.next_token(first)
     await r.reload(second)
     m2 = _mtime(path)
     assert second > first
@@ -125,7 +117,7 @@ async def test_reload_without_token_still_advances_mtime(tmp_path: Path) -> None
 async def test_already_done_only_for_token_written(tmp_path: Path) -> None:
     """already_done is true for the token written and false for any other token or None."""
     r = TouchReloader(tmp_path / "reload")
-    token = r.token(None)
+    token = await r.next_token(None)
     assert not await r.already_done(token)
     await r.reload(token)
     assert await r.already_done(token)
@@ -143,7 +135,7 @@ async def test_symlink_reload_file_is_refused(tmp_path: Path) -> None:
     link.symlink_to(target)
     r = TouchReloader(link)
     with pytest.raises(ReloadError) as info:
-        await r.reload(r.token(None))
+        await r.reload(await r.next_token(None))
     assert "symlink" in info.value.message
     assert info.value.retryable
     assert os.stat(target).st_mtime_ns == 1_000_000_000 * 1_000_000_000
@@ -198,334 +190,9 @@ async def test_directory_reload_file_is_refused(tmp_path: Path) -> None:
 async def test_touch_reload_accepts_release_keyword(tmp_path: Path) -> None:
     """TouchReloader.reload takes the release name as a keyword and ignores it."""
     r = TouchReloader(tmp_path / "reload")
-    token = r.token(None)
+    token = await r.next_token(None)
     await r.reload(token, release="v1-abc")
     assert _mtime(tmp_path / "reload") == token
-
-
-# --- FIFO (uWSGI --master-fifo) ---------------------------------------------------------------------
-
-
-class FifoReader(threading.Thread):
-    """Reads a FIFO the way the uWSGI master does: opened non-blocking, read until a writer closes."""
-
-    def __init__(self, path: Path, delay: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.delay = delay
-        self.data = bytearray()
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        time.sleep(self.delay)
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        self.ready.set()
-        deadline = time.monotonic() + 10
-        try:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                readable, _, _ = select.select([fd], [], [], 0.02)
-                chunk = os.read(fd, 4096) if readable else b""
-                if chunk:
-                    self.data += chunk
-                elif self.data:
-                    return  # the writer closed after writing
-                else:
-                    time.sleep(0.005)  # no writer yet: a FIFO never written to polls as readable (EOF)
-        finally:
-            os.close(fd)
-
-    def received(self, timeout: float = 5.0) -> bytes:
-        self.join(timeout)
-        self.stop.set()
-        self.join(timeout)
-        return bytes(self.data)
-
-
-@contextlib.contextmanager
-def _watchdog(unblock: Callable[[], object], after: float = 3.0) -> Iterator[None]:
-    """Run ``unblock`` after ``after`` seconds: a writer that blocked by mistake then fails the test, not hangs."""
-
-    def run() -> None:
-        with contextlib.suppress(OSError):
-            unblock()
-
-    timer = threading.Timer(after, run)
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
-def _open_and_close_reader(path: Path) -> None:
-    os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    """A real FIFO, nobody reading it yet."""
-    path = tmp_path / "master.fifo"
-    os.mkfifo(path, 0o600)
-    return path
-
-
-def _reader(path: Path) -> FifoReader:
-    reader = FifoReader(path)
-    reader.start()
-    assert reader.ready.wait(5)
-    return reader
-
-
-async def test_fifo_writes_graceful_reload_by_default(fifo: Path) -> None:
-    """By default the reader receives exactly the byte 'r' (graceful reload)."""
-    reader = _reader(fifo)
-    with anyio.fail_after(5):
-        await FifoReloader(fifo).reload(None, release="v1-abc")
-    assert reader.received() == b"r"
-
-
-@pytest.mark.parametrize("command", sorted(FIFO_RELOAD_COMMANDS))
-async def test_fifo_writes_configured_command(fifo: Path, command: str) -> None:
-    """Each reload command is written to the FIFO as its single byte."""
-    reader = _reader(fifo)
-    with anyio.fail_after(5):
-        await FifoReloader(fifo, command).reload(None)
-    assert reader.received() == command.encode()
-
-
-@pytest.mark.parametrize("command", ["q", "Q", "s", "f", "rr", "x", "", "1r", "é"])
-def test_fifo_non_reload_command_is_config_error(tmp_path: Path, command: str) -> None:
-    """A FIFO command that is not a uWSGI reload command (stop, stats, ...) is refused at construction."""
-    with pytest.raises(ConfigError) as info:
-        FifoReloader(tmp_path / "fifo", command)
-    assert info.value.fix and "r (graceful reload)" in info.value.fix
-
-
-async def test_fifo_without_reader_fails_fast(fifo: Path) -> None:
-    """A FIFO nobody reads gives ReloadError 'no reader' quickly instead of hanging."""
-    started = time.monotonic()
-    with _watchdog(lambda: _open_and_close_reader(fifo)), anyio.fail_after(2), pytest.raises(ReloadError) as info:
-        await FifoReloader(fifo).reload(None)
-    assert "no reader" in info.value.message
-    assert info.value.retryable
-    assert time.monotonic() - started < 1.5
-
-
-async def test_fifo_waits_briefly_for_a_reader(fifo: Path) -> None:
-    """A reader that appears within retry_for (uWSGI recreating its FIFO) still gets the command."""
-    reader = FifoReader(fifo, delay=0.1)
-    reader.start()
-    with anyio.fail_after(5):
-        await FifoReloader(fifo, retry_for=3).reload(None)
-    assert reader.received() == b"r"
-
-
-async def test_fifo_missing_path_fails(tmp_path: Path) -> None:
-    """A FIFO path that does not exist gives ReloadError and creates nothing."""
-    path = tmp_path / "master.fifo"
-    with anyio.fail_after(2), pytest.raises(ReloadError) as info:
-        await FifoReloader(path).reload(None)
-    assert "does not exist" in info.value.message
-    assert not os.path.lexists(path)
-
-
-async def test_fifo_regular_file_is_refused_and_not_written(tmp_path: Path) -> None:
-    """A regular file planted at the FIFO path gives ReloadError and keeps its content and mtime."""
-    path = tmp_path / "master.fifo"
-    path.write_bytes(b"keep")
-    _set_mtime(path, 1_000_000_000)
-    with anyio.fail_after(2), pytest.raises(ReloadError) as info:
-        await FifoReloader(path).reload(None)
-    assert "not a FIFO" in info.value.message
-    assert path.read_bytes() == b"keep"
-    assert os.stat(path).st_mtime_ns == 1_000_000_000 * 1_000_000_000
-
-
-async def test_fifo_symlink_to_fifo_is_refused(fifo: Path, tmp_path: Path) -> None:
-    """A symlink at the FIFO path is refused even when it points at a FIFO with a reader."""
-    link = tmp_path / "link.fifo"
-    link.symlink_to(fifo)
-    reader = _reader(fifo)
-    with anyio.fail_after(2), pytest.raises(ReloadError) as info:
-        await FifoReloader(link).reload(None)
-    assert "symlink" in info.value.message
-    reader.stop.set()
-    assert reader.received() == b""
-
-
-async def test_fifo_full_pipe_fails_without_hanging(fifo: Path) -> None:
-    """A FIFO whose reader never reads (pipe buffer full) gives ReloadError instead of blocking."""
-    read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    fill_fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                os.write(fill_fd, b"\0" * 65536)
-        with _watchdog(lambda: os.read(read_fd, 1 << 20)), anyio.fail_after(2), pytest.raises(ReloadError) as info:
-            await FifoReloader(fifo).reload(None)
-        assert "full" in info.value.message
-    finally:
-        os.close(fill_fd)
-        os.close(read_fd)
-
-
-async def test_fifo_has_no_token_and_is_never_already_done(fifo: Path) -> None:
-    """The FIFO strategy has no token and never claims a reload already happened (at-least-once)."""
-    r = FifoReloader(fifo)
-    reader = _reader(fifo)
-    assert r.token(41) is None
-    await r.reload(None)
-    assert reader.received() == b"r"
-    assert not await r.already_done(None)
-
-
-# --- signal (gunicorn HUP) ---------------------------------------------------------------------------
-
-_HUP_CHILD = """
-import os, signal, sys, time
-out, pidfile = sys.argv[1], sys.argv[2]
-def on_hup(signum, frame):
-    with open(out, "a") as f:
-        f.write(f"{signum}\\n")
-signal.signal(signal.SIGHUP, on_hup)
-with open(pidfile + ".tmp", "w") as f:
-    f.write(f"{os.getpid()}\\n")
-os.replace(pidfile + ".tmp", pidfile)
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    time.sleep(0.01)
-"""
-
-
-class HupChild:
-    """A real process that records each SIGHUP it receives in a file and writes its pid file."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.out = tmp_path / "hups"
-        self.pidfile = tmp_path / "app.pid"
-        self.proc = subprocess.Popen([sys.executable, "-c", _HUP_CHILD, str(self.out), str(self.pidfile)])
-        deadline = time.monotonic() + 10
-        while not self.pidfile.exists():
-            assert self.proc.poll() is None, "the child exited early"
-            assert time.monotonic() < deadline, "the child wrote no pid file"
-            time.sleep(0.01)
-
-    def hups(self) -> list[str]:
-        return self.out.read_text().split() if self.out.exists() else []
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def hup_child(tmp_path: Path) -> Iterator[HupChild]:
-    child = HupChild(tmp_path)
-    try:
-        yield child
-    finally:
-        child.close()
-
-
-def _exited_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    return int(proc.stdout)
-
-
-async def test_signal_reaches_process_in_pidfile(hup_child: HupChild) -> None:
-    """SignalReloader sends HUP to the process whose pid is in the pid file."""
-    await SignalReloader(hup_child.pidfile, "HUP").reload(None, release="v1-abc")
-    with anyio.fail_after(5):
-        while not hup_child.hups():
-            await anyio.sleep(0.01)
-    assert hup_child.hups() == [str(int(signal.SIGHUP))]
-    assert hup_child.proc.poll() is None
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("HUP", signal.SIGHUP),
-        ("SIGHUP", signal.SIGHUP),
-        ("hup", signal.SIGHUP),
-        (" 1 ", signal.SIGHUP),
-        ("USR2", signal.SIGUSR2),
-        ("sigusr1", signal.SIGUSR1),
-        (str(int(signal.SIGTERM)), signal.SIGTERM),
-    ],
-)
-def test_signal_names_and_numbers_are_accepted(text: str, expected: signal.Signals) -> None:
-    """Signal names with or without SIG, any case, and signal numbers are accepted."""
-    assert parse_signal(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "FOO", "SIGFOO", "0", "999", "-1", "1.0", "HUP;ls", "KILL", "SIGSTOP", "9"])
-def test_unknown_or_unusable_signal_is_config_error(tmp_path: Path, text: str) -> None:
-    """An unknown signal, 0, or one no process can handle (KILL, STOP) is refused at construction."""
-    with pytest.raises(ConfigError):
-        SignalReloader(tmp_path / "app.pid", text)
-
-
-async def test_signal_stale_pid_fails_with_namespace_hint(tmp_path: Path) -> None:
-    """A pid file naming a process that has exited gives ReloadError that mentions the PID namespace."""
-    pidfile = tmp_path / "app.pid"
-    pid = await anyio.to_thread.run_sync(_exited_pid)
-    pidfile.write_text(f"{pid}\n")
-    with pytest.raises(ReloadError) as info:
-        await SignalReloader(pidfile, "HUP").reload(None)
-    assert f"no process {pid}" in info.value.message
-    assert info.value.fix and "PID namespace" in info.value.fix
-    assert info.value.retryable
-
-
-async def test_signal_missing_pidfile_fails(tmp_path: Path) -> None:
-    """A missing pid file gives ReloadError saying so, with a fix."""
-    with pytest.raises(ReloadError) as info:
-        await SignalReloader(tmp_path / "app.pid", "HUP").reload(None)
-    assert "does not exist" in info.value.message
-    assert info.value.fix
-
-
-@pytest.mark.parametrize(
-    "content",
-    [b"", b"\n", b"abc\n", b"12abc", b"-5\n", b"+5\n", b"0\n", b"1 2\n", b"\xff\xfe", b"9" * 11, b" " * 63 + b"77"],
-)
-async def test_signal_garbage_pidfile_fails(tmp_path: Path, content: bytes) -> None:
-    """A pid file that does not hold one positive process id (or is over 64 bytes) gives ReloadError."""
-    pidfile = tmp_path / "app.pid"
-    pidfile.write_bytes(content)
-    with pytest.raises(ReloadError) as info:
-        await SignalReloader(pidfile, "HUP").reload(None)
-    assert "does not hold a process id" in info.value.message
-
-
-async def test_signal_symlink_pidfile_is_refused(hup_child: HupChild, tmp_path: Path) -> None:
-    """A pid file that is a symlink is refused and no signal is sent."""
-    link = tmp_path / "link.pid"
-    link.symlink_to(hup_child.pidfile)
-    with pytest.raises(ReloadError) as info:
-        await SignalReloader(link, "HUP").reload(None)
-    assert "symlink" in info.value.message
-    await anyio.sleep(0.1)
-    assert hup_child.hups() == []
-
-
-async def test_signal_own_pid_is_refused(tmp_path: Path) -> None:
-    """A pid file naming coordinator itself (written in another PID namespace) is refused."""
-    pidfile = tmp_path / "app.pid"
-    pidfile.write_text(f"{os.getpid()}\n")
-    with pytest.raises(ReloadError) as info:
-        await SignalReloader(pidfile, "USR2").reload(None)
-    assert "coordinator itself" in info.value.message
-    assert info.value.fix and "PID namespace" in info.value.fix
-
-
-async def test_signal_has_no_token_and_is_never_already_done(tmp_path: Path) -> None:
-    """The signal strategy has no token and never claims a reload already happened."""
-    r = SignalReloader(tmp_path / "app.pid", "HUP")
-    assert r.token(41) is None
-    assert not await r.already_done(None)
 
 
 # --- command -----------------------------------------------------------------------------------------
@@ -625,7 +292,7 @@ def test_command_empty_or_unsplittable_is_config_error(command: str) -> None:
 async def test_command_has_no_token_and_is_never_already_done() -> None:
     """The command strategy has no token and never claims a reload already happened."""
     r = CommandReloader("true", 10)
-    assert r.token(41) is None
+    assert await r.next_token(41) is None
     assert not await r.already_done(None)
 
 

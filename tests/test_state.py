@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.records import PendingReload, PendingVerify, ReleaseMeta, State
 from coordinator.state import (
-    PendingReload,
-    ReleaseMeta,
-    State,
     append_journal,
     iso,
     load_state,
@@ -261,3 +259,48 @@ def test_parse_iso_reads_back_what_iso_writes() -> None:
         parse_iso("2026-11-28T07:30:01") == parse_iso("2026-11-28T07:30:01+00:00") == parse_iso("2026-11-28T07:30:01Z")
     )
     assert parse_iso("yesterday") is None and parse_iso(None) is None and parse_iso(12) is None
+
+
+def test_a_pending_verification_is_kept_where_version_0_1_wrote_it(tmp_path: Path) -> None:
+    """`extra.verify` of a 0.1 state file loads as State.verify, unknown extra keys survive, and it is
+    written back in the same place."""
+    path = tmp_path / "state.json"
+    old = {
+        "reloaded": "v2-b",
+        "extra": {"verify": {"release": "v2-b", "back_to": "v1-a", "previous_before": None}, "x": 1},
+    }
+    path.write_text(json.dumps(old))
+    state = load_state(path)
+    assert state.verify == PendingVerify("v2-b", back_to="v1-a") and state.extra == {"x": 1}
+    save_state(path, state)
+    assert json.loads(path.read_text())["extra"] == old["extra"]
+    state.verify = None
+    save_state(path, state)
+    assert json.loads(path.read_text())["extra"] == {"x": 1}
+
+
+def test_release_metadata_without_built_reads_as_unknown(tmp_path: Path) -> None:
+    """Metadata written before `built` existed reads with built=None; new metadata round-trips it."""
+    (tmp_path / "v1-a.json").write_text(json.dumps({"name": "v1-a", "tag": "v1", "sha": "a" * 40, "created": 1.0}))
+    old = read_release_meta(tmp_path, "v1-a")
+    assert old is not None and old.built is None and old.ok
+    write_release_meta(tmp_path, ReleaseMeta("v2-b", "v2", "b" * 40, 2.0, built=True))
+    assert read_release_meta(tmp_path, "v2-b") == ReleaseMeta("v2-b", "v2", "b" * 40, 2.0, built=True)
+
+
+def test_the_journal_directory_is_fsynced_when_the_journal_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating the journal (first entry, or after a rotation) fsyncs its directory; appending does not."""
+    from coordinator import state as state_module
+
+    synced: list[Path] = []
+    monkeypatch.setattr(state_module, "fsync_dir", synced.append)
+    path = tmp_path / "journal.jsonl"
+    append_journal(path, {"event": "attempt", "n": 1})
+    append_journal(path, {"event": "attempt", "n": 2})
+    assert synced == [tmp_path]
+    monkeypatch.setattr(state_module, "JOURNAL_MAX_BYTES", 1)
+    append_journal(path, {"event": "attempt", "n": 3})
+    assert synced == [tmp_path, tmp_path]
+    assert [e["n"] for e in read_journal(path)] == [1, 2, 3]

@@ -1,0 +1,174 @@
+"""Activation: the critical section that makes a published release serve, and undoes it when it fails.
+
+1. ``current`` is replaced by renaming a temporary symlink over it, and ``ROOT`` is fsynced;
+2. the state file records the reload about to be done (release and token, and the verification
+   still owed), the reload is done, and the state file records it as done. At start, a ``current``
+   whose reload is not recorded is reloaded once (unless the reload strategy can tell it already
+   happened: the touch strategy compares mtimes);
+3. with ``--health-url``, the health check must see the new release; if it does not, ``current``
+   goes back to the release before it (same steps 1-2), which is checked in turn, and the failed
+   release is marked failed. A daemon killed during the check checks again at start.
+
+Steps 1 and 2, and a rollback, run shielded from cancellation: SIGTERM waits for them, so a swapped
+``current`` is never left without its reload.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import structlog
+
+from coordinator.config import Config
+from coordinator.exceptions import CoordinatorError, RolledBack, VerifyError
+from coordinator.failpoints import failpoint
+from coordinator.fsutil import is_real_dir, swap_symlink
+from coordinator.health import expected_text, wait_healthy
+from coordinator.plan import Step, recover_reload, reload_to_confirm, rollback_target
+from coordinator.records import PendingReload, PendingVerify, State
+from coordinator.releases import ReleaseStore
+from coordinator.reload import Reloader
+from coordinator.report import Attempt, Reporter
+from coordinator.state import save_state
+
+__all__ = ["Activator"]
+
+log = structlog.get_logger("coordinator")
+
+
+class Activator:
+    """Swaps ``current``, reloads the app server, verifies, and rolls back. Owns the reload and
+    verification fields of the shared :class:`~coordinator.records.State`."""
+
+    def __init__(
+        self, config: Config, state: State, store: ReleaseStore, reporter: Reporter, reloader: Reloader
+    ) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.state = state
+        self.store = store
+        self.reporter = reporter
+        self.reloader = reloader
+
+    async def save_state(self, *, durable: bool = True) -> None:
+        await anyio.to_thread.run_sync(lambda: save_state(self.layout.state_file, self.state, durable=durable))
+
+    async def confirm_pending_reload(self, current: str | None) -> None:
+        """At start-up: a reload recorded as started for ``current`` that the strategy can tell did
+        happen (a crash came before it was recorded) is recorded now, not done again."""
+        pending = reload_to_confirm(self.state, current)
+        if current is None or pending is None or not await self.reloader.already_done(pending.token):
+            return
+        self.state.assign(recover_reload(self.state, current, pending))
+        await self.save_state()
+        log.info("reload_recovered", release=current, token=pending.token)
+
+    async def activate(self, attempt: Attempt, name: str, back_to: str | None, *, verify: bool) -> None:
+        """Make release ``name`` current and reloaded; with ``verify``, check it and roll back to
+        ``back_to`` (the release that was current) when it fails (raises RolledBack or VerifyError)."""
+        pending = PendingVerify(name, back_to, self.state.previous) if verify else None
+        with anyio.CancelScope(shield=True):
+            async with self.reporter.phase(attempt, Step.SWAP):
+                await anyio.to_thread.run_sync(swap_symlink, self.layout.current, f"releases/{name}")
+            async with self.reporter.phase(attempt, Step.RELOAD):
+                await self.reload(name, verify=pending)
+        if pending is not None:
+            await self.verify_or_roll_back(attempt, pending)
+
+    async def reload(self, name: str, verify: PendingVerify | None = None) -> None:
+        """Reload for ``name`` (already current), recording it before and after in the state file.
+
+        With ``verify``, the state also records that ``name`` still has to pass its health check
+        (and where to go back to), in the same write.
+        """
+        st = self.state
+        token = await self.reloader.next_token(st.last_reload_mtime)
+        if st.reloaded != name:
+            st.previous = st.reloaded
+        if verify is not None:
+            st.verify = verify
+        st.pending = PendingReload(name, token)
+        # Not fsynced: it only has to survive a kill -9 (the page cache does). After a power loss the
+        # pending record may be lost and the restart reloads once more: harmless, and it keeps disk
+        # flushes out of the marker -> reload path.
+        await self.save_state(durable=False)
+        failpoint("before-reload")
+        await self.reloader.reload(token, release=name)
+        failpoint("after-reload")
+        st.reloaded = name
+        st.pending = None
+        if isinstance(token, int):
+            st.last_reload_mtime = token
+        await self.save_state()
+        failpoint("after-reload-recorded")
+        log.info("reloaded", release=name, strategy=self.reloader.name, token=token)
+
+    async def recovery_reload(self, current: str) -> None:
+        """Reload ``current``, whose swap was never followed by a recorded reload (a crash)."""
+        with anyio.CancelScope(shield=True):
+            log.info("reload_pending", release=current, reloaded=self.state.reloaded)
+            started = time.monotonic()
+            try:
+                await self.reload(current)
+            except CoordinatorError as e:
+                log.error("reload_failed", **{**e.as_dict(), "release": current, "retryable": e.retryable})
+                raise
+            log.info(
+                "reload", release=current, duration_ms=round((time.monotonic() - started) * 1000, 2), recovery=True
+            )
+
+    async def verify_or_roll_back(self, attempt: Attempt, pending: PendingVerify) -> None:
+        """Check that the health URL serves ``pending.release`` (the attempt's tag and sha); if not,
+        go back to :func:`~coordinator.plan.rollback_target` and raise RolledBack, or raise
+        VerifyError when there is nowhere to go back to."""
+        url = self.config.health_url
+        assert url is not None
+        name = pending.release
+        expect = expected_text(self.config.health_expect, attempt.tag, attempt.sha or "")
+        async with self.reporter.phase(attempt, Step.VERIFY):
+            result = await wait_healthy(url, expect, self.config.health_timeout)
+        if result.ok:
+            self.state.verify = None
+            await self.save_state()
+            log.info("verified", release=name, url=url, checks=result.attempts)
+            return
+        log.error("verify_failed", release=name, url=url, reason=result.reason)
+        back_exists = pending.back_to is not None and await anyio.to_thread.run_sync(
+            is_real_dir, self.layout.releases / pending.back_to
+        )
+        back_to = rollback_target(pending, [pending.back_to] if back_exists and pending.back_to else [])
+        if back_to is None:
+            self.state.verify = None
+            await self.save_state()
+            raise VerifyError(
+                f"{attempt.tag} failed its health check and there is no previous release to roll back to: "
+                f"{result.reason}",
+                fix="fix the release and deploy again; current still points to it",
+                release=name,
+            )
+        with anyio.CancelScope(shield=True):
+            async with self.reporter.phase(attempt, Step.ROLLBACK):
+                await anyio.to_thread.run_sync(swap_symlink, self.layout.current, f"releases/{back_to}")
+                log.warning("rolling_back", release=name, to=back_to)
+                await self.reload(back_to)
+                meta = await self.store.meta(back_to)
+                back_ok: bool | None = None
+                if meta is not None:
+                    back_expect = expected_text(self.config.health_expect, meta.tag, meta.sha)
+                    back = await wait_healthy(url, back_expect, self.config.health_timeout)
+                    back_ok = back.ok
+                    if not back.ok:
+                        log.error("rollback_unverified", release=back_to, reason=back.reason)
+            await self.store.mark_failed(name)
+            self.state.previous = pending.previous_before
+            self.state.verify = None
+            await self.save_state()
+        raise RolledBack(
+            f"{attempt.tag} failed its health check and was rolled back to {meta.tag if meta else back_to}: "
+            f"{result.reason}",
+            fix="fix the release and deploy a new tag; this one is not retried until the marker changes",
+            release=name,
+            rolled_back_to=back_to,
+            rollback_verified=back_ok,
+        )

@@ -1,0 +1,197 @@
+"""The release store: the release directories under ``ROOT/releases/`` and their metadata.
+
+It creates the layout at start-up (and removes what a killed daemon left half-done), builds a new
+release under a hidden temporary name, publishes it (fsync the tree, write its metadata, rename it
+to its final name, fsync ``releases/``), and prunes old ones. A release that has its final name is
+complete and never modified again, except that a release which failed its health check is marked so
+in its (coordinator-side) metadata.
+
+Preparation is incremental when it is safe (hard links from the release ``current`` names, see
+:mod:`coordinator.prepare`), else a full checkout; always a full checkout when a build command runs:
+a build could modify a file in place and so write through an inode shared with a published release.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import structlog
+
+from coordinator.build import BuildContext, run_build
+from coordinator.config import Config
+from coordinator.exceptions import LayoutError
+from coordinator.failpoints import failpoint
+from coordinator.fsutil import fsync_dir, remove_tree, sync_tree, temp_name
+from coordinator.git import GitCache
+from coordinator.inuse import releases_in_use
+from coordinator.layout import Layout, list_releases, read_current
+from coordinator.plan import ReleaseInfo, plan_prune
+from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
+from coordinator.records import ReleaseMeta
+from coordinator.state import read_release_meta, write_release_meta
+
+__all__ = ["ReleaseStore", "load_previous"]
+
+log = structlog.get_logger("coordinator")
+
+
+class ReleaseStore:
+    """Creates, publishes, lists and prunes release directories. Its blocking parts run in threads."""
+
+    def __init__(self, config: Config, git: GitCache) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.git = git
+
+    # ------------------------------------------------------------------ start-up
+
+    def prepare_layout(self) -> None:
+        """Create the layout, refuse planted links and a real ``current`` directory, and remove the
+        temporary leftovers of a killed daemon (blocking)."""
+        lay = self.layout
+        root = lay.root
+        if not root.is_dir():
+            raise LayoutError(f"root {root} is not a directory", fix="create it or fix --root")
+        for d in (lay.releases, lay.state_dir, lay.meta_dir, lay.tmp_dir, lay.git_dir):
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                os.mkdir(d, 0o755)
+                fsync_dir(d.parent)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise LayoutError(
+                    f"{d} is not a directory (a symlink or file was planted there)",
+                    fix=f"remove {d}; coordinator recreates it",
+                )
+        read_current(root)  # refuse a real `current` directory up front
+        removed: list[str] = []
+        for d in (lay.releases, root, lay.state_dir, lay.meta_dir, lay.tmp_dir, lay.status_file.parent):
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                if ".tmp-" in entry.name and entry.name.startswith("."):
+                    remove_tree(Path(entry.path))
+                    removed.append(
+                        str(Path(entry.path).relative_to(root)) if d != lay.status_file.parent else entry.path
+                    )
+        if removed:
+            log.info("leftovers_removed", paths=sorted(removed))
+
+    # ------------------------------------------------------------------ reading
+
+    async def observe(self) -> tuple[str | None, list[ReleaseInfo]]:
+        """``current`` and the releases on disk, in one trip to a worker thread."""
+        return await anyio.to_thread.run_sync(lambda: (read_current(self.layout.root), list_releases(self.layout)))
+
+    async def current(self) -> str | None:
+        return await anyio.to_thread.run_sync(read_current, self.layout.root)
+
+    async def meta(self, name: str) -> ReleaseMeta | None:
+        return await anyio.to_thread.run_sync(read_release_meta, self.layout.meta_dir, name)
+
+    # ------------------------------------------------------------------ building
+
+    async def new_workspace(self, name: str) -> Path:
+        """An empty, hidden directory in ``releases/`` to build release ``name`` in."""
+        tmp = self.layout.releases / temp_name(name)
+        await anyio.to_thread.run_sync(os.mkdir, tmp, 0o755)
+        return tmp
+
+    async def discard(self, tmp: Path) -> None:
+        """Remove an unpublished workspace (shielded: also when the deploy was cancelled)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove_tree, tmp)
+
+    async def prepare(self, tmp: Path, sha: str, previous_current: str | None) -> PrepareStats:
+        """Fill ``tmp`` with the tracked files of ``sha`` (incrementally from ``previous_current``
+        when that is safe; see :mod:`coordinator.prepare`)."""
+        previous = await anyio.to_thread.run_sync(load_previous, self.layout, previous_current)
+        return await prepare_release(
+            self.git,
+            sha,
+            tmp,
+            self.layout.tmp_dir / temp_name("index"),
+            previous,
+            build_command=bool(self.config.build_command),
+        )
+
+    async def build(self, tmp: Path, name: str, tag: str, sha: str, previous_current: str | None) -> None:
+        """Run ``--build-command`` in the workspace (BuildError when it fails)."""
+        assert self.config.build_command
+        previous = self.layout.releases / previous_current if previous_current else None
+        ctx = BuildContext(tmp, name, tag, sha, previous)
+        await run_build(self.config.build_command, ctx, self.config.build_timeout, self.config.extra_env)
+
+    async def publish(self, tmp: Path, name: str, tag: str, sha: str) -> None:
+        """Make the workspace release ``name``: flushed to disk, then renamed to its final name."""
+        await anyio.to_thread.run_sync(self._publish, tmp, name, tag, sha)
+
+    def _publish(self, tmp: Path, name: str, tag: str, sha: str) -> None:
+        lay = self.layout
+        os.chmod(tmp, 0o755)
+        failpoint("before-publish")
+        sync_tree(tmp)
+        failpoint("after-release-fsync")
+        # created after the flush: no file of the release is newer (incremental preparation relies on it)
+        meta = ReleaseMeta(name, tag, sha, time.time(), built=bool(self.config.build_command))
+        write_release_meta(lay.meta_dir, meta)
+        # the app-facing metadata, next to the release directory (never modified once published)
+        write_release_meta(lay.releases, meta, app_facing=True)
+        os.rename(tmp, lay.releases / meta.name)
+        failpoint("after-release-rename")
+        fsync_dir(lay.releases)
+
+    async def mark_failed(self, name: str) -> None:
+        """Record that release ``name`` failed its health check (pruned first, never kept)."""
+
+        def mark() -> None:
+            meta = read_release_meta(self.layout.meta_dir, name)
+            if meta is not None:
+                write_release_meta(self.layout.meta_dir, replace(meta, ok=False))
+
+        await anyio.to_thread.run_sync(mark)
+
+    # ------------------------------------------------------------------ pruning
+
+    async def prune(self, previous: str | None) -> list[str]:
+        """Delete the releases :func:`coordinator.plan.plan_prune` picks; return their names."""
+        lay, keep = self.layout, self.config.keep
+
+        def prune() -> list[str]:
+            releases = list_releases(lay)
+            current = read_current(lay.root)
+            doomed = plan_prune(releases, current, previous, keep, sorted(releases_in_use(lay.releases)))
+            for name in doomed:
+                remove_tree(lay.releases / name)
+                (lay.meta_dir / f"{name}.json").unlink(missing_ok=True)
+                (lay.releases / f"{name}.json").unlink(missing_ok=True)
+            return doomed
+
+        doomed = await anyio.to_thread.run_sync(prune)
+        if doomed:
+            log.info("pruned", releases=doomed)
+        return doomed
+
+
+def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
+    """The release ``name`` (the one ``current`` points to) as a :class:`PreviousRelease` (blocking):
+    its directory and what its metadata says (commit, publication time, whether it was built)."""
+    if name is None:
+        return None
+    meta = read_release_meta(layout.meta_dir, name)
+    if meta is not None and meta.name != name:
+        meta = None
+    return PreviousRelease(
+        path=layout.releases / name,
+        sha=meta.sha if meta else None,
+        created=meta.created if meta else None,
+        built=meta.built if meta else None,
+    )
