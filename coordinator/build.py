@@ -49,7 +49,7 @@ async def run_build(command: str, ctx: BuildContext, limit_s: float, extra_env: 
     result = await run_in_group(
         ["/bin/sh", "-c", command], limit_s=limit_s, cwd=ctx.release_dir, env=env, merge_stderr=True
     )
-    tail = "\n".join(result.stdout.decode("utf-8", "replace").strip().splitlines()[-OUTPUT_LINES:])
+    tail = result.output_tail(OUTPUT_LINES)
     if result.timed_out:
         raise BuildError(
             f"build command timed out after {limit_s:g} s (its process group was killed)",

@@ -28,6 +28,10 @@ class GroupResult:
     stderr: bytes
     timed_out: bool
 
+    def output_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of stdout (where stderr goes with ``merge_stderr``), as text."""
+        return "\n".join(self.stdout.decode("utf-8", "replace").strip().splitlines()[-lines:])
+
 
 async def _drain(stream: ByteReceiveStream | None, sink: bytearray, cap: int) -> None:
     if stream is None:

@@ -169,7 +169,7 @@ class CommandReloader:
                 fix="check --reload-command: the program must exist and be executable (no shell is used)",
                 program=program,
             ) from e
-        output = "\n".join(result.stdout.decode("utf-8", "replace").strip().splitlines()[-OUTPUT_TAIL_LINES:])
+        output = result.output_tail(OUTPUT_TAIL_LINES)
         if result.timed_out:
             raise ReloadError(
                 f"reload command {program!r} timed out after {self.timeout:g} s (its process group was killed)",

@@ -117,8 +117,8 @@ class Reporter:
             attempt.result = AttemptResult.CANCELLED
         attempt.finished = time.time()
         entry: JournalEntry = {"event": "attempt", **attempt.record()}
-        failpoint("before-journal")
         try:
+            failpoint("before-journal")
             await anyio.to_thread.run_sync(append_journal, self.layout.journal, entry)
         finally:  # a journal that cannot be written (a full volume) must not leave the gauge stuck
             if self.on_attempt is not None:
