@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests import nobody_env
 from tests.blockcheck.detector import ENV, PYTHONPATH_DIR, Detector
 from tests.helpers import GitRepo, app_repo, release_health_server
+from tests.nobody_env import NobodyPython
 
 pytest_plugins = ["pytester"]
 
@@ -112,16 +114,34 @@ def app_url(root: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory every user can traverse (pytest's tmp_path is private to root), removed afterwards.
-
-    Skips when the daemon cannot be run as another user (not root: the suite already runs as non-root).
-    """
+def _skip_unless_other_users() -> None:
+    """Skip when the daemon cannot be run as another user (not root: the suite already runs as non-root)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run the daemon as another user (as non-root the suite already is non-root)")
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
+
+
+@pytest.fixture(scope="session")
+def nobody() -> Iterator[NobodyPython]:
+    """coordinator installed where the nobody user can run it (tests/nobody_env.py), built once per
+    session from the installed distributions (no network): the checkout may be closed to other users
+    (a clone under /root, or in a ``mktemp -d`` directory)."""
+    _skip_unless_other_users()
+    base = Path(tempfile.mkdtemp(prefix="coordinator-nobody-env-"))
+    try:
+        yield nobody_env.build(base)
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory every user can traverse (pytest's tmp_path is private to root), removed afterwards.
+
+    Skips when the daemon cannot be run as another user; run it with the ``nobody`` fixture.
+    """
+    _skip_unless_other_users()
     base = Path(tempfile.mkdtemp(prefix="coordinator-users-"))
     try:
         base.chmod(0o755)

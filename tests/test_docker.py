@@ -457,27 +457,96 @@ def test_compose_single_container_service(compose: dict[str, Any], app_image: li
     assert url.hostname in ("127.0.0.1", "localhost") and url.port == int(env["APP_HTTP"].rsplit(":", 1)[1])
 
 
-@pytest.mark.skipif(
-    not (shutil.which("docker-compose") or shutil.which("docker")), reason="no docker compose CLI on this machine"
-)
-def test_compose_file_validates_with_docker_compose() -> None:
-    """`docker compose config` (no engine needed) where the compose CLI is installed."""
+#: the version a compose CLI reports: "Docker Compose version v2.27.0" (v2, the plugin or a standalone
+#: docker-compose), "docker-compose version 1.29.2, build unknown" (v1), "2.26.1+ds1-0ubuntu1" (--short)
+COMPOSE_VERSION = re.compile(r"(?i)\bversion:?\s+v?(\d+)\.(\d+)[\w.+~-]*")
+
+
+def compose_v2(path: str | None = None) -> tuple[list[str] | None, str]:
+    """The command line of Compose v2 (``docker compose``, else a ``docker-compose`` reporting v2) on
+    ``path`` (default: PATH), or None and why not.
+
+    Compose v1 (Debian's docker-compose 1.29) does not count: it rejects compose.yaml's top-level
+    ``name:`` key, and the README requires v2.
+    """
+    seen: list[str] = []
     for argv in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(argv[0]) is None:
+        exe = shutil.which(argv[0], path=path)
+        if exe is None:
             continue
-        probe = subprocess.run([*argv, "version"], capture_output=True, text=True, timeout=30, check=False)
-        if probe.returncode != 0:
+        command = [exe, *argv[1:]]
+        try:
+            probe = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            seen.append(f"`{' '.join(argv)} version` failed ({e})")
             continue
-        out = subprocess.run(
-            [*argv, "-f", str(COMPOSE), "--profile", "setup", "--profile", "single", "config", "--quiet"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        return
-    pytest.skip("no working docker compose CLI")
+        text = probe.stdout + probe.stderr
+        match = COMPOSE_VERSION.search(text) if probe.returncode == 0 else None
+        if match is None:
+            first = text.strip().splitlines()[0] if text.strip() else f"exit {probe.returncode}"
+            seen.append(f"`{' '.join(argv)} version` reports no version ({first[:100]})")
+        elif int(match[1]) >= 2:
+            return command, f"Compose {match[0].split()[-1].lstrip('vV')}"
+        else:
+            seen.append(f"`{' '.join(argv)}` is Compose v1 ({match[0].split()[-1].lstrip('vV')})")
+    if not seen:
+        return None, "no docker compose CLI on this machine"
+    return None, f"no Compose v2 (compose.yaml needs it, as the README says): {'; '.join(seen)}"
+
+
+def test_compose_file_validates_with_docker_compose() -> None:
+    """`docker compose config` (no engine needed) with Compose v2, where it is installed."""
+    command, why = compose_v2()
+    if command is None:
+        pytest.skip(why)
+    out = subprocess.run(
+        [*command, "-f", str(COMPOSE), "--profile", "setup", "--profile", "single", "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, f"{why}: {out.stderr}"
+
+
+def fake_cli(directory: Path, name: str, output: str, rc: int = 0) -> None:
+    """An executable ``name`` in ``directory`` printing ``output`` and exiting with ``rc``, whatever its arguments."""
+    script = directory / name
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {rc}\n")
+    script.chmod(0o755)
+
+
+V1 = "docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\nCPython version: 3.11.2"
+
+
+def test_compose_v1_alone_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    """Only Debian's docker-compose 1.29 on PATH (and a docker without the compose plugin): no Compose v2."""
+    fake_cli(tmp_path, "docker-compose", V1)
+    fake_cli(tmp_path, "docker", "docker: unknown command: docker compose", rc=1)
+    command, why = compose_v2(str(tmp_path))
+    assert command is None
+    assert "Compose v1 (1.29.2)" in why and "no version (docker: unknown command" in why, why
+
+
+@pytest.mark.parametrize(
+    ("docker", "compose", "expected"),
+    [
+        ("Docker Compose version v2.27.0", V1, ["docker", "compose"]),  # the plugin wins over a v1 docker-compose
+        (None, "Docker Compose version v2.29.7", ["docker-compose"]),  # a standalone v2
+        (None, "Docker Compose version 2.26.1+ds1-0ubuntu1", ["docker-compose"]),  # Ubuntu's v2 package
+    ],
+)
+def test_compose_v2_is_found(tmp_path: Path, docker: str | None, compose: str, expected: list[str]) -> None:
+    if docker is not None:
+        fake_cli(tmp_path, "docker", docker)
+    fake_cli(tmp_path, "docker-compose", compose)
+    command, why = compose_v2(str(tmp_path))
+    assert command == [str(tmp_path / expected[0]), *expected[1:]], why
+    assert why.startswith("Compose 2."), why
+
+
+def test_no_compose_cli_at_all(tmp_path: Path) -> None:
+    assert compose_v2(str(tmp_path)) == (None, "no docker compose CLI on this machine")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from tests.helpers import (
     Daemon,
     GitRepo,
     app_repo,
-    as_nobody,
     chown_to_nobody,
     current_release,
     deployed,
@@ -35,6 +34,7 @@ from tests.helpers import (
     wait_until,
     write_marker,
 )
+from tests.nobody_env import NobodyPython
 
 
 def snapshot(base: Path) -> dict[str, tuple[str, bytes | str, int]]:
@@ -217,21 +217,14 @@ def test_nothing_is_world_writable_even_under_umask_000(root: Path, repo: GitRep
     assert world_writable(root) == []
 
 
-def daemon_as_nobody(d: Daemon, home: Path) -> Daemon:
-    """Run ``d`` as nobody:nogroup, without supplementary groups."""
-    d.args = as_nobody(d.args)
-    d.env["HOME"] = str(home)
-    return d
-
-
-def test_whole_deploy_as_an_unprivileged_user(world_dir: Path) -> None:
+def test_whole_deploy_as_an_unprivileged_user(world_dir: Path, nobody: NobodyPython) -> None:
     """The daemon as nobody, on a ROOT nobody owns, deploys v1 then v2 and touches the reload file."""
     repo = app_repo(world_dir / "repo", 2)
     chown_to_nobody(repo.path)  # git refuses to fetch from a repository another user owns ("dubious ownership")
     root = world_dir / "volume"
     root.mkdir()
     os.chown(root, NOBODY, NOBODY)
-    with daemon_as_nobody(Daemon(root, repo.path), world_dir) as d:
+    with nobody.daemon(Daemon(root, repo.path), world_dir) as d:
         for tag in ("v1", "v2"):
             write_marker(root, tag)
             wait_until(lambda tag=tag: deployed(root, tag))  # type: ignore[misc]
