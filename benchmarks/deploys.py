@@ -103,8 +103,9 @@ def _build_record(tag: str, rid: str, t0: int, obs: Observation, events: list[Ev
     started = first("deploy_started", request_id=rid)
     started_ns = ts(started) or t0
     swap = first("swap", started_ns)
-    reloaded = first("reloaded", started_ns)
     reload_end = first("reload", started_ns)
+    # `reloaded` (the reload recorded) is a debug event; at info the reload phase's end follows it
+    reloaded = first("reloaded", started_ns) or reload_end
     prune_end = first("prune", started_ns)
     succeeded = first("deploy_succeeded", request_id=rid)
     phase_ms: dict[str, float] = {}
@@ -112,7 +113,7 @@ def _build_record(tag: str, rid: str, t0: int, obs: Observation, events: list[Ev
         e = first(name, started_ns)
         if e is not None and isinstance(e.get("duration_ms"), int | float):
             phase_ms[name] = float(e["duration_ms"])
-    pstats = first("prepare_stats", started_ns)
+    pstats = first("prepare_stats", started_ns)  # a debug event: newtag runs its daemons at debug
     prepare_stats = {
         k: v
         for k, v in (pstats or {}).items()

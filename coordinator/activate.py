@@ -25,6 +25,7 @@ from coordinator.exceptions import CoordinatorError, RolledBack, VerifyError
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import is_real_dir, swap_symlink
 from coordinator.health import expected_text, wait_healthy
+from coordinator.logs import present
 from coordinator.plan import Step, recover_reload, reload_to_confirm, rollback_target
 from coordinator.records import PendingReload, PendingVerify, State
 from coordinator.releases import ReleaseStore
@@ -62,7 +63,7 @@ class Activator:
             return
         self.state.assign(recover_reload(self.state, current, pending))
         await self.save_state()
-        log.info("reload_recovered", release=current, token=pending.token)
+        log.info("reload_recovered", **present(release=current, token=pending.token))
 
     async def activate(self, attempt: Attempt, name: str, back_to: str | None, *, verify: bool) -> None:
         """Make release ``name`` current and reloaded; with ``verify``, check it and roll back to
@@ -102,12 +103,12 @@ class Activator:
             st.last_reload_mtime = token
         await self.save_state()
         failpoint("after-reload-recorded")
-        log.info("reloaded", release=name, strategy=self.reloader.name, token=token)
+        log.debug("reloaded", **present(release=name, strategy=self.reloader.name, token=token))
 
     async def recovery_reload(self, current: str) -> None:
         """Reload ``current``, whose swap was never followed by a recorded reload (a crash)."""
         with anyio.CancelScope(shield=True):
-            log.info("reload_pending", release=current, reloaded=self.state.reloaded)
+            log.debug("reload_pending", **present(release=current, reloaded=self.state.reloaded))
             started = time.monotonic()
             try:
                 await self.reload(current)
@@ -131,7 +132,7 @@ class Activator:
         if result.ok:
             self.state.verify = None
             await self.save_state()
-            log.info("verified", release=name, url=url, checks=result.attempts)
+            log.debug("verified", release=name, url=url, checks=result.attempts)
             return
         log.error("verify_failed", release=name, url=url, reason=result.reason)
         back_exists = pending.back_to is not None and await anyio.to_thread.run_sync(

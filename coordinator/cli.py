@@ -4,21 +4,27 @@
 ==== =====================================================================
 code meaning
 ==== =====================================================================
-0    success (``deploy --wait``: the tag is current and reloaded)
-1    the deploy failed (``run --once``, ``deploy --wait``) or another command error
-2    bad usage, option, config file or volume layout
+0    success (``deploy --wait``: the tag is current and its reload requested, or with a health
+     check configured on the daemon, serving and verified)
+1    the deploy failed (``run --once``, ``deploy --wait``) or another command error (e.g. a ROOT
+     coordinator has never run on)
+2    bad usage, option, config file or volume layout (e.g. ROOT not writable)
 3    another coordinator already holds the lock on this ROOT
-4    ``deploy --wait`` timed out
-130  interrupted (Ctrl-C)
+4    ``deploy --wait`` / ``rollback --wait`` timed out
+5    ``deploy --wait`` / ``rollback --wait``: no coordinator is running on ROOT (the request stays
+     saved and is deployed when one starts)
+130  interrupted (Ctrl-C; a ``--wait``-ed request stays pending)
 ==== =====================================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from coordinator import __version__, display
-from coordinator.config import OPTIONS, Config, resolve_options
+from coordinator.config import OPTIONS, Config, resolve_options, unknown_env_warnings
 from coordinator.exceptions import ConfigError, CoordinatorError
 from coordinator.layout import Layout
 from coordinator.logs import configure_logging
@@ -43,10 +49,65 @@ __all__ = ["main"]
 _CLIENT_OPTIONS = ["root", "marker", "status-file", "log-format", "log-level"]
 
 
+#: the exit codes, as listed in ``coordinator --help`` (and in this module's docstring)
+EXIT_CODES = """exit codes:
+  0    success (deploy --wait: the tag is current and its reload requested; with a
+       health check configured on the daemon: serving, verified)
+  1    the deploy failed, or another command error (e.g. a ROOT coordinator never ran on)
+  2    bad usage, option, config file or volume layout (e.g. ROOT not writable)
+  3    another coordinator already holds the lock on this ROOT
+  4    deploy --wait / rollback --wait timed out
+  5    deploy --wait / rollback --wait: no coordinator is running on ROOT (the request
+       stays saved and is deployed when one starts)
+  130  interrupted (Ctrl-C; a --wait-ed request stays pending)"""
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 2 with one line, as argparse does, plus a hint
+    """Usage errors exit 2 with this (sub-)command's own usage line, the error and a fix line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, _Parser] = {}
+
+    def error(self, message: str) -> Any:
+        self.fail(message, self._fix(message))
+
+    def fail(self, message: str, fix: str) -> Any:
         self.print_usage(sys.stderr)
-        raise SystemExit(f"coordinator: error: {message} (see `{self.prog} --help`)") from None
+        sys.stderr.write(f"{self.prog}: error: {message}\n{self.prog}: fix: {fix}\n")
+        sys.exit(2)
+
+    def _fix(self, message: str) -> str:
+        see = f"see `{self.prog} --help`"
+        words: list[str] = []
+        if message.startswith("unrecognized arguments:"):
+            words, known = message.split(":", 1)[1].split(), list(self._option_string_actions)
+        elif m := re.search(r"invalid choice: '([^']*)'", message):
+            words, known = [m.group(1)], list(self.commands)
+        for word in words:
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                return f"did you mean {close[0]}? {see}"
+        return see if not words else f"remove {' '.join(words)}; {see}"
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``: a number of seconds > 0, said in plain words when it is not."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f'must be a number of seconds > 0, got "{text}"')
+    return value
+
+
+def _count(text: str) -> int:
+    """``--limit``: a whole number >= 1."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'must be a whole number >= 1, got "{text}"')
+    return int(text)
 
 
 def _add_options(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -61,8 +122,10 @@ def _add_options(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML file with any of these options as keys")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="coordinator", description="Atomic git-tag deploys for WSGI apps on a shared volume.")
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog="coordinator", description="Atomic git-tag deploys for WSGI apps on a shared volume.", epilog=EXIT_CODES
+    )
     parser.add_argument("--version", action="version", version=f"coordinator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -70,32 +133,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(run, list(OPTIONS))
     run.add_argument("--once", action="store_true", help="reconcile once and exit (non-zero on failure)")
 
-    deploy = sub.add_parser("deploy", help="request a tag (write the marker), optionally wait for it")
+    wait_help = (
+        "wait until the tag is current and its reload requested (serving, verified when the daemon has "
+        "--health-url); exit 5 when no coordinator runs on ROOT"
+    )
+    deploy = sub.add_parser(
+        "deploy", help="request a tag (write the marker), optionally wait for it", epilog=EXIT_CODES
+    )
     deploy.add_argument("tag")
     deploy.add_argument("--sha", default=None, help="commit the tag must point to")
-    deploy.add_argument("--wait", action="store_true", help="wait until the tag is current and reloaded")
-    deploy.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    deploy.add_argument("--wait", action="store_true", help=wait_help)
+    deploy.add_argument("--timeout", type=_seconds, default=None, help="seconds to wait, with --wait (default 600)")
     _add_options(deploy, _CLIENT_OPTIONS)
 
-    status = sub.add_parser("status", help="show the status file")
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status = sub.add_parser("status", help="show the status file and whether a coordinator runs on ROOT")
+    status.add_argument("--json", action="store_true", help="print the status JSON (plus daemon_running)")
     _add_options(status, _CLIENT_OPTIONS)
 
     releases = sub.add_parser("releases", help="list releases on disk (current and previous marked)")
     _add_options(releases, _CLIENT_OPTIONS)
 
     history = sub.add_parser("history", help="past deploys from the journal, newest first")
-    history.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N deploys (default 20)")
+    history.add_argument("--limit", type=_count, default=20, metavar="N", help="show the last N deploys (default 20)")
     history.add_argument("--json", action="store_true", help="print the journal lines as a JSON array")
     _add_options(history, _CLIENT_OPTIONS)
 
-    rollback = sub.add_parser("rollback", help="make the previous release desired")
-    rollback.add_argument("--wait", action="store_true")
-    rollback.add_argument("--timeout", type=float, default=600.0)
+    rollback = sub.add_parser("rollback", help="make the previous release desired", epilog=EXIT_CODES)
+    rollback.add_argument("--wait", action="store_true", help=wait_help.replace("the tag", "the previous tag"))
+    rollback.add_argument("--timeout", type=_seconds, default=None, help="seconds to wait, with --wait (default 600)")
     _add_options(rollback, _CLIENT_OPTIONS)
 
     sub.add_parser("demo", help="a self-contained demonstration on a temporary repository")
+    parser.commands = {name: p for name, p in sub.choices.items() if isinstance(p, _Parser)}
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; a usage error (an unknown option, a missing argument, ``--timeout`` without
+    ``--wait``) exits 2 with the sub-command's own usage line and a fix."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    command = parser.commands.get(args.command, parser)
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "timeout", None) is not None and not args.wait:
+        command.fail("--timeout needs --wait (it is how long to wait)", "add --wait, or drop --timeout")
+    if getattr(args, "wait", False) and args.timeout is None:
+        args.timeout = 600.0
+    return args
 
 
 def _layout(opts: dict[str, Any]) -> Layout:
@@ -122,7 +207,7 @@ def _prepare(args: argparse.Namespace) -> Config | Layout:
     return _layout(opts)
 
 
-async def _cmd(args: argparse.Namespace, prepared: Config | Layout) -> int:
+async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: list[tuple[Layout, DeployRequest]]) -> int:
     if isinstance(prepared, Config):
         from coordinator.daemon import run
 
@@ -133,11 +218,14 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout) -> int:
     from coordinator import commands
 
     layout = prepared
+    if args.command in ("status", "releases", "history", "rollback"):
+        await commands.require_known_root(layout)
     if args.command in ("deploy", "rollback"):
         if args.command == "deploy":
             req = await commands.request_deploy(layout, args.tag, args.sha)
         else:
             req = await commands.request_rollback(layout)
+        pending.append((layout, req))  # for the Ctrl-C message
         style = display.style_for(
             os.environ, sys.stdout.isatty(), sys.stdout.encoding, shutil.get_terminal_size().columns
         )
@@ -152,7 +240,11 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout) -> int:
             raise CoordinatorError(
                 f"no status file at {layout.status_file}", fix="start `coordinator run` on this root first"
             )
-        _print(json.dumps(found, indent=2, sort_keys=True) if args.json else display.format_status(found, time.time()))
+        running = await commands.daemon_running(layout)
+        if args.json:
+            _print(json.dumps({**found, "daemon_running": running}, indent=2, sort_keys=True))
+        else:
+            _print(display.format_status(found, time.time(), daemon_running=running))
         return 0
     if args.command == "releases":
         _print(display.format_releases(await commands.list_releases(layout), time.time()))
@@ -184,18 +276,34 @@ async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: displ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "demo":
         from coordinator.demo import main as demo_main
 
         return int(demo_main())
+    for warning in unknown_env_warnings():
+        sys.stderr.write(f"coordinator: warning: {warning}\n")
+    pending: list[tuple[Layout, DeployRequest]] = []
     try:
-        return anyio.run(_cmd, args, _prepare(args))
+        return anyio.run(_cmd, args, _prepare(args), pending)
     except CoordinatorError as e:
         sys.stderr.write(f"coordinator: {e.message}" + (f" -- {e.fix}" if e.fix else "") + "\n")
         return e.exit_code
     except KeyboardInterrupt:
+        if pending and getattr(args, "wait", False):
+            layout, req = pending[-1]
+            sys.stderr.write(
+                f"coordinator: interrupted; the request for {req.tag} (id {req.request_id}) stays pending: the "
+                f"coordinator on {layout.root} deploys it, or the next one to start -- follow it with "
+                f"`coordinator status --root {layout.root}`\n"
+            )
         return 130
     except BrokenPipeError:  # pragma: no cover - e.g. `coordinator status | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:  # a volume error no command turned into a CoordinatorError: still one line
+        from coordinator.fsutil import describe_os_error
+
+        err = describe_os_error(e, retried=False)
+        sys.stderr.write(f"coordinator: {err['message']} -- {err.get('fix')}\n")
         return 1

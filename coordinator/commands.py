@@ -12,24 +12,38 @@ from typing import Any, Literal
 
 import anyio
 
-from coordinator.exceptions import ConfigError, CoordinatorError, DeployFailed, WaitTimeoutError
-from coordinator.fsutil import atomic_write
+from coordinator.exceptions import (
+    ConfigError,
+    CoordinatorError,
+    DeployFailed,
+    LayoutError,
+    NoDaemonError,
+    WaitTimeoutError,
+)
+from coordinator.fsutil import atomic_write, describe_os_error
 from coordinator.layout import Layout, read_current
 from coordinator.layout import list_releases as list_releases_on_disk
+from coordinator.lock import lock_holder
 from coordinator.marker import DeployRequest, new_request_id, validate_sha, validate_tag
 from coordinator.records import AttemptResult, StatusRecord, StatusState, as_status
 from coordinator.state import load_state, parse_iso, read_journal, read_json
 
 __all__ = [
+    "NO_DAEMON_GRACE",
     "HistoryEntry",
     "ReleaseRow",
+    "daemon_running",
     "list_releases",
     "read_history",
     "read_status",
     "request_deploy",
     "request_rollback",
+    "require_known_root",
     "wait_for",
 ]
+
+#: ``--wait`` gives up (exit 5) once no coordinator has held ROOT's lock for this many seconds
+NO_DAEMON_GRACE = 5.0
 
 
 async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> DeployRequest:
@@ -44,8 +58,30 @@ async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> De
             f"the marker's directory {layout.marker.parent} does not exist",
             fix="check --root / --marker",
         )
-    await anyio.to_thread.run_sync(atomic_write, layout.marker, req.to_json().encode())
+    try:
+        await anyio.to_thread.run_sync(atomic_write, layout.marker, req.to_json().encode())
+    except OSError as e:  # a read-only or unwritable ROOT: one line with the fix, exit 2
+        err = describe_os_error(e, retried=False)
+        raise LayoutError(f"cannot write the marker: {err['message']}", fix=err.get("fix")) from e
     return req
+
+
+async def require_known_root(layout: Layout) -> None:
+    """Raise (exit 1) when ROOT has never seen a coordinator (no ``.coordinator/`` directory): a
+    wrong ``--root`` must not read as "no releases yet"."""
+    if await anyio.Path(layout.state_dir).is_dir():
+        return
+    what = "does not exist" if not await anyio.Path(layout.root).exists() else "has never been used by coordinator"
+    raise CoordinatorError(
+        f"{layout.root} {what} (no {layout.state_dir.name}/ directory)",
+        fix=f"check --root, or start `coordinator run --root {layout.root}` on it first",
+    )
+
+
+async def daemon_running(layout: Layout) -> bool:
+    """Whether a coordinator holds ROOT's lock now (tested without taking it from anyone)."""
+    running, _pid = await anyio.to_thread.run_sync(lock_holder, layout.lock_file)
+    return running
 
 
 async def read_status(layout: Layout) -> StatusRecord | None:
@@ -62,14 +98,33 @@ async def wait_for(
     interval: float = 0.01,
     *,
     on_poll: Callable[[], None] | None = None,
+    no_daemon_grace: float = NO_DAEMON_GRACE,
 ) -> StatusRecord:
-    """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise.
+    """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise,
+    and NoDaemonError (exit 5) once no coordinator has held ROOT's lock for ``no_daemon_grace``
+    seconds (the marker stays written: a coordinator started later deploys it).
 
     ``on_progress`` gets every new status read; ``on_poll`` is called after every read without news
     (every ``interval`` seconds), e.g. to redraw elapsed times."""
     deadline = time.monotonic() + seconds
     last: StatusRecord | None = None
+    lock_free_since: float | None = None
+    next_lock_check = 0.0
     while time.monotonic() < deadline:
+        now = time.monotonic()
+        if now >= next_lock_check:  # a few times a second: the probe opens the lock file
+            next_lock_check = now + 0.25
+            if await daemon_running(layout):
+                lock_free_since = None
+            elif lock_free_since is None:
+                lock_free_since = now
+            elif now - lock_free_since >= no_daemon_grace:
+                raise NoDaemonError(
+                    f"no coordinator is running on {layout.root}; the request is saved and will be deployed "
+                    "when one starts",
+                    fix=f"start one (`coordinator run --root {layout.root} --repo URL`); follow it with "
+                    f"`coordinator status --root {layout.root}`",
+                )
         status = await read_status(layout)
         if status is not None and status != last:
             last = status
@@ -86,7 +141,7 @@ async def wait_for(
         await anyio.sleep(interval)
     raise WaitTimeoutError(
         f"{req.tag} was not deployed within {seconds:g} s",
-        fix="is `coordinator run` running on this root? see `coordinator status`",
+        fix=f"the request stays saved; follow it with `coordinator status --root {layout.root}`",
     )
 
 

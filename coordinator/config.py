@@ -8,7 +8,10 @@ to the config file's directory (TOML).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
+import math
 import os
 import re
 import tomllib
@@ -20,7 +23,7 @@ from typing import Any
 from coordinator.exceptions import ConfigError
 from coordinator.layout import Layout
 
-__all__ = ["OPTIONS", "Config", "Option", "parse_http_bind", "resolve_options"]
+__all__ = ["OPTIONS", "Config", "Option", "parse_http_bind", "resolve_options", "unknown_env_warnings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,19 @@ class Option:
     type: str  # "str" | "path" | "int" | "float" | "bool"
     default: Any
     help: str
+    low: int | None = None  # int options: the smallest value allowed (float options are seconds > 0)
+    high: int | None = None  # int options: the largest value allowed
+
+    @property
+    def expect(self) -> str:
+        """What a valid value is, in plain words: ``a whole number >= 1``."""
+        if self.type == "int":
+            if self.low is not None and self.high is not None:
+                return f"a whole number from {self.low} to {self.high}"
+            return "a whole number" + (f" >= {self.low}" if self.low is not None else "")
+        return {"float": "a number of seconds > 0", "bool": "true or false", "path": "a path"}.get(
+            self.type, "a string"
+        )
 
     @property
     def env(self) -> str:
@@ -49,14 +65,16 @@ OPTIONS: dict[str, Option] = {
         Option("marker", "path", None, "deploy marker file (default ROOT/deploy.request)"),
         Option("status-file", "path", None, "status file (default ROOT/deploy.status.json)"),
         Option("reload-file", "path", None, "file touched to reload the app (default ROOT/reload.touch)"),
-        Option("keep", "int", 5, "successful releases to keep on disk (current and previous always kept)"),
+        Option("keep", "int", 5, "successful releases to keep on disk (current and previous always kept)", low=1),
         Option("tag-pattern", "str", None, "only deploy tags matching this glob, e.g. 'v*'"),
         Option("build-command", "str", None, "shell command run in a new release before the swap"),
         Option("build-timeout", "float", 600.0, "seconds before the build command's process group is killed"),
         Option("git-timeout", "float", 300.0, "seconds allowed for each git command"),
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
-        Option("watch-step-ms", "int", 3, "watcher batching step in ms: lower reacts faster, costs CPU"),
+        Option(
+            "watch-step-ms", "int", 3, "watcher batching step in ms: lower reacts faster, costs CPU", low=1, high=1000
+        ),
         Option("reload-fifo", "path", None, "uWSGI master FIFO to write the reload command to (instead of touch)"),
         Option("reload-fifo-command", "str", "r", "command written to the FIFO: r graceful, c chain (lazy-apps), w"),
         Option("reload-signal", "str", None, "signal sent to the pid in --reload-pidfile, e.g. HUP (gunicorn)"),
@@ -74,40 +92,100 @@ OPTIONS: dict[str, Option] = {
 
 
 def _convert(opt: Option, raw: Any, base: Path | None, source: str) -> Any:
+    """``raw`` from ``source`` (``--keep``, ``COORDINATOR_KEEP`` or a TOML file's path) as the
+    option's type, in range; else a ConfigError in plain words: ``keep must be a whole number >= 1,
+    got "three" (in /etc/coordinator.toml)``."""
     try:
-        if opt.type == "path":
-            if not isinstance(raw, str | os.PathLike) or not str(raw):
-                raise ValueError("expected a path")
-            p = Path(raw).expanduser()
-            if not p.is_absolute():
-                p = (base or Path.cwd()) / p
-            return Path(os.path.normpath(p))
-        if opt.type == "int":
-            if isinstance(raw, bool | float):  # no silent truncation of 2.5, no OverflowError on inf
-                raise ValueError("expected an integer")
-            return int(raw)
-        if opt.type == "float":
-            if isinstance(raw, bool):
-                raise ValueError("expected a number")
-            return float(raw)
-        if opt.type == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in {"1", "true", "yes", "on"}:
-                return True
-            if text in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError("expected true or false")
-        if not isinstance(raw, str):
-            raise ValueError("expected a string")
-        return raw
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"invalid value {str(raw)[:80]!r} for {opt.name} (from {source}): {e}",
-            fix=f"see `coordinator run --help` for {opt.name}",
-            option=opt.name,
-        ) from e
+        value = _typed(opt, raw, base)
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None or not _in_range(opt, value):
+        raise _bad_value(opt, raw, source)
+    return value
+
+
+def _typed(opt: Option, raw: Any, base: Path | None) -> Any:
+    """``raw`` as the option's type, or None (or TypeError/ValueError) when it is not one."""
+    if opt.type == "path":
+        if not isinstance(raw, str | os.PathLike) or not str(raw):
+            return None
+        p = Path(raw).expanduser()
+        if not p.is_absolute():
+            p = (base or Path.cwd()) / p
+        return Path(os.path.normpath(p))
+    if opt.type == "int":
+        if isinstance(raw, bool | float):  # no silent truncation of 2.5, no OverflowError on inf
+            return None
+        return int(raw)
+    if opt.type == "float":
+        return None if isinstance(raw, bool) else float(raw)
+    if opt.type == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        return False if text in {"0", "false", "no", "off", ""} else None
+    return raw if isinstance(raw, str) else None
+
+
+def _in_range(opt: Option, value: Any) -> bool:
+    if opt.type == "int":
+        return (opt.low is None or value >= opt.low) and (opt.high is None or value <= opt.high)
+    if opt.type == "float":
+        return bool(value > 0) and not math.isnan(value)
+    return True
+
+
+def _shown(raw: Any) -> str:
+    """A value as the user wrote it: strings quoted, booleans as in TOML."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, str):
+        return json.dumps(raw[:80], ensure_ascii=False)
+    return str(raw)[:80]
+
+
+def _bad_value(opt: Option, raw: Any, source: str) -> ConfigError:
+    example = opt.default if opt.default is not None else {"int": 1, "float": 30, "bool": False}.get(opt.type)
+    if source.startswith("--"):
+        label, where, usage = source, "", f"{source} {example}"
+    elif source.startswith("COORDINATOR_"):
+        label, where, usage = source, "", f"{source}={str(example).lower() if isinstance(example, bool) else example}"
+    else:
+        label, where, usage = opt.name, f" (in {source})", f"{opt.name} = {_shown(example)}"
+    fix = f"use e.g. `{usage}`" if example is not None else f"see `coordinator run --help` for {opt.name}"
+    return ConfigError(f"{label} must be {opt.expect}, got {_shown(raw)}{where}", fix=fix, option=opt.name)
+
+
+#: COORDINATOR_* variables that are not options but are read by coordinator (or set by it)
+_OTHER_ENV = frozenset(
+    {
+        "COORDINATOR_FAILPOINTS",  # test crash points (coordinator.failpoints)
+        "COORDINATOR_RELEASE",  # set for --reload-command
+        "COORDINATOR_PIN_APP",  # coordinator.pin, in the app server
+        "COORDINATOR_PIN_CURRENT",
+        "COORDINATOR_PIN_ON_ERROR",
+    }
+)
+
+
+def unknown_env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``COORDINATOR_*`` variable that is no option (a typo is otherwise silently
+    ignored), naming the closest option's variable."""
+    env = os.environ if env is None else env
+    known = {o.env for o in OPTIONS.values()}
+    out: list[str] = []
+    for name in sorted(env):
+        if not name.startswith("COORDINATOR_") or name in known or name in _OTHER_ENV:
+            continue
+        if name.startswith("COORDINATOR_TEST_"):
+            continue
+        suffixes = {o.env.removeprefix("COORDINATOR_"): o.env for o in OPTIONS.values()}
+        close = difflib.get_close_matches(name.removeprefix("COORDINATOR_"), sorted(suffixes), n=1, cutoff=0.6)
+        hint = f"did you mean {suffixes[close[0]]}?" if close else "see `coordinator run --help` for the variables"
+        out.append(f"unknown environment variable {name} is ignored; {hint}")
+    return out
 
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -229,13 +307,12 @@ class Config:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.keep < 1:
-            raise ConfigError(f"--keep must be at least 1, not {self.keep}", fix="use --keep 1 or more")
-        for name in ("build_timeout", "git_timeout", "resync_interval", "reload_timeout", "health_timeout"):
-            if not getattr(self, name) > 0:  # also rejects NaN
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive", fix="give seconds > 0")
-        if not 1 <= self.watch_step_ms <= 1000:
-            raise ConfigError("--watch-step-ms must be between 1 and 1000", fix="the default is 3")
+        for name in ("keep", "build_timeout", "git_timeout", "resync_interval", "reload_timeout", "health_timeout"):
+            opt = OPTIONS[name.replace("_", "-")]
+            if not _in_range(opt, getattr(self, name)):  # also rejects NaN
+                raise _bad_value(opt, getattr(self, name), f"--{opt.name}")
+        if not _in_range(OPTIONS["watch-step-ms"], self.watch_step_ms):
+            raise _bad_value(OPTIONS["watch-step-ms"], self.watch_step_ms, "--watch-step-ms")
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
         strategies = [

@@ -27,6 +27,7 @@ from coordinator.exceptions import CoordinatorError, MarkerError, RolledBack
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import describe_os_error
 from coordinator.git import GitCache
+from coordinator.logs import present
 from coordinator.marker import DeployRequest, MarkerReading, read_marker
 from coordinator.plan import (
     Action,
@@ -58,7 +59,7 @@ class Deployer:
         self.git = GitCache(self.layout.git_dir, config.repo, config.git_timeout)
         self.state = State()
         self.store = ReleaseStore(config, self.git)
-        self.reporter = Reporter(self.layout, self.state)
+        self.reporter = Reporter(self.layout, self.state, verify=config.health_url is not None)
         self.activator = Activator(config, self.state, self.store, self.reporter, reloader or make_reloader(config))
         self._resume: PendingVerify | None = None
         self._supersede_scope: anyio.CancelScope | None = None
@@ -153,7 +154,9 @@ class Deployer:
                 # the swap by a file and a directory fsync); the status is written once it is done.
                 failpoint("before-deploying-status")
                 await self.reporter.publish(StatusState.DEPLOYING, reading, obs.current)
-            log.info("deploy_started", tag=req.tag, sha=req.sha, request_id=req.request_id, current=obs.current)
+            log.info(
+                "deploy_started", **present(tag=req.tag, sha=req.sha, request_id=req.request_id, current=obs.current)
+            )
             if p.action is Action.FETCH:
                 with self._supersedable(req, reading.digest) as scope:
                     async with self.reporter.phase(attempt, Step.FETCH):
@@ -178,7 +181,8 @@ class Deployer:
             attempt.result = AttemptResult.FAILED
             attempt.error = describe_os_error(e)
             log.error(
-                "deploy_failed", **{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True}
+                "deploy_failed",
+                **present(**{**attempt.error, "tag": req.tag, "request_id": req.request_id, "retryable": True}),
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -186,14 +190,16 @@ class Deployer:
         if attempt.result is AttemptResult.SUCCESS:
             log.info(
                 "deploy_succeeded",
-                tag=req.tag,
-                sha=attempt.sha,
-                release=attempt.release,
-                request_id=req.request_id,
-                duration_ms=attempt.duration_ms,
+                **present(
+                    tag=req.tag,
+                    sha=attempt.sha,
+                    release=attempt.release,
+                    request_id=req.request_id,
+                    duration_ms=attempt.duration_ms,
+                ),
             )
         elif attempt.result is AttemptResult.CANCELLED:
-            log.info("deploy_superseded", tag=req.tag, release=attempt.release)
+            log.info("deploy_superseded", **present(tag=req.tag, release=attempt.release))
         return attempt
 
     async def _deploy(
@@ -222,7 +228,9 @@ class Deployer:
         try:
             async with self.reporter.phase(attempt, Step.PREPARE):
                 stats = await self.store.prepare(tmp, sha, previous_current)
-                log.info("prepare_stats", tag=tag, release=name, previous=previous_current, **stats.as_log())
+                log.debug(
+                    "prepare_stats", **present(tag=tag, release=name, previous=previous_current, **stats.as_log())
+                )
                 failpoint("during-prepare")
             if self.config.build_command:
                 async with self.reporter.phase(attempt, Step.BUILD):
@@ -268,7 +276,9 @@ class Deployer:
             await self.activator.save_state()
         log.error(
             "deploy_failed",
-            **{**e.as_dict(), "tag": attempt.tag, "request_id": attempt.request_id, "retryable": not permanent},
+            **present(
+                **{**e.as_dict(), "tag": attempt.tag, "request_id": attempt.request_id, "retryable": not permanent}
+            ),
         )
 
     async def _finish(self, attempt: Attempt, reading: MarkerReading) -> None:

@@ -163,8 +163,9 @@ def style_for(env: Mapping[str, str], isatty: bool, encoding: str | None, width:
 # ---------------------------------------------------------------------------------------------- status
 
 
-def format_status(status: StatusRecord, now: float) -> str:
-    """The status file as a table for a person."""
+def format_status(status: StatusRecord, now: float, *, daemon_running: bool | None = None) -> str:
+    """The status file as a table for a person; ``daemon_running`` (from ROOT's lock, None: not
+    known) says whether the pid that wrote it still runs as the coordinator."""
     rows: list[tuple[str, str]] = []
     state = StatusState.parse(status.get("state"))
     rows.append(("state", f"{state} ({state.description})" if state else _str(status.get("state")) or "?"))
@@ -221,6 +222,10 @@ def format_status(status: StatusRecord, now: float) -> str:
                 rows.append(("  output" if i == 0 else "", f"| {ln}"))
     updated = parse_iso(status.get("updated_at"))
     daemon = f"pid {status.get('pid', '?')}"
+    if daemon_running is not None:
+        daemon = (
+            f"running, {daemon}" if daemon_running else f"NOT running (no coordinator holds ROOT's lock), last {daemon}"
+        )
     if updated is not None:
         daemon += f", status written {fmt_time(updated)} UTC ({fmt_ago(max(0.0, now - updated))})"
     rows.append(("daemon", daemon))

@@ -25,6 +25,7 @@ __all__ = [
     "LockHeldError",
     "MarkerError",
     "MarkerRefused",
+    "NoDaemonError",
     "ReloadError",
     "RolledBack",
     "TagNotFoundError",
@@ -142,3 +143,11 @@ class WaitTimeoutError(CoordinatorError):
 
     exit_code = 4
     kind = "timeout"
+
+
+class NoDaemonError(CoordinatorError):
+    """`deploy --wait` / `rollback --wait`: no coordinator holds ROOT's lock, so nothing deploys the
+    request now (it stays written and is deployed when one starts)."""
+
+    exit_code = 5
+    kind = "no_daemon"

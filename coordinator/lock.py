@@ -4,6 +4,11 @@ The kernel drops a ``flock`` when its holder dies, even by ``kill -9``, so a sta
 blocks a restart: the next coordinator simply takes the lock. The holder's pid is written into the
 file only so that the refusal message can name it.
 
+Clients (``coordinator status``, ``deploy --wait``) ask :func:`lock_holder` whether a coordinator
+runs: it tries a *shared* lock without waiting and drops it at once, so it never takes the lock
+from a daemon. A daemon starting during that instant sees only shared holders and retries for up
+to :data:`PROBE_GRACE` seconds instead of refusing to start.
+
 :func:`hold_lock` blocks (it opens and writes the lock file); the daemon takes the lock with
 :func:`holding_lock`, which does the same in a worker thread.
 """
@@ -14,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +27,10 @@ import anyio
 
 from coordinator.exceptions import LayoutError, LockHeldError
 
-__all__ = ["hold_lock", "holding_lock"]
+__all__ = ["PROBE_GRACE", "hold_lock", "holding_lock", "lock_holder"]
+
+#: how long a starting daemon retries while only clients probing liveness hold the lock (shared)
+PROBE_GRACE = 2.0
 
 
 @contextlib.contextmanager
@@ -70,7 +79,7 @@ def _acquire(path: Path) -> int:
         os.close(dir_fd)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except BlockingIOError as e:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             raise LockHeldError(
@@ -84,3 +93,44 @@ def _acquire(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _lock_exclusive(fd: int) -> None:
+    """``LOCK_EX`` without waiting for another daemon; raises BlockingIOError when one holds the lock.
+    While the lock is only held shared (a client probing liveness, for microseconds), retry."""
+    deadline = time.monotonic() + PROBE_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            try:  # a shared lock is granted only when no daemon holds it exclusively
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
+def lock_holder(path: Path) -> tuple[bool, str | None]:
+    """Whether a coordinator holds the lock at ``path`` (and the pid it wrote there), tested without
+    taking it from anyone: a shared lock tried without waiting and dropped at once. A lock file
+    that does not exist or cannot be opened means no coordinator holds it. Blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False, None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return True, pid or None
+        except OSError:  # a file system without flock
+            return False, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False, None
+    finally:
+        os.close(fd)

@@ -1,16 +1,33 @@
-"""structlog set-up: one key-value event per phase, JSON when not on a terminal (or when asked)."""
+"""structlog set-up: one key-value event per phase, JSON when not on a terminal (or when asked).
+
+At ``info`` a deploy logs ``deploy_started``, one line per phase (with its ``duration_ms``) and how
+it ended; details (git commands, the reload's token, preparation statistics, pruned releases) are
+at ``debug``. A field whose value is None is left out of the line (call sites use :func:`present`).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "present"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def present(**fields: Any) -> dict[str, Any]:
+    """``fields`` without those that are None: ``log.info("swap", **present(release=None))`` logs no
+    ``release=None``."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _drop_none(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """A processor: no ``key=None`` in any line, whatever the call site passed."""
+    return {k: v for k, v in event.items() if v is not None}
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
@@ -26,6 +43,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: Any = None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _drop_none,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

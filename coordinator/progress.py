@@ -102,13 +102,22 @@ def render_live(progress: Progress, style: Style, now: float, waited_s: float, t
 
 
 def summary_line(progress: Progress, status: StatusRecord, waited_s: float) -> str:
-    """``v2 is current and reloaded: release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 2.45 s`` (the time
-    waited since the request was written)."""
+    """What ``--wait`` knows, and no more: ``v2 is current; serving, verified: release
+    v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 2.45 s`` (the time waited since the request was written) when
+    the daemon checks a health URL (status ``verify``), else ``v2 is current; reload requested (no
+    health check configured: not verified as served): ...``."""
     cur = status.get("current")
     release = (_str(cur.get("release")) if isinstance(cur, Mapping) else None) or progress.release or "?"
     sha = short_sha((cur.get("sha") if isinstance(cur, Mapping) else None) or progress.sha)
     note = "" if progress.done else " (no deploy needed)"
-    return f"{progress.tag} is current and reloaded: release {release}, sha {sha}, {fmt_ms(waited_s * 1000)}{note}"
+    verify = status.get("verify")
+    if verify is True:
+        known = "serving, verified"
+    elif verify is False:
+        known = "reload requested (no health check configured: not verified as served)"
+    else:  # a daemon of a version that does not say
+        known = "reload requested (not verified as served)"
+    return f"{progress.tag} is current; {known}: release {release}, sha {sha}, {fmt_ms(waited_s * 1000)}{note}"
 
 
 def frame(lines: Sequence[str], previous: int, width: int) -> str:

@@ -197,6 +197,7 @@ class StatusRecord(TypedDict, total=False):
     last_success: AttemptRecord | None
     phase: PhaseInfo | None
     error: ErrorInfo | None
+    verify: bool  # the daemon checks a health URL after each reload (``deploy --wait`` then means served)
     updated_at: str
 
 

@@ -177,7 +177,7 @@ class ReleaseStore:
 
         doomed = await anyio.to_thread.run_sync(prune)
         if doomed:
-            log.info("pruned", releases=doomed)
+            log.debug("pruned", releases=doomed)
         return doomed
 
 

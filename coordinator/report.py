@@ -23,6 +23,7 @@ import structlog
 from coordinator.exceptions import CoordinatorError
 from coordinator.failpoints import failpoint
 from coordinator.layout import Layout, read_current
+from coordinator.logs import present
 from coordinator.marker import MarkerReading
 from coordinator.plan import Step, status_error
 from coordinator.records import (
@@ -83,8 +84,9 @@ class Attempt:
 class Reporter:
     """Writes the status file and the journal, logs phases, and calls the metrics hooks."""
 
-    def __init__(self, layout: Layout, state: State) -> None:
+    def __init__(self, layout: Layout, state: State, *, verify: bool = False) -> None:
         self.layout = layout
+        self.verify = verify  # a health URL is configured: written to the status file for `deploy --wait`
         self.state = state  # shared with the deployer: read here for `reloaded`, `previous`, `failed_error`
         self.last_attempt: Attempt | None = None
         self.last_success: AttemptRecord | None = None
@@ -143,7 +145,7 @@ class Reporter:
             attempt.phases[step.value] = ms
             if self._status.get("phase") is not None:
                 self._status = {**self._status, "phase": None}
-            log.info(step.value, duration_ms=ms, tag=attempt.tag, release=attempt.release)
+            log.info(step.value, **present(duration_ms=ms, tag=attempt.tag, release=attempt.release))
             if self.on_phase is not None:
                 self.on_phase(step.value, ms)
 
@@ -239,6 +241,7 @@ class Reporter:
                 attempt_error=last.error if last else None,
                 failed_error=self.state.failed_error,
             ),
+            "verify": self.verify,
         }
         if status == self._status:
             return

@@ -45,11 +45,12 @@ def test_deploy_wait_exits_one_with_the_reason_on_failure(root: Path, repo: GitR
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_deploy_wait_times_out_with_exit_four(root: Path) -> None:
-    """Without a daemon, `deploy --wait --timeout` exits 4 and says what to check."""
-    out = cli("deploy", "v1", "--root", str(root), "--wait", "--timeout", "0.5")
-    assert out.returncode == 4
-    assert "coordinator run" in out.stderr
+def test_deploy_wait_times_out_with_exit_four(root: Path, repo: GitRepo) -> None:
+    """A deploy still running when `--timeout` runs out exits 4 and says how to follow it."""
+    with Daemon(root, repo.path, "--build-command", "sleep 5"):
+        out = cli("deploy", "v1", "--root", str(root), "--wait", "--timeout", "1")
+    assert out.returncode == 4, out.stderr
+    assert "not deployed within 1 s" in out.stderr and f"coordinator status --root {root}" in out.stderr
 
 
 def test_deploy_refuses_an_invalid_tag_without_writing(root: Path) -> None:
@@ -101,13 +102,16 @@ def test_status_prints_a_table_and_json(root: Path, repo: GitRepo) -> None:
     sha = repo.tag_sha("v1")[:12]
     assert table.returncode == 0
     assert f"current       v1  v1-{sha}  sha {sha}  (reloaded)" in table.stdout.splitlines()
-    assert json.loads(raw.stdout) == read_status(root)
+    assert json.loads(raw.stdout) == {**(read_status(root) or {}), "daemon_running": False}
 
 
 def test_status_without_a_daemon_says_how_to_start_one(root: Path) -> None:
     """`status` on a root no daemon ever ran on exits 1 with the fix."""
     out = cli("status", "--root", str(root))
     assert out.returncode == 1 and "coordinator run" in out.stderr
+    (root / ".coordinator").mkdir()  # a coordinator ran here, but wrote no status file
+    out = cli("status", "--root", str(root))
+    assert out.returncode == 1 and "no status file" in out.stderr and "coordinator run" in out.stderr
 
 
 def test_releases_marks_current_and_previous(root: Path, repo: GitRepo) -> None:
@@ -134,6 +138,7 @@ def test_rollback_wait_restores_the_previous_release(root: Path, repo: GitRepo) 
 
 def test_rollback_without_previous_release_explains(root: Path) -> None:
     """`rollback` with nothing to roll back to exits 1 and says what to do instead."""
+    (root / ".coordinator").mkdir()
     out = cli("rollback", "--root", str(root))
     assert out.returncode == 1 and "no previous release" in out.stderr
 
@@ -194,7 +199,10 @@ def test_deploy_wait_in_a_pipe_prints_plain_phase_lines_in_order(root: Path, rep
     assert done == ["fetch", "prepare", "build", "publish", "swap", "reload"]
     assert phase_lines(out.stdout).index(("build", "running")) < phase_lines(out.stdout).index(("build", "ok"))
     sha = repo.tag_sha("v1")[:12]
-    assert out.stdout.splitlines()[-1].startswith(f"v1 is current and reloaded: release v1-{sha}, sha {sha}, ")
+    assert out.stdout.splitlines()[-1].startswith(
+        f"v1 is current; reload requested (no health check configured: not verified as served): "
+        f"release v1-{sha}, sha {sha}, "
+    )
     assert "\x1b" not in out.stdout
 
 
@@ -210,7 +218,8 @@ def test_deploy_wait_on_a_terminal_shows_the_live_display(root: Path, repo: GitR
     assert len(running) >= 2  # the running phase's elapsed time, updated in place
     assert re.search(r"^  ✓ build +(\d+ ms|\d\.\d\d s)$", plain, re.M)  # done, with its duration
     sha = repo.tag_sha("v1")[:12]
-    assert plain.splitlines()[-1].startswith(f"✓ v1 is current and reloaded: release v1-{sha}, sha {sha}, ")
+    assert plain.splitlines()[-1].startswith("✓ v1 is current; reload requested (no health check configured: ")
+    assert f"release v1-{sha}, sha {sha}, " in plain.splitlines()[-1]
 
 
 def test_deploy_wait_on_a_dumb_terminal_prints_plain_lines(root: Path, repo: GitRepo) -> None:

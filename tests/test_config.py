@@ -405,15 +405,15 @@ def test_config_keep_one_is_accepted() -> None:
 @pytest.mark.parametrize("value", [0.0, -1.0, -math.inf, math.nan])
 def test_config_non_positive_timeouts_are_rejected(name: str, value: float) -> None:
     """Timeouts and the resync interval must be positive numbers (NaN is not)."""
-    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be positive"):
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a number of seconds > 0, got "):
         make_config(**{name: value})
 
 
 def test_nan_timeout_from_environment_is_rejected() -> None:
-    """'nan' converts to a float but is refused by validation (anyio rejects NaN deadlines)."""
-    opts = resolve({"root": "/vol", "repo": "r"}, {"COORDINATOR_RESYNC_INTERVAL": "nan"})
-    with pytest.raises(ConfigError, match="--resync-interval must be positive"):
-        Config.from_options(opts)
+    """'nan' converts to a float but is refused (anyio rejects NaN deadlines), in plain words."""
+    with pytest.raises(ConfigError) as info:
+        resolve({"root": "/vol", "repo": "r"}, {"COORDINATOR_RESYNC_INTERVAL": "nan"})
+    assert info.value.message == 'COORDINATOR_RESYNC_INTERVAL must be a number of seconds > 0, got "nan"'
 
 
 @pytest.mark.parametrize("name", ["build_timeout", "git_timeout", "resync_interval"])
@@ -566,3 +566,61 @@ def test_toml_keys_both_top_level_and_in_table_are_refused(tmp_path: Path) -> No
     cfg.write_text('keep = 3\n[coordinator]\nroot = "/srv"\n')
     with pytest.raises(ConfigError, match="both at the top level"):
         resolve_options({}, env={}, config_file=cfg)
+
+
+# ---------------------------------------------------------------------------------------------- plain words
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "fix"),
+    [
+        ('keep = "three"\n', 'keep must be a whole number >= 1, got "three"', "use e.g. `keep = 5`"),
+        ("keep = 0\n", "keep must be a whole number >= 1, got 0", "use e.g. `keep = 5`"),
+        ("watch-step-ms = 5000\n", "watch-step-ms must be a whole number from 1 to 1000, got 5000", None),
+        ('git-timeout = "soon"\n', 'git-timeout must be a number of seconds > 0, got "soon"', None),
+        ("health-timeout = -1\n", "health-timeout must be a number of seconds > 0, got -1", None),
+        ('poll = "perhaps"\n', 'poll must be true or false, got "perhaps"', "use e.g. `poll = false`"),
+        ("repo = 5\n", "repo must be a string, got 5", None),
+    ],
+)
+def test_toml_values_are_refused_in_plain_words(
+    write_toml: TomlWriter, text: str, message: str, fix: str | None
+) -> None:
+    """A bad value in the TOML file says what the option must be and what it got, where, and a fix."""
+    conf = write_toml(text)
+    with pytest.raises(ConfigError) as info:
+        resolve(config_file=conf)
+    assert info.value.message == f"{message} (in {conf})"
+    assert info.value.fix and (fix is None or info.value.fix == fix)
+
+
+def test_env_and_cli_values_are_refused_in_plain_words() -> None:
+    """The environment and the command line name the value as the user wrote it."""
+    with pytest.raises(ConfigError) as env:
+        resolve(env={"COORDINATOR_KEEP": "three"})
+    assert (env.value.message, env.value.fix) == (
+        'COORDINATOR_KEEP must be a whole number >= 1, got "three"',
+        "use e.g. `COORDINATOR_KEEP=5`",
+    )
+    with pytest.raises(ConfigError) as cli:
+        resolve({"poll": "maybe"})
+    assert cli.value.message == '--poll must be true or false, got "maybe"'
+
+
+def test_unknown_coordinator_variable_is_a_warning_naming_the_closest_option() -> None:
+    """COORDINATOR_ROT (a typo) is warned about with the closest option; known and internal ones are not."""
+    from coordinator.config import unknown_env_warnings
+
+    env = {
+        "COORDINATOR_ROT": "/srv/app",
+        "COORDINATOR_ROOT": "/srv/app",
+        "COORDINATOR_FAILPOINTS": "",
+        "COORDINATOR_PIN_APP": "wsgi",
+        "COORDINATOR_TEST_BLOCKING_LOG": "x",
+        "COORDINATOR_XYZZY": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_env_warnings(env) == [
+        "unknown environment variable COORDINATOR_ROT is ignored; did you mean COORDINATOR_ROOT?",
+        "unknown environment variable COORDINATOR_XYZZY is ignored; see `coordinator run --help` for the variables",
+    ]

@@ -41,7 +41,6 @@ from tests.helpers import (
     GitRepo,
     TouchCounter,
     app_repo,
-    as_nobody,
     chown_to_nobody,
     current_release,
     deployed,
@@ -50,6 +49,7 @@ from tests.helpers import (
     wait_until,
     write_marker,
 )
+from tests.nobody_env import NobodyPython
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -265,7 +265,7 @@ def nobody_repo(base: Path) -> GitRepo:
 
 
 @pytest.mark.parametrize("state_dir", ["missing", "owned-by-root", "owned-by-nobody"])
-def test_root_not_writable_exits_2_with_a_clear_message(world_dir: Path, state_dir: str) -> None:
+def test_root_not_writable_exits_2_with_a_clear_message(world_dir: Path, nobody: NobodyPython, state_dir: str) -> None:
     """The daemon as nobody on a ROOT owned by root (0755) exits 2 at start, saying what to fix."""
     root = world_dir / "volume"
     root.mkdir()
@@ -275,7 +275,12 @@ def test_root_not_writable_exits_2_with_a_clear_message(world_dir: Path, state_d
         os.chown(root / ".coordinator", NOBODY, NOBODY)
     argv = run_argv(root, world_dir / "repo")
     out = subprocess.run(
-        as_nobody(argv), capture_output=True, text=True, timeout=30, check=False, env={**os.environ, "HOME": "/"}
+        nobody.argv(argv),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=nobody.env({**os.environ, "HOME": "/"}),
     )
     assert out.returncode == 2, out.stderr
     assert "Permission denied" in out.stderr and "writable" in out.stderr and "Traceback" not in out.stderr
@@ -292,7 +297,7 @@ def test_root_not_writable_exits_2_with_a_clear_message(world_dir: Path, state_d
     ],
 )
 def test_reload_file_not_writable_fails_retryably_then_reloads_exactly_once(
-    world_dir: Path, setup: str, text: str
+    world_dir: Path, nobody: NobodyPython, setup: str, text: str
 ) -> None:
     """A reload file the daemon cannot touch fails retryably; once chowned, exactly one reload."""
     repo = nobody_repo(world_dir)
@@ -305,10 +310,9 @@ def test_reload_file_not_writable_fails_retryably_then_reloads_exactly_once(
     if setup.startswith("file"):
         touch.write_text("")
         touch.chmod(int(setup.split("-")[1], 8))
-    d = Daemon(root, repo.path, "--resync-interval", "1", "--reload-file", str(touch))
-    d.args = as_nobody(d.args)
-    d.env["HOME"] = str(world_dir)
-    with d:
+    # "reloaded" (one per reload done) is logged at debug
+    d = Daemon(root, repo.path, "--resync-interval", "1", "--reload-file", str(touch), "--log-level", "debug")
+    with nobody.daemon(d, world_dir):
         write_marker(root, "v1")
         st = wait_until(lambda: status_is(root, "failed"))
         err = st["error"]
@@ -362,7 +366,8 @@ def test_missing_reload_directory_is_a_clear_error_until_it_is_created(
 ) -> None:
     """A missing --reload-file directory is reported, not created; once created, one reload."""
     touch = tmp_path / "app" / "reload.touch"
-    with Daemon(root, repo.path, "--resync-interval", "1", "--reload-file", str(touch)) as d:
+    debug = ("--log-level", "debug")  # "reloaded" (one per reload done) is logged at debug
+    with Daemon(root, repo.path, "--resync-interval", "1", "--reload-file", str(touch), *debug) as d:
         write_marker(root, "v1")
         st = wait_until(lambda: status_is(root, "failed"))
         err = st["error"]

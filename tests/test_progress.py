@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from coordinator.display import Style
-from coordinator.progress import DeployProgress, Progress, frame, plain_line, render_live
+from coordinator.progress import DeployProgress, Progress, frame, plain_line, render_live, summary_line
+from coordinator.records import as_status
 from tests.helpers import DISPLAY_ID as ID
 from tests.helpers import DISPLAY_NOW as NOW
 from tests.helpers import deploying_status as status
@@ -103,7 +106,7 @@ def test_plain_progress_writes_one_line_per_change_without_escape_codes() -> Non
         plain_line("build", None),
         plain_line("build", 900.0),
         plain_line("swap", 1.0),
-        "v2 is current and reloaded: release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 3.00 s",
+        "v2 is current; reload requested (not verified as served): release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 3.00 s",
     ]
     assert "\x1b" not in out.getvalue()
 
@@ -125,5 +128,23 @@ def test_live_progress_ends_with_the_summary_line() -> None:
     dp.update(final, NOW + 1)
     dp.finish(final, NOW + 1)
     text = ESC.sub("", out.getvalue())
-    assert text.splitlines()[-1] == "✓ v2 is current and reloaded: release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 1.00 s"
+    assert text.splitlines()[-1] == (
+        "✓ v2 is current; reload requested (not verified as served): release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 1.00 s"
+    )
     assert "\x1b[32m✓\x1b[0m" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("verify", "said"),
+    [
+        (True, "v2 is current; serving, verified: "),
+        (False, "v2 is current; reload requested (no health check configured: not verified as served): "),
+    ],
+)
+def test_summary_says_what_the_wait_knows(verify: bool, said: str) -> None:
+    """The summary says "serving, verified" only when the status file says the daemon checks a health
+    URL (``verify``); else that the reload was requested, not that the release is served."""
+    final = as_status({**status({"swap": 1.0, "reload": 1.0}, result="success"), "verify": verify})
+    progress = Progress("v2", ID)
+    progress.update(final)
+    assert summary_line(progress, final, 0.024) == f"{said}release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 24 ms"
