@@ -6,14 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint typecheck unit bench clean
+.PHONY: venv demo test lint typecheck unit docs docs-check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	@command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,e2e]'
+	$(BIN)/python -m pip install -q -e '.[dev,e2e,docs]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,8 +22,8 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/coordinator demo
 
-## test: lint, type-check and the whole test suite
-test: lint typecheck unit
+## test: lint, type-check, the docs site (strict) and the whole test suite
+test: lint typecheck docs-check unit
 
 lint: venv
 	$(BIN)/ruff check coordinator tests benchmarks
@@ -35,10 +35,18 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## docs: build the documentation site (mkdocs.yml, docs/) into site/
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# the site must build with no warning: no broken link or anchor, no page missing from the nav
+docs-check: venv
+	@d=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$d"; rc=$$?; rm -rf "$$d"; exit $$rc
+
 ## bench: the benchmarks; results land in benchmarks/results/
 bench: venv
 	$(BIN)/python -m pip install -q -e '.[dev,e2e,bench]'
 	$(BIN)/python -m benchmarks run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site
