@@ -301,17 +301,21 @@ def test_rollback_wait_without_a_daemon_exits_5_and_the_rollback_happens_later(r
 
 def test_ctrl_c_during_deploy_wait_says_the_request_stays_pending(root: Path) -> None:
     """SIGINT during `deploy --wait`: exit 130, saying the request stays pending and how to follow it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "deploy", "v1", "--root", str(root), "--wait"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("requested v1 (id ")
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    (root / ".coordinator").mkdir(exist_ok=True)
+    # the test holds ROOT's lock as a daemon would (one that never deploys), so the wait cannot end
+    # with exit 5 however slowly this machine runs: only the SIGINT ends it
+    with hold_lock(root / ".coordinator" / "lock"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "deploy", "v1", "--root", str(root), "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("requested v1 (id ")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     line = one_line(err)
     assert line.startswith("coordinator: interrupted; the request for v1 (id ")
