@@ -310,6 +310,7 @@ def test_ctrl_c_during_deploy_wait_says_the_request_stays_pending(root: Path) ->
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's `&` may have ignored it
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("requested v1 (id ")
