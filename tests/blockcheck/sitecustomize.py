@@ -23,7 +23,10 @@ _SCRIPTS = ("coordinator", "audited_daemon.py")
 
 
 def _runs_coordinator(argv: list[str]) -> bool:
-    """``python -m coordinator ...``, the ``coordinator`` script, or ``tests/audited_daemon.py``."""
+    """``python -m coordinator ...``, the ``coordinator`` script, or ``tests/audited_daemon.py``. An
+    embedding program (uWSGI's Python plugin) has no ``sys.orig_argv`` at all: never coordinator."""
+    if not argv:
+        return False
     args = argv[1:]
     if any(a == "-m" and b in _MODULES for a, b in itertools.pairwise(args)) or any(
         a.startswith("-m") and a[2:] in _MODULES for a in args
