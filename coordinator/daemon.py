@@ -134,8 +134,8 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
         from coordinator.probes import Liveness, ProbeServer
 
         metrics = Metrics()
-        deployer.on_phase = metrics.phase_finished
-        deployer.on_attempt = metrics.attempt_changed
+        deployer.reporter.on_phase = metrics.phase_finished
+        deployer.reporter.on_attempt = metrics.attempt_changed
         probes = await ProbeServer.open(config, deployer, metrics, Liveness(stop))
 
     def reconcile_failed() -> None:

@@ -15,7 +15,7 @@ Steps before the swap are cancellable (by SIGTERM, or when a newer marker supers
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import anyio
@@ -65,22 +65,6 @@ class Deployer:
         self._supersede_scope: anyio.CancelScope | None = None
         self._inflight: DeployRequest | None = None
         self._inflight_digest: str | None = None
-
-    @property
-    def on_phase(self) -> Callable[[str, float], None] | None:
-        return self.reporter.on_phase
-
-    @on_phase.setter
-    def on_phase(self, hook: Callable[[str, float], None] | None) -> None:
-        self.reporter.on_phase = hook
-
-    @property
-    def on_attempt(self) -> Callable[[Attempt], None] | None:
-        return self.reporter.on_attempt
-
-    @on_attempt.setter
-    def on_attempt(self, hook: Callable[[Attempt], None] | None) -> None:
-        self.reporter.on_attempt = hook
 
     # ------------------------------------------------------------------ start-up
 

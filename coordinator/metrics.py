@@ -127,7 +127,7 @@ class Metrics:
     # ------------------------------------------------------------------ hooks of the Deployer
 
     def phase_finished(self, phase: str, ms: float) -> None:
-        """``Deployer.on_phase``: a phase ended after ``ms`` milliseconds."""
+        """``Reporter.on_phase``: a phase ended after ``ms`` milliseconds."""
         self._safely(self._phase_finished, phase, ms)
 
     def _phase_finished(self, phase: str, ms: float) -> None:
@@ -135,7 +135,7 @@ class Metrics:
             self.phases.labels(phase).observe(max(ms, 0.0) / 1000)
 
     def attempt_changed(self, attempt: Attempt) -> None:
-        """``Deployer.on_attempt``: an attempt started (result ``running``) or finished."""
+        """``Reporter.on_attempt``: an attempt started (result ``running``) or finished."""
         self._safely(self._attempt_changed, attempt)
 
     def _attempt_changed(self, attempt: Attempt) -> None:

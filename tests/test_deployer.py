@@ -641,7 +641,7 @@ async def test_a_failed_deploying_status_write_fails_the_attempt_and_journals_it
 
     d = await started(root, repo)
     metrics = Metrics()
-    d.on_attempt = metrics.attempt_changed
+    d.reporter.on_attempt = metrics.attempt_changed
     write_marker(root, "v1")
     monkeypatch.setattr(failpoints, "_hits", {})
     monkeypatch.setenv("COORDINATOR_FAILPOINTS", "before-deploying-status:ENOSPC@1")
