@@ -23,7 +23,7 @@ import structlog
 from coordinator.config import Config
 from coordinator.exceptions import CoordinatorError, RolledBack, VerifyError
 from coordinator.failpoints import failpoint
-from coordinator.fsutil import is_real_dir, swap_symlink
+from coordinator.fsutil import swap_symlink
 from coordinator.health import expected_text, wait_healthy
 from coordinator.logs import present
 from coordinator.plan import Step, recover_reload, reload_to_confirm, rollback_target
@@ -135,10 +135,8 @@ class Activator:
             log.debug("verified", release=name, url=url, checks=result.attempts)
             return
         log.error("verify_failed", release=name, url=url, reason=result.reason)
-        back_exists = pending.back_to is not None and await anyio.to_thread.run_sync(
-            is_real_dir, self.layout.releases / pending.back_to
-        )
-        back_to = rollback_target(pending, [pending.back_to] if back_exists and pending.back_to else [])
+        _, on_disk = await self.store.observe()
+        back_to = rollback_target(pending, (r.name for r in on_disk))
         if back_to is None:
             self.state.verify = None
             await self.save_state()
