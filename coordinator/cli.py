@@ -113,12 +113,15 @@ def _count(text: str) -> int:
 def _add_options(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for name in names:
         opt = OPTIONS[name]
-        default = "" if opt.default is None else f" (default {opt.default})"
+        default = "" if opt.default in (None, ()) else f" (default {opt.default})"
         helptext = f"{opt.help}{default}; env {opt.env}"
         if opt.type == "bool":
-            p.add_argument(f"--{name}", dest=opt.dest, action="store_const", const=True, default=None, help=helptext)
+            p.add_argument(opt.cli_flag, dest=opt.dest, action="store_const", const=True, default=None, help=helptext)
+        elif opt.type == "list":
+            helptext = f"{opt.help}; env {opt.env} (comma-separated)"
+            p.add_argument(opt.cli_flag, dest=opt.dest, action="append", default=None, metavar="PATH", help=helptext)
         else:
-            p.add_argument(f"--{name}", dest=opt.dest, default=None, metavar=opt.type.upper(), help=helptext)
+            p.add_argument(opt.cli_flag, dest=opt.dest, default=None, metavar=opt.type.upper(), help=helptext)
     p.add_argument("--config", type=Path, default=None, help="TOML file with any of these options as keys")
 
 

@@ -23,7 +23,16 @@ from typing import Any
 from coordinator.exceptions import ConfigError
 from coordinator.layout import Layout
 
-__all__ = ["OPTIONS", "Config", "Option", "parse_http_bind", "resolve_options", "unknown_env_warnings"]
+__all__ = [
+    "OPTIONS",
+    "Config",
+    "Option",
+    "check_shared_paths",
+    "parse_http_bind",
+    "resolve_options",
+    "shared_path",
+    "unknown_env_warnings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +40,18 @@ class Option:
     """One setting: its name (``status-file``), type, default and help text."""
 
     name: str
-    type: str  # "str" | "path" | "int" | "float" | "bool"
+    type: str  # "str" | "path" | "int" | "float" | "bool" | "list"
     default: Any
     help: str
     low: int | None = None  # int options: the smallest value allowed (float options are seconds > 0)
     high: int | None = None  # int options: the largest value allowed
+    #: the command-line flag when it differs from the name: a list option is named in the plural
+    #: (``shared-dirs``: TOML key, ``COORDINATOR_SHARED_DIRS``) and its flag, given once per value, singular
+    flag: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return "--" + (self.flag or self.name)
 
     @property
     def expect(self) -> str:
@@ -44,9 +60,12 @@ class Option:
             if self.low is not None and self.high is not None:
                 return f"a whole number from {self.low} to {self.high}"
             return "a whole number" + (f" >= {self.low}" if self.low is not None else "")
-        return {"float": "a number of seconds > 0", "bool": "true or false", "path": "a path"}.get(
-            self.type, "a string"
-        )
+        return {
+            "float": "a number of seconds > 0",
+            "bool": "true or false",
+            "path": "a path",
+            "list": "a list of strings (comma-separated in the environment)",
+        }.get(self.type, "a string")
 
     @property
     def env(self) -> str:
@@ -69,6 +88,25 @@ OPTIONS: dict[str, Option] = {
         Option("tag-pattern", "str", None, "only deploy tags matching this glob, e.g. 'v*'"),
         Option("build-command", "str", None, "shell command run in a new release before the swap"),
         Option("build-timeout", "float", 600.0, "seconds before the build command's process group is killed"),
+        Option(
+            "shared-dirs",
+            "list",
+            (),
+            "directory PATH in every release linked to ROOT/shared/PATH (created empty if missing; repeatable)",
+            flag="shared-dir",
+        ),
+        Option(
+            "shared-files",
+            "list",
+            (),
+            "file PATH in every release linked to ROOT/shared/PATH (must exist, e.g. .env; repeatable)",
+            flag="shared-file",
+        ),
+        Option("pre-swap-command", "str", None, "command run in the release before each swap (e.g. migrate)"),
+        Option("pre-swap-timeout", "float", 600.0, "seconds before the pre-swap command's process group is killed"),
+        Option("notify-command", "str", None, "command run after every attempt, with RESULT and ERROR set"),
+        Option("webhook-url", "str", None, "http(s) URL the attempt is POSTed to as JSON after every attempt"),
+        Option("hook-timeout", "float", 30.0, "seconds allowed for --notify-command and each --webhook-url POST"),
         Option("git-timeout", "float", 300.0, "seconds allowed for each git command"),
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
@@ -119,6 +157,8 @@ def _typed(opt: Option, raw: Any, base: Path | None) -> Any:
         return int(raw)
     if opt.type == "float":
         return None if isinstance(raw, bool) else float(raw)
+    if opt.type == "list":
+        return _typed_list(raw)
     if opt.type == "bool":
         if isinstance(raw, bool):
             return raw
@@ -127,6 +167,16 @@ def _typed(opt: Option, raw: Any, base: Path | None) -> Any:
             return True
         return False if text in {"0", "false", "no", "off", ""} else None
     return raw if isinstance(raw, str) else None
+
+
+def _typed_list(raw: Any) -> tuple[str, ...] | None:
+    """A list option's value: a TOML list of strings, the values of a repeated flag, or one string of
+    comma-separated values (the environment); blanks around values and empty values are dropped."""
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    if not isinstance(raw, list | tuple) or not all(isinstance(v, str) for v in raw):
+        return None
+    return tuple(v.strip() for v in raw if v.strip())
 
 
 def _in_range(opt: Option, value: Any) -> bool:
@@ -143,11 +193,15 @@ def _shown(raw: Any) -> str:
         return "true" if raw else "false"
     if isinstance(raw, str):
         return json.dumps(raw[:80], ensure_ascii=False)
+    if isinstance(raw, list | tuple):
+        return "[" + ", ".join(_shown(v) for v in raw)[:80] + "]"
     return str(raw)[:80]
 
 
 def _bad_value(opt: Option, raw: Any, source: str) -> ConfigError:
     example = opt.default if opt.default is not None else {"int": 1, "float": 30, "bool": False}.get(opt.type)
+    if opt.type == "list":
+        example = "media,static/uploads" if source.startswith("COORDINATOR_") else ["media"]
     if source.startswith("--"):
         label, where, usage = source, "", f"{source} {example}"
     elif source.startswith("COORDINATOR_"):
@@ -186,6 +240,52 @@ def unknown_env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
         hint = f"did you mean {suffixes[close[0]]}?" if close else "see `coordinator run --help` for the variables"
         out.append(f"unknown environment variable {name} is ignored; {hint}")
     return out
+
+
+#: first components a shared path may not have: coordinator's own names in a release and the ROOT layout
+_RESERVED = frozenset({".coordinator", ".git", "current", "releases", "shared"})
+
+
+def shared_path(text: str, flag: str) -> str:
+    """``--shared-dir``/``--shared-file`` PATH, checked: relative, inside the release, in normal form
+    (``media/``, ``./media`` become ``media``); ConfigError (exit 2) otherwise."""
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(
+            f"invalid --{flag} {text[:80]!r}: {why}",
+            fix=f"give a path relative to the release, e.g. --{flag} media or --{flag} config/.env",
+            option=flag + "s",
+        )
+
+    if not text or len(text) > 1024:
+        raise bad("empty" if not text else "longer than 1024 characters")
+    if text.startswith("/"):
+        raise bad("absolute (it is a path inside each release)")
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise bad("control characters")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts:
+        raise bad("names the release itself")
+    if ".." in parts:
+        raise bad("'..' would leave the release")
+    if any(p.startswith("-") for p in parts):
+        raise bad("a component starts with '-'")
+    if parts[0] in _RESERVED:
+        raise bad(f"{parts[0]!r} is reserved")
+    return "/".join(parts)
+
+
+def check_shared_paths(dirs: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """No shared path twice, and none inside another (``media`` and ``media/x`` would link into a link)."""
+    seen = sorted([*dirs, *files])
+    for i, a in enumerate(seen):
+        b = next((b for b in seen[i + 1 :] if b == a or b.startswith(a + "/")), None)
+        if b is not None:
+            raise ConfigError(
+                f"shared paths {a!r} and {b!r} overlap" if a != b else f"shared path {a!r} is given twice",
+                fix="give each shared path once, and none inside another",
+                option="shared-dirs",
+            )
 
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -270,7 +370,7 @@ def resolve_options(
     for name in names or list(OPTIONS):
         opt = OPTIONS[name]
         if cli.get(opt.dest) is not None:
-            out[opt.dest] = _convert(opt, cli[opt.dest], None, f"--{name}")
+            out[opt.dest] = _convert(opt, cli[opt.dest], None, opt.cli_flag)
         elif env.get(opt.env):  # set and not empty: `COORDINATOR_TAG_PATTERN=` means unset
             out[opt.dest] = _convert(opt, env[opt.env], None, opt.env)
         elif name in toml:
@@ -304,10 +404,26 @@ class Config:
     health_expect: str = "{sha}"
     health_timeout: float = 60.0
     http_bind: str | None = None
+    shared_dirs: tuple[str, ...] = ()
+    shared_files: tuple[str, ...] = ()
+    pre_swap_command: str | None = None
+    pre_swap_timeout: float = 600.0
+    notify_command: str | None = None
+    webhook_url: str | None = None
+    hook_timeout: float = 30.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("keep", "build_timeout", "git_timeout", "resync_interval", "reload_timeout", "health_timeout"):
+        for name in (
+            "keep",
+            "build_timeout",
+            "git_timeout",
+            "resync_interval",
+            "reload_timeout",
+            "health_timeout",
+            "pre_swap_timeout",
+            "hook_timeout",
+        ):
             opt = OPTIONS[name.replace("_", "-")]
             if not _in_range(opt, getattr(self, name)):  # also rejects NaN
                 raise _bad_value(opt, getattr(self, name), f"--{opt.name}")
@@ -340,6 +456,15 @@ class Config:
             )
         if self.http_bind is not None:
             parse_http_bind(self.http_bind)
+        if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "--webhook-url must be an http(s) URL",
+                fix="e.g. https://hooks.example.com/deploys",
+                option="webhook-url",
+            )
+        object.__setattr__(self, "shared_dirs", tuple(shared_path(p, "shared-dir") for p in self.shared_dirs))
+        object.__setattr__(self, "shared_files", tuple(shared_path(p, "shared-file") for p in self.shared_files))
+        check_shared_paths(self.shared_dirs, self.shared_files)
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -383,4 +508,16 @@ class Config:
             health_expect=opts.get("health_expect") or "{sha}",
             health_timeout=opts.get("health_timeout", 60.0),
             http_bind=opts.get("http_bind"),
+            shared_dirs=tuple(opts.get("shared_dirs") or ()),
+            shared_files=tuple(opts.get("shared_files") or ()),
+            pre_swap_command=opts.get("pre_swap_command"),
+            pre_swap_timeout=opts.get("pre_swap_timeout", 600.0),
+            notify_command=opts.get("notify_command"),
+            webhook_url=opts.get("webhook_url"),
+            hook_timeout=opts.get("hook_timeout", 30.0),
         )
+
+    @property
+    def shared_paths(self) -> list[tuple[str, bool]]:
+        """Every shared path with whether it is a directory (True) or a file (False)."""
+        return [(p, True) for p in self.shared_dirs] + [(p, False) for p in self.shared_files]

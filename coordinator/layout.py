@@ -11,6 +11,8 @@ The layout is a contract (see the README)::
       deploy.request                    the marker (default; --marker)
       deploy.status.json                the status file (default; --status-file)
       reload.touch                      the touch-reload file (default; --reload-file)
+      deploy.pause                      present while deploys are paused (coordinator pause)
+      shared/                           --shared-dir/--shared-file content, linked from each release
       .coordinator/                     state.json, journal.jsonl, lock, git/, releases/ (metadata), tmp/
 
 All functions here block; async callers run them in a worker thread.
@@ -67,6 +69,16 @@ class Layout:
     @property
     def current(self) -> Path:
         return self.root / "current"
+
+    @property
+    def shared(self) -> Path:
+        """Content every release shares (``--shared-dir``/``--shared-file``), linked from each release."""
+        return self.root / "shared"
+
+    @property
+    def pause_file(self) -> Path:
+        """Written by ``coordinator pause``, removed by ``resume``: while it exists nothing deploys."""
+        return self.root / "deploy.pause"
 
     @property
     def state_dir(self) -> Path:

@@ -550,7 +550,7 @@ def test_every_option_has_a_known_type_and_help() -> None:
     """Each option declares one of the supported types and a help text."""
     for opt in OPTIONS.values():
         assert isinstance(opt, Option)
-        assert opt.type in {"str", "path", "int", "float", "bool"}, opt.name
+        assert opt.type in {"str", "path", "int", "float", "bool", "list"}, opt.name
         assert opt.help, opt.name
 
 
