@@ -34,6 +34,9 @@ class Rig:
     load: Load | None = None
     latencies: list[float] = field(default_factory=list)  # marker written -> first new-version response, s
     deploys: int = 0
+    #: worker processes of the app server: a deploy has converged only once this many distinct
+    #: processes answered with the new version (see :meth:`deploy`)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         self.root = self.tmp / "volume"
@@ -88,6 +91,12 @@ class Rig:
             if load.first_response_of(tag, t0) is None or not deployed(self.root, tag):
                 return False
             if done is not None and not done():
+                return False
+            # Every worker answers with the new version, not only the first one up: under load a
+            # reload's second worker can still be starting when the first has served for 0.5 s, and
+            # a uWSGI worker that gets the next graceful reload's SIGHUP before it installed its
+            # handler loses it (the master then waits --worker-reload-mercy, 60 s, for it).
+            if len({r.pid for r in load.snapshot() if r.app == tag and r.finished >= t0}) < self.workers:
                 return False
             recent = load.recent(0.5)
             return len(recent) >= 5 and all(r.app == tag for r in recent)

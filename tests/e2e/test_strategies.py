@@ -28,11 +28,14 @@ def deploy_under_load(
     rig.start_server(server, "app=v1 late=v1")
     rig.start_daemon(*daemon_args)
     load = rig.start_load()
-    # Every server here runs 2 workers. Deploy only once both have answered: a uWSGI worker that gets
-    # the graceful-reload SIGHUP while it is still starting (before it installs its own handler) loses
-    # it, and the master then waits --worker-reload-mercy (60 s) for that worker, which serves the old
-    # release meanwhile (seen once under two CPU hogs, on the first deploy one second after start).
-    wait_until(lambda: len({r.pid for r in load.snapshot()}) >= 2, timeout=30, interval=0.05)
+    # Every server here runs 2 workers. Deploy only once both have answered (and, in rig.deploy, each
+    # deploy converges only once both new workers have): a uWSGI worker that gets the graceful-reload
+    # SIGHUP while it is still starting (before it installs its own handler) loses it, and the master
+    # then waits --worker-reload-mercy (60 s) for that worker, which serves the old release meanwhile
+    # (seen twice in 15 loaded runs: on the first deploy one second after start, and on a deploy
+    # right after the previous one's first new worker answered).
+    rig.workers = 2
+    wait_until(lambda: len({r.pid for r in load.snapshot()}) >= rig.workers, timeout=30, interval=0.05)
     final = "v1"
     jitter = random.Random(DEPLOYS)
     for i in range(DEPLOYS):
