@@ -6,8 +6,8 @@ code meaning
 ==== =====================================================================
 0    success (``deploy --wait``: the tag is current and its reload requested, or with a health
      check configured on the daemon, serving and verified)
-1    the deploy failed (``run --once``, ``deploy --wait``) or another command error (e.g. a ROOT
-     coordinator has never run on)
+1    the deploy failed (``run --once``, ``deploy --wait``), ``check`` found a problem, or another
+     command error (e.g. a ROOT coordinator has never run on)
 2    bad usage, option, config file or volume layout (e.g. ROOT not writable)
 3    another coordinator already holds the lock on this ROOT
 4    ``deploy --wait`` / ``rollback --wait`` timed out
@@ -53,7 +53,8 @@ _CLIENT_OPTIONS = ["root", "marker", "status-file", "log-format", "log-level"]
 EXIT_CODES = """exit codes:
   0    success (deploy --wait: the tag is current and its reload requested; with a
        health check configured on the daemon: serving, verified)
-  1    the deploy failed, or another command error (e.g. a ROOT coordinator never ran on)
+  1    the deploy failed, check found a problem, or another command error (e.g. a ROOT
+       coordinator never ran on)
   2    bad usage, option, config file or volume layout (e.g. ROOT not writable)
   3    another coordinator already holds the lock on this ROOT
   4    deploy --wait / rollback --wait timed out
@@ -136,6 +137,12 @@ def build_parser() -> _Parser:
     _add_options(run, list(OPTIONS))
     run.add_argument("--once", action="store_true", help="reconcile once and exit (non-zero on failure)")
 
+    check = sub.add_parser(
+        "check", help="check run's configuration without deploying: ROOT, repository, reload, health, commands"
+    )
+    _add_options(check, list(OPTIONS))
+    check.add_argument("--json", action="store_true", help="print the results as a JSON array (name, ok, detail, fix)")
+
     wait_help = (
         "wait until the tag is current and its reload requested (serving, verified when the daemon has "
         "--health-url); exit 5 when no coordinator runs on ROOT"
@@ -199,18 +206,21 @@ def _print(text: str = "") -> None:
 
 def _prepare(args: argparse.Namespace) -> Config | Layout:
     """What a command needs before the event loop starts (it reads files: the config file, the
-    modules imported here): the daemon's Config for ``run``, else the Layout."""
-    names = list(OPTIONS) if args.command == "run" else _CLIENT_OPTIONS
+    modules imported here): the daemon's Config for ``run`` and ``check``, else the Layout."""
+    names = list(OPTIONS) if args.command in ("run", "check") else _CLIENT_OPTIONS
     opts = resolve_options(vars(args), config_file=args.config, names=names)
     configure_logging(opts.get("log_format") or "auto", opts.get("log_level") or "info")
-    if args.command == "run":
-        importlib.import_module("coordinator.daemon")
+    if args.command in ("run", "check"):
+        importlib.import_module("coordinator.daemon" if args.command == "run" else "coordinator.check")
         return Config.from_options(opts)
     importlib.import_module("coordinator.commands")
     return _layout(opts)
 
 
 async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: list[tuple[Layout, DeployRequest]]) -> int:
+    if args.command == "check" and isinstance(prepared, Config):
+        await _check(prepared, as_json=args.json)
+        return 0
     if isinstance(prepared, Config):
         from coordinator.daemon import run
 
@@ -257,6 +267,19 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
         _print(json.dumps([e.raw for e in entries], indent=2) if args.json else display.format_history(entries))
         return 0
     raise ConfigError(f"unknown command {args.command}")  # pragma: no cover
+
+
+async def _check(config: Config, *, as_json: bool) -> None:
+    """``check``: every result printed (a line each, or a JSON array), then CheckFailed if one failed."""
+    from coordinator import check
+
+    results = await check.run_checks(config)
+    if as_json:
+        _print(json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False))
+    else:
+        style = display.style_for(os.environ, sys.stdout.isatty(), sys.stdout.encoding)
+        _print(check.format_results(results, style))
+    check.raise_if_failed(results)
 
 
 async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: display.Style) -> None:

@@ -17,6 +17,7 @@ from coordinator.records import ErrorInfo
 
 __all__ = [
     "BuildError",
+    "CheckFailed",
     "ConfigError",
     "CoordinatorError",
     "DeployFailed",
@@ -129,6 +130,13 @@ class VerifyError(CoordinatorError):
     """The new release failed its health check and there was no previous release to go back to."""
 
     kind = "verify"
+
+
+class CheckFailed(CoordinatorError):
+    """`coordinator check`: at least one pre-flight check failed (each one printed with its fix)."""
+
+    exit_code = 1
+    kind = "check_failed"
 
 
 class DeployFailed(CoordinatorError):

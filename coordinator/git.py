@@ -54,6 +54,7 @@ class GitCache:
         limit_s: float | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
+        max_output: int = 64 * 1024,
     ) -> GroupResult:
         cmd = ["git", f"--git-dir={self.git_dir}", *args]
         name = _subcommand(args)
@@ -67,7 +68,7 @@ class GitCache:
         limit = limit_s or self.timeout
         started = time.monotonic()
         try:
-            result = await run_in_group(cmd, limit_s=limit, env=full_env)
+            result = await run_in_group(cmd, limit_s=limit, env=full_env, max_output=max_output)
         except OSError as e:
             raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
         if result.timed_out:
@@ -154,6 +155,22 @@ class GitCache:
             log.warning("tag_moved", tag=tag, old_sha=before, new_sha=after)
         return after
 
+    async def remote_tags(self) -> dict[str, str]:
+        """Every tag of the repository with its commit (annotated tags peeled), by ``git ls-remote``:
+        nothing is fetched or written. Raises GitError (with the fix) when the repository cannot be read."""
+        result = await self._git(["ls-remote", "--tags", "--", self.repo], max_output=_LS_REMOTE_MAX)
+        tags: dict[str, str] = {}
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            sha, _, ref = line.partition("\t")
+            name = ref.removeprefix("refs/tags/")
+            if name == ref or not _SHA40_RE.fullmatch(sha):
+                continue
+            if name.endswith("^{}"):  # the commit an annotated tag points to
+                tags[name[:-3]] = sha
+            else:
+                tags.setdefault(name, sha)
+        return tags
+
     async def checkout(self, sha: str, dest: Path, index_file: Path) -> None:
         """Write exactly the tracked files of ``sha`` into the empty directory ``dest`` (no ``.git``)."""
         try:
@@ -188,6 +205,9 @@ class GitCache:
         result = await self._git(args, check=False)
         return None if result.returncode == 0 else redact(_last_line(result.stderr))
 
+
+#: the most ``git ls-remote --tags`` output kept (about 100,000 tags)
+_LS_REMOTE_MAX = 8 * 1024 * 1024
 
 #: the empty tree, built into git for both object formats (by the length of an object id)
 EMPTY_TREE = {

@@ -78,7 +78,8 @@ class SignalReloader:
     def _error(self, message: str, fix: str | None = None, pid: int | None = None) -> ReloadError:
         return ReloadError(message, fix=fix, pidfile=str(self.pidfile), signal=self.signal_name, pid=pid)
 
-    def _read_pid(self) -> int:
+    def read_pid(self) -> int:
+        """The pid in the pid file (blocking); ReloadError, with the fix, when it holds none."""
         start_fix = "start the app server with a pid file (gunicorn --pid FILE, uWSGI --safe-pidfile FILE)"
         try:
             fd = os.open(self.pidfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -116,7 +117,7 @@ class SignalReloader:
         return pid
 
     def _send(self) -> int:
-        pid = self._read_pid()
+        pid = self.read_pid()
         try:
             os.kill(pid, self.signum)
         except ProcessLookupError as e:

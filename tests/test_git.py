@@ -126,6 +126,27 @@ async def test_resolve_annotated_tag_is_peeled_to_commit(tmp_path: Path) -> None
     assert await GitCache(cache.git_dir, cache.repo).resolve("a1") == sha
 
 
+# ---------------------------------------------------------------------------------------- remote_tags
+
+
+async def test_remote_tags_lists_every_tag_peeled_without_creating_the_cache(tmp_path: Path) -> None:
+    """remote_tags: each tag once with its commit (an annotated one peeled); the cache stays absent."""
+    src = await anyio.to_thread.run_sync(GitRepo, tmp_path / "src")
+    light = await anyio.to_thread.run_sync(lambda: src.commit({"f": "1"}, tag="v1"))
+    annotated = await anyio.to_thread.run_sync(lambda: src.commit({"f": "2"}, tag="v2", annotated=True))
+    cache = GitCache(tmp_path / "state" / "git", str(src.path), timeout=30)
+    assert await cache.remote_tags() == {"v1": light, "v2": annotated}
+    assert not await anyio.Path(tmp_path / "state").exists()
+
+
+async def test_remote_tags_of_a_path_that_is_no_repository_raises_git_error(tmp_path: Path) -> None:
+    """remote_tags on a directory that is not a repository: GitError with git's reason and the fix."""
+    cache = GitCache(tmp_path / "git", str(tmp_path), timeout=30)
+    with pytest.raises(GitError, match="does not appear to be a git repository") as info:
+        await cache.remote_tags()
+    assert info.value.fix == "check --repo and that the repository is reachable"
+
+
 # ---------------------------------------------------------------------------------------- fetch_tag
 
 
