@@ -133,6 +133,9 @@ def _convert(opt: Option, raw: Any, base: Path | None, source: str) -> Any:
     """``raw`` from ``source`` (``--keep``, ``COORDINATOR_KEEP`` or a TOML file's path) as the
     option's type, in range; else a ConfigError in plain words: ``keep must be a whole number >= 1,
     got "three" (in /etc/coordinator.toml)``."""
+    if opt.type == "list" and isinstance(raw, str) and base is not None:
+        # from TOML (the only source with a base), which has lists: `shared-dirs = "media"` is a mistake
+        raise _bad_value(opt, raw, source)
     try:
         value = _typed(opt, raw, base)
     except (TypeError, ValueError, OverflowError):

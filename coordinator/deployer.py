@@ -207,14 +207,17 @@ class Deployer:
     async def _build_release(
         self, attempt: Attempt, tag: str, name: str, sha: str, previous_current: str | None
     ) -> None:
-        """Prepare, build and publish release ``name`` in a hidden workspace (removed if anything fails)."""
+        """Prepare (with the shared links), build and publish release ``name`` in a hidden workspace
+        (removed if anything fails)."""
         tmp = await self.store.new_workspace(name)
         try:
             async with self.reporter.phase(attempt, Step.PREPARE):
+                await self.store.shared.ensure()  # a missing shared file fails before anything is checked out
                 stats = await self.store.prepare(tmp, sha, previous_current)
                 log.debug(
                     "prepare_stats", **present(tag=tag, release=name, previous=previous_current, **stats.as_log())
                 )
+                await self.store.shared.link(tmp, name)  # before the build: it may read .env
                 failpoint("during-prepare")
             if self.config.build_command:
                 async with self.reporter.phase(attempt, Step.BUILD):

@@ -29,6 +29,7 @@ __all__ = [
     "NoDaemonError",
     "ReloadError",
     "RolledBack",
+    "SharedPathError",
     "TagNotFoundError",
     "VerifyError",
     "WaitTimeoutError",
@@ -110,6 +111,15 @@ class BuildError(CoordinatorError):
     """Preparing a release or its build command failed: not retried until the marker changes."""
 
     kind = "build"
+
+
+class SharedPathError(CoordinatorError):
+    """``ROOT/shared`` cannot back a shared path (a shared file is missing, a path has the wrong type,
+    a symlink there points outside it). Retried on resync: the fix is to create or repair the file in
+    ``ROOT/shared``, not to change the marker."""
+
+    kind = "shared"
+    retryable = True
 
 
 class ReloadError(CoordinatorError):

@@ -11,7 +11,9 @@ release ``current`` points to, so that the files written follow the size of the 
   previous release, after checking that the previous copy is still what was published: the same
   type and permission bits as a checkout writes them (0644, 0755, symlink) and not modified since the
   previous release was published (mtime <= its creation time). A copy that fails the check is
-  written fresh instead;
+  written fresh instead. So is every path at or under one of the previous release's shared paths
+  (:attr:`PreviousRelease.shared`): there the previous release has a symlink into ``ROOT/shared``
+  (:mod:`coordinator.shared`), not the tag's content, even where the tag tracks a symlink too;
 * every other file (added, modified, mode or type changed) is written by ``git checkout-index`` from
   an index of the new tree, into a path where nothing exists yet, so it is always a new inode;
 * submodules (gitlinks) become empty directories, as ``checkout-index -a`` makes them.
@@ -88,6 +90,7 @@ class PreviousRelease:
     sha: str | None  # None: its metadata is missing or unreadable
     created: float | None = None  # when it was published (its files are not newer)
     built: bool | None = None  # a build command ran in it; None: unknown (metadata of coordinator < 0.2)
+    shared: frozenset[str] = frozenset()  # its shared paths: links into ROOT/shared, never the tag's files
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +213,11 @@ async def _incremental(
         await git.read_tree(sha, dest, index_file)
 
     created_ns = int(previous.created * 1_000_000_000)
+    shared = frozenset(os.fsencode(p) for p in previous.shared)
     done: list[_Linked] = []
 
     async def link() -> None:
-        done.append(await anyio.to_thread.run_sync(_link_unchanged, previous.path, dest, plan, created_ns))
+        done.append(await anyio.to_thread.run_sync(_link_unchanged, previous.path, dest, plan, created_ns, shared))
 
     try:
         await _concurrently(list_new_tree, diff_with_previous)
@@ -289,9 +293,11 @@ def _read_plan(listing_file: Path, diff_file: Path) -> _Plan:
     return _Plan(entries, frozenset(changed), deleted, attributes)
 
 
-def _link_unchanged(previous: Path, dest: Path, plan: _Plan, created_ns: int) -> _Linked:
+def _link_unchanged(
+    previous: Path, dest: Path, plan: _Plan, created_ns: int, shared: frozenset[bytes] = frozenset()
+) -> _Linked:
     """Create the directories of the new tree in ``dest`` and hard-link its unchanged files from
-    ``previous``; return the paths left to write (blocking)."""
+    ``previous`` (none at or under its ``shared`` paths); return the paths left to write (blocking)."""
     to_write: list[bytes] = []
     count = rewritten = 0
     dirs = _DirStack(previous, dest)
@@ -306,7 +312,7 @@ def _link_unchanged(previous: Path, dest: Path, plan: _Plan, created_ns: int) ->
             if path in plan.changed:
                 to_write.append(path)
                 continue
-            if prev_fd is None or not _published_copy(name, prev_fd, mode, created_ns):
+            if prev_fd is None or _in_shared(path, shared) or not _published_copy(name, prev_fd, mode, created_ns):
                 to_write.append(path)
                 rewritten += 1
                 continue
@@ -320,6 +326,18 @@ def _link_unchanged(previous: Path, dest: Path, plan: _Plan, created_ns: int) ->
     finally:
         dirs.close()
     return _Linked(to_write, count, rewritten)
+
+
+def _in_shared(path: bytes, shared: frozenset[bytes]) -> bool:
+    """True when ``path`` is one of the ``shared`` paths or inside one."""
+    if not shared:
+        return False
+    end = len(path)
+    while end > 0:
+        if path[:end] in shared:
+            return True
+        end = path.rfind(b"/", 0, end)
+    return False
 
 
 def _published_copy(name: bytes, prev_fd: int, mode: bytes, created_ns: int) -> bool:

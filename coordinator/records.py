@@ -214,6 +214,8 @@ class ReleaseMeta:
     ``built``: a build command ran in it (None: unknown, written by a version before 0.2). Incremental
     preparation shares files only with a release that was not built (see :mod:`coordinator.prepare`).
     ``ok`` is False once it failed its health check (it is then pruned first and never kept).
+    ``shared``: the shared paths linked into it (``--shared-dir``/``--shared-file``; empty in metadata
+    written before they existed, when no release had any).
     """
 
     name: str
@@ -222,11 +224,12 @@ class ReleaseMeta:
     created: float
     ok: bool = True
     built: bool | None = None
+    shared: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ReleaseMeta | None:
         try:
-            built = raw.get("built")
+            built, shared = raw.get("built"), raw.get("shared")
             return cls(
                 name=str(raw["name"]),
                 tag=str(raw["tag"]),
@@ -234,6 +237,7 @@ class ReleaseMeta:
                 created=float(raw["created"]),
                 ok=bool(raw.get("ok", True)),
                 built=built if isinstance(built, bool) else None,
+                shared=tuple(p for p in shared if isinstance(p, str)) if isinstance(shared, list) else (),
             )
         except (KeyError, TypeError, ValueError):
             return None

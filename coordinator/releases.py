@@ -9,6 +9,8 @@ in its (coordinator-side) metadata.
 Preparation is incremental when it is safe (hard links from the release ``current`` names, see
 :mod:`coordinator.prepare`), else a full checkout; always a full checkout when a build command runs:
 a build could modify a file in place and so write through an inode shared with a published release.
+The shared paths are linked in after preparation (:mod:`coordinator.shared`) and recorded in the
+release's metadata.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from coordinator.layout import Layout, list_releases, read_current
 from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
 from coordinator.records import ReleaseMeta
+from coordinator.shared import SharedPaths
 from coordinator.state import read_release_meta, write_release_meta
 
 __all__ = ["ReleaseStore", "load_previous"]
@@ -47,6 +50,7 @@ class ReleaseStore:
         self.config = config
         self.layout = config.layout
         self.git = git
+        self.shared = SharedPaths(self.layout, config.shared_paths)
 
     # ------------------------------------------------------------------ start-up
 
@@ -141,7 +145,7 @@ class ReleaseStore:
         sync_tree(tmp)
         failpoint("after-release-fsync")
         # created after the flush: no file of the release is newer (incremental preparation relies on it)
-        meta = ReleaseMeta(name, tag, sha, time.time(), built=bool(self.config.build_command))
+        meta = ReleaseMeta(name, tag, sha, time.time(), built=bool(self.config.build_command), shared=self.shared.names)
         write_release_meta(lay.meta_dir, meta)
         # the app-facing metadata, next to the release directory (never modified once published)
         write_release_meta(lay.releases, meta, app_facing=True)
@@ -183,7 +187,8 @@ class ReleaseStore:
 
 def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
     """The release ``name`` (the one ``current`` points to) as a :class:`PreviousRelease` (blocking):
-    its directory and what its metadata says (commit, publication time, whether it was built)."""
+    its directory and what its metadata says (commit, publication time, whether it was built, the
+    shared paths linked into it)."""
     if name is None:
         return None
     meta = read_release_meta(layout.meta_dir, name)
@@ -194,4 +199,5 @@ def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
         sha=meta.sha if meta else None,
         created=meta.created if meta else None,
         built=meta.built if meta else None,
+        shared=frozenset(meta.shared) if meta else frozenset(),
     )

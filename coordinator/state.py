@@ -227,11 +227,12 @@ def _tail_lines(path: Path, limit: int) -> list[bytes]:
 
 def write_release_meta(meta_dir: Path, meta: ReleaseMeta, *, app_facing: bool = False) -> None:
     """Write ``<meta_dir>/<name>.json``. The app-facing copy next to the release directory has only
-    ``name``, ``tag``, ``sha``, ``created`` and ``created_at`` (no bookkeeping such as ``ok``, ``built``)."""
+    ``name``, ``tag``, ``sha``, ``created`` and ``created_at`` (no bookkeeping such as ``ok``, ``built``,
+    ``shared``)."""
     body = {**asdict(meta), "created_at": iso(meta.created)}
     if app_facing:
-        body.pop("ok")
-        body.pop("built")
+        for key in ("ok", "built", "shared"):
+            body.pop(key)
     write_json(meta_dir / f"{meta.name}.json", body)
 
 

@@ -4,6 +4,7 @@ Only the TOML tests touch the filesystem (tmp_path)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -624,3 +625,99 @@ def test_unknown_coordinator_variable_is_a_warning_naming_the_closest_option() -
         "unknown environment variable COORDINATOR_ROT is ignored; did you mean COORDINATOR_ROOT?",
         "unknown environment variable COORDINATOR_XYZZY is ignored; see `coordinator run --help` for the variables",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- shared paths
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/srv/media", "absolute"),
+        ("../media", "'..'"),
+        ("media/../../etc", "'..'"),
+        ("-rf", "starts with '-'"),
+        ("media/-x", "starts with '-'"),
+        (".coordinator/x", "reserved"),
+        (".git", "reserved"),
+        ("current", "reserved"),
+        ("releases/x", "reserved"),
+        ("shared", "reserved"),
+        ("./", "names the release itself"),
+        ("", "empty"),
+        ("a\nb", "control characters"),
+    ],
+)
+def test_bad_shared_paths_are_refused_at_start(path: str, why: str) -> None:
+    """A shared path that is absolute, leaves the release, starts with '-' or is reserved is a ConfigError (exit 2)."""
+    with pytest.raises(ConfigError, match=re.escape(why)) as info:
+        make_config(shared_dirs=(path,))
+    assert info.value.exit_code == 2 and info.value.fix
+
+
+def test_shared_paths_are_normalized() -> None:
+    """`media/`, `./media` and `a//b` become `media` and `a/b`; a reserved name deeper down is fine."""
+    cfg = make_config(shared_dirs=("media/", "./static/uploads", "x/shared"), shared_files=("config//.env",))
+    assert cfg.shared_dirs == ("media", "static/uploads", "x/shared") and cfg.shared_files == ("config/.env",)
+    assert cfg.shared_paths == [("media", True), ("static/uploads", True), ("x/shared", True), ("config/.env", False)]
+
+
+@pytest.mark.parametrize(
+    ("dirs", "files", "message"),
+    [
+        (("media", "media/"), (), "given twice"),
+        (("media",), ("media",), "given twice"),
+        (("media",), ("media/.env",), "overlap"),
+        (("config",), ("config/sub/.env",), "overlap"),
+    ],
+)
+def test_duplicate_or_overlapping_shared_paths_are_refused(
+    dirs: tuple[str, ...], files: tuple[str, ...], message: str
+) -> None:
+    """The same shared path twice, or one inside another, is a ConfigError."""
+    with pytest.raises(ConfigError, match=message):
+        make_config(shared_dirs=dirs, shared_files=files)
+
+
+def test_shared_paths_side_by_side_are_accepted() -> None:
+    """`media` and `media2` (a common prefix, not a parent) do not overlap."""
+    assert make_config(shared_dirs=("media", "media2")).shared_dirs == ("media", "media2")
+
+
+def test_shared_paths_from_a_comma_separated_environment_variable() -> None:
+    """COORDINATOR_SHARED_DIRS is a comma-separated list; blanks and empty items are dropped."""
+    out = resolve(env={"COORDINATOR_SHARED_DIRS": " media, static/uploads ,,", "COORDINATOR_SHARED_FILES": ".env"})
+    assert (out["shared_dirs"], out["shared_files"]) == (("media", "static/uploads"), (".env",))
+
+
+def test_shared_paths_from_repeated_flags() -> None:
+    """The repeated --shared-dir flag gives a list, which beats the environment."""
+    out = resolve({"shared_dirs": ["media", "uploads"]}, {"COORDINATOR_SHARED_DIRS": "other"})
+    assert out["shared_dirs"] == ("media", "uploads")
+
+
+def test_shared_paths_from_a_toml_list(write_toml: TomlWriter) -> None:
+    """TOML `shared-dirs` / `shared-files` are lists of strings, checked when the Config is built."""
+    conf = write_toml(
+        'root = "/vol"\nrepo = "r"\nshared-dirs = ["media"]\nshared-files = [".env", "local_settings.py"]\n'
+    )
+    cfg = Config.from_options(resolve(config_file=conf))
+    assert cfg.shared_paths == [("media", True), (".env", False), ("local_settings.py", False)]
+
+
+@pytest.mark.parametrize("value", ['"media"', "[1]", "true", '["media", 2]'])
+def test_shared_paths_in_toml_must_be_a_list_of_strings(write_toml: TomlWriter, value: str) -> None:
+    """A TOML shared-dirs that is not a list of strings is a clear ConfigError naming the option."""
+    conf = write_toml(f"shared-dirs = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(config_file=conf)
+    assert info.value.fields["option"] == "shared-dirs"
+    assert info.value.message.startswith("shared-dirs must be a list of strings")
+    assert info.value.fix == 'use e.g. `shared-dirs = ["media"]`'
+
+
+def test_bad_shared_path_from_toml_is_refused_at_start(write_toml: TomlWriter) -> None:
+    """A TOML shared path that leaves the release is refused when the Config is built (exit 2)."""
+    conf = write_toml('root = "/vol"\nrepo = "r"\nshared-files = ["../.env"]\n')
+    with pytest.raises(ConfigError, match=re.escape("'..' would leave the release")):
+        Config.from_options(resolve(config_file=conf))

@@ -12,7 +12,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,25 @@ async def test_symlink_planted_for_a_previous_directory_is_not_followed(tmp_path
     stats = await t.prepare()
     assert stats.rewritten == 1
     assert os.lstat(t.dest / "pkg" / "mod.py").st_ino != os.lstat(outside / "mod.py").st_ino
+    await assert_same_as_full(t)
+
+
+async def test_paths_of_the_previous_releases_shared_links_are_written_not_linked(tmp_path: Path) -> None:
+    """Where the previous release has shared links (coordinator.shared), the tag's files are written, not
+    linked: even a tracked symlink, which a link into ROOT/shared would otherwise pass for."""
+    tree = {**BASE, ".env": L("keep.txt"), "media/x": F("x\n")}
+    t = await make_transition(tmp_path, tree, dict(tree))
+
+    def link_shared() -> None:
+        (t.previous.path / ".env").unlink()
+        (t.previous.path / ".env").symlink_to("../../shared/.env")
+        shutil.rmtree(t.previous.path / "media")
+        (t.previous.path / "media").symlink_to("../../shared/media")
+
+    await anyio.to_thread.run_sync(link_shared)
+    published = replace(t.previous, created=time.time(), shared=frozenset({".env", "media"}))
+    stats = await t.prepare(published)
+    assert (stats.mode, stats.rewritten) == ("incremental", 2)
     await assert_same_as_full(t)
 
 

@@ -288,6 +288,20 @@ def test_release_metadata_without_built_reads_as_unknown(tmp_path: Path) -> None
     assert read_release_meta(tmp_path, "v2-b") == ReleaseMeta("v2-b", "v2", "b" * 40, 2.0, built=True)
 
 
+def test_release_metadata_without_shared_reads_as_none_linked(tmp_path: Path) -> None:
+    """Metadata written before shared paths existed reads with shared=(); new metadata round-trips them,
+    and the app-facing copy leaves them out."""
+    (tmp_path / "v1-a.json").write_text(json.dumps({"name": "v1-a", "tag": "v1", "sha": "a" * 40, "created": 1.0}))
+    old = read_release_meta(tmp_path, "v1-a")
+    assert old is not None and old.shared == ()
+    meta = ReleaseMeta("v2-b", "v2", "b" * 40, 2.0, built=False, shared=(".env", "media"))
+    write_release_meta(tmp_path, meta)
+    assert read_release_meta(tmp_path, "v2-b") == meta
+    (tmp_path / "app").mkdir()
+    write_release_meta(tmp_path / "app", meta, app_facing=True)
+    assert "shared" not in json.loads((tmp_path / "app" / "v2-b.json").read_text())
+
+
 def test_the_journal_directory_is_fsynced_when_the_journal_is_created(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
