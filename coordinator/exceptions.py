@@ -26,6 +26,7 @@ __all__ = [
     "MarkerError",
     "MarkerRefused",
     "NoDaemonError",
+    "PreSwapError",
     "ReloadError",
     "RolledBack",
     "TagNotFoundError",
@@ -109,6 +110,13 @@ class BuildError(CoordinatorError):
     """Preparing a release or its build command failed: not retried until the marker changes."""
 
     kind = "build"
+
+
+class PreSwapError(CoordinatorError):
+    """``--pre-swap-command`` failed or timed out: nothing was swapped. Not retried until the marker
+    changes (a failed migration must not run again in a loop)."""
+
+    kind = "pre_swap"
 
 
 class ReloadError(CoordinatorError):
