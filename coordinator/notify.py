@@ -116,6 +116,7 @@ class Notifier:
         self._send: MemoryObjectSendStream[Notification]
         self._receive: MemoryObjectReceiveStream[Notification]
         self._send, self._receive = anyio.create_memory_object_stream[Notification](QUEUE_SIZE)
+        self._inflight: tuple[Notification, list[str]] | None = None  # and its hooks not done yet
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -144,7 +145,7 @@ class Notifier:
             with consumer:
                 async for n in self._receive:
                     await self.deliver(n)
-            done.set()
+                done.set()
 
         failure: Exception | None = None
         async with anyio.create_task_group() as tg:
@@ -159,22 +160,32 @@ class Notifier:
                     with anyio.move_on_after(self.config.hook_timeout):
                         await done.wait()
                     consumer.cancel()
-                while True:  # what the time allowed did not deliver
+                stopped = "not delivered: the daemon stopped first"
+                if self._inflight is not None:  # cut short
+                    n, left = self._inflight
+                    for hook in left:
+                        self._failed(hook, n.entry, stopped)
+                while True:  # never started
                     try:
                         n = self._receive.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                     for hook in self.hooks:
-                        self._failed(hook, n.entry, "not delivered: the daemon stopped first")
+                        self._failed(hook, n.entry, stopped)
         if failure is not None:
             raise failure
 
     async def deliver(self, n: Notification) -> None:
         """Run the notify command, then POST the webhook; failures are logged and counted only."""
+        left = list(self.hooks)
+        self._inflight = (n, left)
         if self.config.notify_command:
             await self._notify(self.config.notify_command, n)
+            left.remove("notify")
         if self.config.webhook_url:
             await self._webhook(self.config.webhook_url, n)
+            left.remove("webhook")
+        self._inflight = None
 
     async def _notify(self, cmd: str, n: Notification) -> None:
         error = n.entry.get("error")
