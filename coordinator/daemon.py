@@ -4,7 +4,7 @@ Hints coalesce: while a deploy runs, any number of marker changes only mark the 
 the next reconcile reads the marker once, so the latest request wins. A hint during the
 cancellable part of a deploy (before the swap) also checks whether the marker now asks for another
 release and, if so, cancels it. SIGTERM and SIGINT stop the daemon after any swap in progress has
-been reloaded.
+been reloaded, and after the queued notifications (:mod:`coordinator.notify`) had ``--hook-timeout``.
 """
 
 from __future__ import annotations

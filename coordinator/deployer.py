@@ -10,6 +10,8 @@ temporary name and has its final name only once complete (see :mod:`coordinator.
 ``current`` is swapped and reloaded, recorded before and after (see :mod:`coordinator.activate`).
 Steps before the swap are cancellable (by SIGTERM, or when a newer marker supersedes the deploy:
 :meth:`Deployer.check_superseded`) and leave nothing behind; the swap, reload and rollback are not.
+The pre-swap command (:mod:`coordinator.hooks`) runs between publish and swap: SIGTERM stops it, a
+newer marker does not. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`.
 """
 
 from __future__ import annotations
@@ -300,7 +302,8 @@ class Deployer:
     @contextlib.contextmanager
     def _supersedable(self, req: DeployRequest, digest: str | None) -> Iterator[anyio.CancelScope]:
         """A cancel scope that :meth:`check_superseded` cancels when a newer marker asks for another
-        release. Only fetch, prepare and build run inside one; the swap and reload never do."""
+        release. Only fetch, prepare and build run inside one; the pre-swap command (a migration is
+        not stopped halfway for a newer marker), the swap and the reload never do."""
         scope = anyio.CancelScope()
         self._supersede_scope, self._inflight, self._inflight_digest = scope, req, digest
         try:
