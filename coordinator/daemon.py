@@ -4,7 +4,7 @@ Hints coalesce: while a deploy runs, any number of marker changes only mark the 
 the next reconcile reads the marker once, so the latest request wins. A hint during the
 cancellable part of a deploy (before the swap) also checks whether the marker now asks for another
 release and, if so, cancels it. SIGTERM and SIGINT stop the daemon after any swap in progress has
-been reloaded.
+been reloaded, and after the queued notifications (:mod:`coordinator.notify`) had ``--hook-timeout``.
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
             err = describe_os_error(e, retried=False)
             raise LayoutError(f"cannot prepare {lay.root}: {err['message']}", fix=err["fix"]) from e
         log.info("started", root=str(lay.root), marker=str(lay.marker), once=once)
-        if once:
-            return await _once(deployer)
-        await _loop(config, deployer, ready)
+        async with deployer.notifier.running():  # on the way out: what is queued, within --hook-timeout
+            if once:
+                return await _once(deployer)
+            await _loop(config, deployer, ready)
         return None
 
 
@@ -136,6 +137,7 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
         metrics = Metrics()
         deployer.reporter.on_phase = metrics.phase_finished
         deployer.reporter.on_attempt = metrics.attempt_changed
+        deployer.notifier.on_failure = metrics.hook_failed
         probes = await ProbeServer.open(config, deployer, metrics, Liveness(stop))
 
     def reconcile_failed() -> None:

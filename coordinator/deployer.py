@@ -10,6 +10,8 @@ temporary name and has its final name only once complete (see :mod:`coordinator.
 ``current`` is swapped and reloaded, recorded before and after (see :mod:`coordinator.activate`).
 Steps before the swap are cancellable (by SIGTERM, or when a newer marker supersedes the deploy:
 :meth:`Deployer.check_superseded`) and leave nothing behind; the swap, reload and rollback are not.
+The pre-swap command (:mod:`coordinator.hooks`) runs between publish and swap: SIGTERM stops it, a
+newer marker does not. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from coordinator.exceptions import CoordinatorError, MarkerError, RolledBack
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import describe_os_error
 from coordinator.git import GitCache
+from coordinator.hooks import run_pre_swap
 from coordinator.logs import present
 from coordinator.marker import DeployRequest, MarkerReading, read_marker
+from coordinator.notify import Notifier
 from coordinator.plan import (
     Action,
     Observation,
@@ -61,6 +65,7 @@ class Deployer:
         self.store = ReleaseStore(config, self.git)
         self.reporter = Reporter(self.layout, self.state, verify=config.health_url is not None)
         self.activator = Activator(config, self.state, self.store, self.reporter, reloader or make_reloader(config))
+        self.notifier = Notifier(config)  # delivers while the daemon runs it (Notifier.running)
         self._resume: PendingVerify | None = None
         self._supersede_scope: anyio.CancelScope | None = None
         self._inflight: DeployRequest | None = None
@@ -100,6 +105,7 @@ class Deployer:
             blocked=blocked,
             has_build=bool(self.config.build_command),
             has_health=self.config.health_url is not None,
+            has_pre_swap=bool(self.config.pre_swap_command),
             failed_kind=self.state.failed_error.get("kind") if self.state.failed_error else None,
             resume_verify=self._resume,
         )
@@ -170,7 +176,7 @@ class Deployer:
             )
         finally:
             with anyio.CancelScope(shield=True):
-                await self._finish(attempt, reading)
+                await self._finish(attempt, reading, obs.current)
         if attempt.result is AttemptResult.SUCCESS:
             log.info(
                 "deploy_succeeded",
@@ -196,6 +202,13 @@ class Deployer:
                 await self._build_release(attempt, req.tag, p.target, p.sha, previous_current)
             if scope.cancelled_caught:
                 return True
+        if Step.PRE_SWAP in p.steps:  # not supersedable: a migration is not stopped halfway for a newer marker
+            assert self.config.pre_swap_command
+            ctx = self.store.hook_context(req.tag, p.sha, p.target, previous_current, req.request_id)
+            async with self.reporter.phase(attempt, Step.PRE_SWAP):
+                await run_pre_swap(
+                    self.config.pre_swap_command, ctx, self.config.pre_swap_timeout, self.config.extra_env
+                )
         try:
             await self.activator.activate(attempt, p.target, previous_current, verify=Step.VERIFY in p.steps)
         except RolledBack:
@@ -221,7 +234,7 @@ class Deployer:
                 failpoint("during-prepare")
             if self.config.build_command:
                 async with self.reporter.phase(attempt, Step.BUILD):
-                    await self.store.build(tmp, name, tag, sha, previous_current)
+                    await self.store.build(tmp, name, tag, sha, previous_current, attempt.request_id)
             async with self.reporter.phase(attempt, Step.PUBLISH):
                 await self.store.publish(tmp, name, tag, sha)
         except BaseException:
@@ -249,7 +262,7 @@ class Deployer:
             await self._failed(attempt, e, reading)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._finish(attempt, reading)
+                await self._finish(attempt, reading, pending.back_to)
         return attempt
 
     async def _failed(self, attempt: Attempt, e: CoordinatorError, reading: MarkerReading) -> None:
@@ -268,9 +281,18 @@ class Deployer:
             ),
         )
 
-    async def _finish(self, attempt: Attempt, reading: MarkerReading) -> None:
-        """Journal a finished attempt, forget a cleared failure, and publish the resulting state."""
-        await self.reporter.finish(attempt)
+    async def _finish(self, attempt: Attempt, reading: MarkerReading, previous_current: str | None) -> None:
+        """Journal a finished attempt, queue its notification, forget a cleared failure, and publish
+        the resulting state."""
+        try:
+            await self.reporter.finish(attempt)
+        finally:
+            self.notifier.submit(
+                attempt.journal_entry(),
+                self.store.hook_context(
+                    attempt.tag, attempt.sha or "", attempt.release, previous_current, attempt.request_id
+                ),
+            )
         if attempt.result is AttemptResult.SUCCESS and self.state.failed_marker is not None:
             self.state.failed_marker = None
             self.state.failed_error = None
@@ -283,7 +305,8 @@ class Deployer:
     @contextlib.contextmanager
     def _supersedable(self, req: DeployRequest, digest: str | None) -> Iterator[anyio.CancelScope]:
         """A cancel scope that :meth:`check_superseded` cancels when a newer marker asks for another
-        release. Only fetch, prepare and build run inside one; the swap and reload never do."""
+        release. Only fetch, prepare and build run inside one; the pre-swap command (a migration is
+        not stopped halfway for a newer marker), the swap and the reload never do."""
         scope = anyio.CancelScope()
         self._supersede_scope, self._inflight, self._inflight_digest = scope, req, digest
         try:

@@ -27,6 +27,7 @@ __all__ = [
     "MarkerError",
     "MarkerRefused",
     "NoDaemonError",
+    "PreSwapError",
     "ReloadError",
     "RolledBack",
     "SharedPathError",
@@ -120,6 +121,13 @@ class SharedPathError(CoordinatorError):
 
     kind = "shared"
     retryable = True
+
+
+class PreSwapError(CoordinatorError):
+    """``--pre-swap-command`` failed or timed out: nothing was swapped. Not retried until the marker
+    changes (a failed migration must not run again in a loop)."""
+
+    kind = "pre_swap"
 
 
 class ReloadError(CoordinatorError):

@@ -1,12 +1,13 @@
 """Prometheus metrics of one coordinator, kept in its own registry (never the process-global one).
 
 The :class:`~coordinator.report.Reporter` feeds them through two hooks: ``on_phase`` (the end of
-every phase) and ``on_attempt`` (an attempt started, then finished and journaled). What can be read
+every phase) and ``on_attempt`` (an attempt started, then finished and journaled); the
+:class:`~coordinator.notify.Notifier` through ``on_failure`` (a notification failed). What can be read
 back from the volume (the release ``current`` points to, the last success, readiness) is refreshed
 by the HTTP server just before each scrape, so it is right even after a restart or a change made
 behind coordinator's back.
 
-Every label takes values from a fixed set (results, phases) except the release info, which has
+Every label takes values from a fixed set (results, phases, hooks) except the release info, which has
 exactly one series at a time: the old one is removed when ``current`` changes.
 """
 
@@ -25,7 +26,7 @@ from coordinator.plan import Step
 from coordinator.records import AttemptResult
 from coordinator.report import Attempt
 
-__all__ = ["DEPLOY_BUCKETS", "PHASES", "PHASE_BUCKETS", "RESULTS", "Metrics"]
+__all__ = ["DEPLOY_BUCKETS", "HOOKS", "PHASES", "PHASE_BUCKETS", "RESULTS", "Metrics"]
 
 log = structlog.get_logger("coordinator")
 
@@ -33,6 +34,8 @@ log = structlog.get_logger("coordinator")
 RESULTS = tuple(r.value for r in AttemptResult if r.final)
 #: phase names, as in the logs and the status file's ``phases_ms``
 PHASES = tuple(s.value for s in Step)
+#: notification hooks whose failures are counted
+HOOKS = ("notify", "webhook")
 #: from a 1 ms swap to a 10-minute build
 PHASE_BUCKETS = (
     0.001,
@@ -117,8 +120,17 @@ class Metrics:
             "Reconciles that ended in an error outside a deploy attempt (the daemon logs and retries)",
             registry=r,
         )
+        self.hook_failures = Counter(
+            "coordinator_hook_failures",
+            "Notifications that failed (--notify-command: non-zero, timeout, cannot start; --webhook-url: "
+            "no 2xx after its tries; either: dropped); the attempt's result is unchanged",
+            ["hook"],
+            registry=r,
+        )
         for result in RESULTS:
             self.deploys.labels(result)
+        for hook in HOOKS:
+            self.hook_failures.labels(hook)
         for phase in PHASES:
             self.phases.labels(phase)
         self._current: tuple[str, str, str] | None = None
@@ -152,6 +164,14 @@ class Metrics:
             self.seen_success(finished)
             if attempt.release:
                 self.set_current(attempt.release, attempt.tag, attempt.sha)
+
+    def hook_failed(self, hook: str) -> None:
+        """``Notifier.on_failure``: a notification hook failed."""
+        self._safely(self._hook_failed, hook)
+
+    def _hook_failed(self, hook: str) -> None:
+        if hook in HOOKS:
+            self.hook_failures.labels(hook).inc()
 
     # ------------------------------------------------------------------ state read back from the volume
 

@@ -49,6 +49,7 @@ class Step(StrEnum):
     PREPARE = "prepare"
     BUILD = "build"
     PUBLISH = "publish"
+    PRE_SWAP = "pre_swap"  # --pre-swap-command, before every swap a request makes
     SWAP = "swap"
     RELOAD = "reload"
     VERIFY = "verify"
@@ -80,6 +81,7 @@ class Observation:
     blocked: bool = False
     has_build: bool = False
     has_health: bool = False
+    has_pre_swap: bool = False
     failed_kind: str | None = None  # the error kind of the permanent failure that blocks the marker
     resume_verify: PendingVerify | None = None  # offered once after start-up (see resume_verify())
 
@@ -129,11 +131,12 @@ def plan(obs: Observation) -> Plan:
             return reload_only
         return Plan(Action.NOOP, target=target, sha=sha, reason="already current")
     verify = (Step.VERIFY,) if obs.has_health else ()
+    swap = (Step.PRE_SWAP,) if obs.has_pre_swap else ()
     if target in obs.releases:
-        steps: tuple[Step, ...] = (Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
+        steps: tuple[Step, ...] = (*swap, Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
     else:
         build = (Step.BUILD,) if obs.has_build else ()
-        steps = (Step.PREPARE, *build, Step.PUBLISH, Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
+        steps = (Step.PREPARE, *build, Step.PUBLISH, *swap, Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
     return Plan(Action.DEPLOY, steps, target, sha, reason="deploy")
 
 

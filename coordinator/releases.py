@@ -24,12 +24,13 @@ from pathlib import Path
 import anyio
 import structlog
 
-from coordinator.build import BuildContext, run_build
+from coordinator.build import run_build
 from coordinator.config import Config
 from coordinator.exceptions import LayoutError
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import fsync_dir, remove_tree, sync_tree, temp_name
 from coordinator.git import GitCache
+from coordinator.hooks import HookContext
 from coordinator.inuse import releases_in_use
 from coordinator.layout import Layout, list_releases, read_current
 from coordinator.plan import ReleaseInfo, plan_prune
@@ -127,12 +128,31 @@ class ReleaseStore:
             build_command=bool(self.config.build_command),
         )
 
-    async def build(self, tmp: Path, name: str, tag: str, sha: str, previous_current: str | None) -> None:
+    async def build(
+        self, tmp: Path, name: str, tag: str, sha: str, previous_current: str | None, request_id: str | None = None
+    ) -> None:
         """Run ``--build-command`` in the workspace (BuildError when it fails)."""
         assert self.config.build_command
-        previous = self.layout.releases / previous_current if previous_current else None
-        ctx = BuildContext(tmp, name, tag, sha, previous)
+        ctx = self.hook_context(tag, sha, name, previous_current, request_id, release_dir=tmp)
         await run_build(self.config.build_command, ctx, self.config.build_timeout, self.config.extra_env)
+
+    def hook_context(
+        self,
+        tag: str,
+        sha: str,
+        name: str | None,
+        previous_current: str | None,
+        request_id: str | None,
+        *,
+        release_dir: Path | None = None,
+    ) -> HookContext:
+        """The environment of a command run for release ``name`` (in ``release_dir``, by default
+        ``releases/<name>``) while ``previous_current`` was current."""
+        lay = self.layout
+        if release_dir is None and name:
+            release_dir = lay.releases / name
+        previous = lay.releases / previous_current if previous_current else None
+        return HookContext(lay.root, tag, sha, name or "", release_dir, previous, request_id)
 
     async def publish(self, tmp: Path, name: str, tag: str, sha: str) -> None:
         """Make the workspace release ``name``: flushed to disk, then renamed to its final name."""

@@ -80,6 +80,10 @@ class Attempt:
             "phases_ms": dict(self.phases),
         }
 
+    def journal_entry(self) -> JournalEntry:
+        """The attempt as a journal line (and as the ``--webhook-url`` payload)."""
+        return {"event": "attempt", **self.record()}
+
 
 class Reporter:
     """Writes the status file and the journal, logs phases, and calls the metrics hooks."""
@@ -118,7 +122,7 @@ class Reporter:
         if attempt.result is AttemptResult.RUNNING:
             attempt.result = AttemptResult.CANCELLED
         attempt.finished = time.time()
-        entry: JournalEntry = {"event": "attempt", **attempt.record()}
+        entry = attempt.journal_entry()
         try:
             failpoint("before-journal")
             await anyio.to_thread.run_sync(append_journal, self.layout.journal, entry)

@@ -386,6 +386,17 @@ def test_daemon_counts_a_rollback(root: Path, repo: GitRepo, app_url: str) -> No
     assert [dict(k[1])["tag"] for k in m if k[0] == "coordinator_current_release_info"] == ["v1"]
 
 
+def test_daemon_counts_a_failed_notification(root: Path, repo: GitRepo) -> None:
+    """A --notify-command that exits non-zero shows in coordinator_hook_failures_total{hook="notify"}."""
+    with Daemon(root, repo.path, "--http-bind", "127.0.0.1:0", "--notify-command", "false") as d:
+        port = http_port(d)
+        write_marker(root, "v1")
+        wait_until(lambda: sample(scrape(port), "coordinator_hook_failures_total", hook="notify") == 1)
+        m = scrape(port)
+    assert sample(m, "coordinator_hook_failures_total", hook="webhook") == 0
+    assert sample(m, "coordinator_deploys_total", result="success") == 1
+
+
 def test_daemon_stops_serving_on_sigterm(root: Path, repo: GitRepo) -> None:
     """SIGTERM stops the daemon cleanly (exit 0) and closes the port."""
     d = Daemon(root, repo.path, "--http-bind", "127.0.0.1:0").start()

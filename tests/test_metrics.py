@@ -66,6 +66,18 @@ def test_every_result_and_phase_is_exported_from_the_start() -> None:
     assert value(m, "coordinator_last_success_timestamp_seconds") == 0
 
 
+def test_hook_failures_are_counted_by_hook_and_exported_from_the_start() -> None:
+    """notify and webhook failures each have their series at 0; an unknown hook name adds none."""
+    m = Metrics()
+    assert value(m, "coordinator_hook_failures_total", hook="notify") == 0
+    m.hook_failed("webhook")
+    m.hook_failed("webhook")
+    m.hook_failed("other")
+    assert value(m, "coordinator_hook_failures_total", hook="webhook") == 2
+    assert value(m, "coordinator_hook_failures_total", hook="notify") == 0
+    assert value(m, "coordinator_hook_failures_total", hook="other") is None
+
+
 def test_finished_attempts_are_counted_by_result() -> None:
     """Each finished attempt adds one to its result's counter."""
     m = Metrics()

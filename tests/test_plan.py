@@ -180,6 +180,19 @@ def test_new_release_with_build_step() -> None:
     assert plan(obs(has_build=True)).steps == FULL_DEPLOY_WITH_BUILD
 
 
+def test_pre_swap_command_runs_before_every_swap() -> None:
+    """With a pre-swap command, its step comes right before the swap of a new release and of one on disk."""
+    new = plan(obs(has_build=True, has_pre_swap=True)).steps
+    on_disk = plan(obs(releases=frozenset({OLD, TARGET}), has_pre_swap=True)).steps
+    assert new == (Step.PREPARE, Step.BUILD, Step.PUBLISH, Step.PRE_SWAP, Step.SWAP, Step.RELOAD, Step.PRUNE)
+    assert on_disk == (Step.PRE_SWAP, *SWAP_ONLY)
+
+
+def test_no_pre_swap_step_without_a_swap() -> None:
+    """A release already current is not swapped, so no pre-swap command runs."""
+    assert plan(obs(current=TARGET, reloaded=TARGET, has_pre_swap=True)).steps == ()
+
+
 def test_first_deploy_on_empty_volume() -> None:
     """With nothing current, the requested tag is deployed from scratch."""
     result = plan(obs(current=None, reloaded=None, releases=frozenset()))
@@ -214,6 +227,7 @@ def test_steps_enum_is_in_run_order() -> None:
         "prepare",
         "build",
         "publish",
+        "pre_swap",
         "swap",
         "reload",
         "verify",
