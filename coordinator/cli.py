@@ -13,6 +13,8 @@ code meaning
 4    ``deploy --wait`` / ``rollback --wait`` timed out
 5    ``deploy --wait`` / ``rollback --wait``: no coordinator is running on ROOT (the request stays
      saved and is deployed when one starts)
+6    ``deploy --wait`` / ``rollback --wait``: deploys are paused on ROOT (``coordinator pause``; the
+     request stays saved and is deployed after ``coordinator resume``)
 130  interrupted (Ctrl-C; a ``--wait``-ed request stays pending)
 ==== =====================================================================
 """
@@ -59,6 +61,8 @@ EXIT_CODES = """exit codes:
   4    deploy --wait / rollback --wait timed out
   5    deploy --wait / rollback --wait: no coordinator is running on ROOT (the request
        stays saved and is deployed when one starts)
+  6    deploy --wait / rollback --wait: deploys are paused on ROOT (the request stays
+       saved and is deployed after coordinator resume)
   130  interrupted (Ctrl-C; a --wait-ed request stays pending)"""
 
 
@@ -166,6 +170,15 @@ def build_parser() -> _Parser:
     rollback.add_argument("--timeout", type=_seconds, default=None, help="seconds to wait, with --wait (default 600)")
     _add_options(rollback, _CLIENT_OPTIONS)
 
+    pause = sub.add_parser("pause", help="pause deploys on ROOT (a marker change waits for resume)")
+    pause.add_argument(
+        "--reason", default=None, help="why, shown by status and deploy (one line, cut to 500 characters)"
+    )
+    _add_options(pause, _CLIENT_OPTIONS)
+
+    resume = sub.add_parser("resume", help="resume deploys on ROOT (a pending marker deploys at once)")
+    _add_options(resume, _CLIENT_OPTIONS)
+
     sub.add_parser("demo", help="a self-contained demonstration on a temporary repository")
     parser.commands = {name: p for name, p in sub.choices.items() if isinstance(p, _Parser)}
     return parser
@@ -234,8 +247,16 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
         )
         if not (args.wait and style.live):
             _print(f"requested {req.tag}{' @ ' + req.sha if req.sha else ''} (id {req.request_id})")
+        if not args.wait and (paused := await commands.read_pause(layout)) is not None:
+            sys.stderr.write(
+                f"coordinator: warning: deploys are paused on {layout.root} ({display.describe_pause(paused)}); "
+                f"{req.tag} deploys after `coordinator resume --root {layout.root}`\n"
+            )
         if args.wait:
             await _wait(layout, req, args.timeout, style)
+        return 0
+    if args.command in ("pause", "resume"):
+        _print(await _pause_or_resume(layout, args))
         return 0
     if args.command == "status":
         found = await commands.read_status(layout)
@@ -257,6 +278,24 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
         _print(json.dumps([e.raw for e in entries], indent=2) if args.json else display.format_history(entries))
         return 0
     raise ConfigError(f"unknown command {args.command}")  # pragma: no cover
+
+
+async def _pause_or_resume(layout: Layout, args: argparse.Namespace) -> str:
+    """``pause`` / ``resume``: what was done, in one or two lines."""
+    from coordinator import commands
+
+    now = time.time()
+    if args.command == "pause":
+        record, before = await commands.pause(layout, args.reason)
+        replaced = f"\n(replaces the pause {display.describe_pause(before, now)})" if before is not None else ""
+        return (
+            f"deploys on {layout.root} {display.describe_pause(record)}{replaced}\n"
+            f"a deploy not yet swapped in stops; resume with `coordinator resume --root {layout.root}`"
+        )
+    removed = await commands.resume(layout)
+    if removed is None:
+        return f"deploys on {layout.root} were not paused; nothing to do"
+    return f"deploys on {layout.root} resumed (were {display.describe_pause(removed, now)})"
 
 
 async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: display.Style) -> None:

@@ -3,8 +3,8 @@
 Hints coalesce: while a deploy runs, any number of marker changes only mark the daemon dirty, and
 the next reconcile reads the marker once, so the latest request wins. A hint during the
 cancellable part of a deploy (before the swap) also checks whether the marker now asks for another
-release and, if so, cancels it. SIGTERM and SIGINT stop the daemon after any swap in progress has
-been reloaded.
+release, or deploys were paused (``ROOT/deploy.pause`` is watched too), and if so cancels it.
+SIGTERM and SIGINT stop the daemon after any swap in progress has been reloaded.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                     poll=config.poll,
                     step_ms=config.watch_step_ms,
                     stop_event=stop,
+                    also=(config.layout.pause_file,),
                 )
 
         tg.start_soon(_signals, tg, stop)
