@@ -187,7 +187,7 @@ def format_status(status: StatusRecord, now: float, *, daemon_running: bool | No
     rows.append(("state", f"{state} ({state.description})" if state else _str(status.get("state")) or "?"))
     paused = status.get("paused")
     if isinstance(paused, Mapping):
-        rows.append(("paused", describe_pause(paused, now)))
+        rows.append(("paused", describe_pause(paused, now).removeprefix("paused").removeprefix(":").strip()))
     desired = status.get("desired")
     if isinstance(desired, Mapping):
         text = _str(desired.get("tag")) or "?"

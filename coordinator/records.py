@@ -118,7 +118,7 @@ _DESCRIPTIONS = {
     StatusState.ROLLED_BACK: "the release failed its health check; the previous one was restored",
     StatusState.INVALID: "the marker was refused",
     StatusState.STOPPED: "the daemon exited",
-    StatusState.PAUSED: "deploys are paused (coordinator resume)",
+    StatusState.PAUSED: "deploys are paused until coordinator resume",
 }
 
 
