@@ -13,8 +13,8 @@ code meaning
 4    ``deploy --wait`` / ``rollback --wait`` timed out
 5    ``deploy --wait`` / ``rollback --wait``: no coordinator is running on ROOT (the request stays
      saved and is deployed when one starts)
-6    ``deploy --wait`` / ``rollback --wait``: deploys are paused on ROOT (``coordinator pause``; the
-     request stays saved and is deployed after ``coordinator resume``)
+6    ``deploy --wait`` / ``rollback --wait`` / ``run --once``: deploys are paused on ROOT
+     (``coordinator pause``; the request stays saved and is deployed after ``coordinator resume``)
 130  interrupted (Ctrl-C; a ``--wait``-ed request stays pending)
 ==== =====================================================================
 """
@@ -61,8 +61,8 @@ EXIT_CODES = """exit codes:
   4    deploy --wait / rollback --wait timed out
   5    deploy --wait / rollback --wait: no coordinator is running on ROOT (the request
        stays saved and is deployed when one starts)
-  6    deploy --wait / rollback --wait: deploys are paused on ROOT (the request stays
-       saved and is deployed after coordinator resume)
+  6    deploy --wait / rollback --wait / run --once: deploys are paused on ROOT (the
+       request stays saved and is deployed after coordinator resume)
   130  interrupted (Ctrl-C; a --wait-ed request stays pending)"""
 
 

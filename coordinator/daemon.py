@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup
 
 from coordinator.config import Config
 from coordinator.deployer import Deployer
-from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError, MarkerRefused
+from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError, MarkerRefused, PausedError
 from coordinator.fsutil import describe_os_error
 from coordinator.lock import holding_lock
 from coordinator.records import AttemptResult, StatusState
@@ -94,7 +94,8 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
 async def _once(deployer: Deployer) -> Attempt | None:
     """One reconcile. Returns normally only when the marker's release is served (or there is no
     marker): a failed or rolled-back attempt, or a marker whose request failed before, raise
-    DeployFailed (exit 1); an invalid marker raises MarkerRefused (exit 2)."""
+    DeployFailed (exit 1); an invalid marker raises MarkerRefused (exit 2); deploys paused on ROOT
+    raise PausedError (exit 6: nothing new was deployed)."""
     try:
         attempt = await deployer.reconcile()
     except OSError as e:  # e.g. the status file could not be written on a full volume
@@ -113,6 +114,14 @@ async def _once(deployer: Deployer) -> Attempt | None:
         raise MarkerRefused(
             f"the marker was refused: {error['message'] if error else 'invalid'}",
             fix=error.get("fix") if error else None,
+        )
+    if state is StatusState.PAUSED:
+        from coordinator.display import describe_pause
+
+        root = deployer.layout.root
+        raise PausedError(
+            f"deploys are paused on {root} ({describe_pause(deployer.reporter.paused or {})}); nothing was deployed",
+            fix=f"resume with `coordinator resume --root {root}`",
         )
     if state is not None and state.failed:
         raise DeployFailed(

@@ -30,7 +30,17 @@ from coordinator.pause import (
 )
 from coordinator.records import AttemptResult
 from coordinator.state import parse_iso
-from tests.helpers import Daemon, GitRepo, cli, current_release, deployed, read_status, wait_until, write_marker
+from tests.helpers import (
+    Daemon,
+    GitRepo,
+    cli,
+    current_release,
+    deployed,
+    read_status,
+    run_once,
+    wait_until,
+    write_marker,
+)
 from tests.test_http_probes import http_port, readyz, sample, scrape
 
 
@@ -372,3 +382,15 @@ def test_readyz_stays_ready_and_the_paused_gauge_follows_the_pause(root: Path, r
         assert sample(scrape(port), "coordinator_paused") == 1
         cli("resume", "--root", str(root))
         assert sample(scrape(port), "coordinator_paused") == 0
+
+
+def test_run_once_on_a_paused_root_exits_6_and_deploys_nothing(root: Path, repo: GitRepo) -> None:
+    """`run --once` while paused: nothing deployed, exit 6 with who paused and how to resume."""
+    cli("pause", "--root", str(root), "--reason", "hold")
+    write_marker(root, "v1")
+    out = run_once(root, repo)
+    assert out.returncode == 6, out.stderr
+    assert "deploys are paused" in out.stderr and "hold" in out.stderr and "coordinator resume" in out.stderr
+    assert current_release(root) is None
+    cli("resume", "--root", str(root))
+    assert run_once(root, repo).returncode == 0 and deployed(root, "v1")
