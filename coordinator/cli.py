@@ -13,6 +13,8 @@ code meaning
 4    ``deploy --wait`` / ``rollback --wait`` timed out
 5    ``deploy --wait`` / ``rollback --wait``: no coordinator is running on ROOT (the request stays
      saved and is deployed when one starts)
+6    ``deploy --wait`` / ``rollback --wait`` / ``run --once``: deploys are paused on ROOT
+     (``coordinator pause``; the request stays saved and is deployed after ``coordinator resume``)
 130  interrupted (Ctrl-C; a ``--wait``-ed request stays pending)
 ==== =====================================================================
 """
@@ -60,6 +62,8 @@ EXIT_CODES = """exit codes:
   4    deploy --wait / rollback --wait timed out
   5    deploy --wait / rollback --wait: no coordinator is running on ROOT (the request
        stays saved and is deployed when one starts)
+  6    deploy --wait / rollback --wait / run --once: deploys are paused on ROOT (the
+       request stays saved and is deployed after coordinator resume)
   130  interrupted (Ctrl-C; a --wait-ed request stays pending)"""
 
 
@@ -173,6 +177,15 @@ def build_parser() -> _Parser:
     rollback.add_argument("--timeout", type=_seconds, default=None, help="seconds to wait, with --wait (default 600)")
     _add_options(rollback, _CLIENT_OPTIONS)
 
+    pause = sub.add_parser("pause", help="pause deploys on ROOT (a marker change waits for resume)")
+    pause.add_argument(
+        "--reason", default=None, help="why, shown by status and deploy (one line, cut to 500 characters)"
+    )
+    _add_options(pause, _CLIENT_OPTIONS)
+
+    resume = sub.add_parser("resume", help="resume deploys on ROOT (a pending marker deploys at once)")
+    _add_options(resume, _CLIENT_OPTIONS)
+
     sub.add_parser("demo", help="a self-contained demonstration on a temporary repository")
     parser.commands = {name: p for name, p in sub.choices.items() if isinstance(p, _Parser)}
     return parser
@@ -244,8 +257,16 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
         )
         if not (args.wait and style.live):
             _print(f"requested {req.tag}{' @ ' + req.sha if req.sha else ''} (id {req.request_id})")
+        if not args.wait and (paused := await commands.read_pause(layout)) is not None:
+            sys.stderr.write(
+                f"coordinator: warning: deploys are paused on {layout.root} ({display.describe_pause(paused)}); "
+                f"{req.tag} deploys after `coordinator resume --root {layout.root}`\n"
+            )
         if args.wait:
             await _wait(layout, req, args.timeout, style)
+        return 0
+    if args.command in ("pause", "resume"):
+        _print(await _pause_or_resume(layout, args))
         return 0
     if args.command == "status":
         found = await commands.read_status(layout)
@@ -280,6 +301,24 @@ async def _check(config: Config, *, as_json: bool) -> None:
         style = display.style_for(os.environ, sys.stdout.isatty(), sys.stdout.encoding)
         _print(check.format_results(results, style))
     check.raise_if_failed(results)
+
+
+async def _pause_or_resume(layout: Layout, args: argparse.Namespace) -> str:
+    """``pause`` / ``resume``: what was done, in one or two lines."""
+    from coordinator import commands
+
+    now = time.time()
+    if args.command == "pause":
+        record, before = await commands.pause(layout, args.reason)
+        replaced = f"\n(replaces the pause {display.describe_pause(before, now)})" if before is not None else ""
+        return (
+            f"deploys on {layout.root} {display.describe_pause(record)}{replaced}\n"
+            f"a deploy not yet swapped in stops; resume with `coordinator resume --root {layout.root}`"
+        )
+    removed = await commands.resume(layout)
+    if removed is None:
+        return f"deploys on {layout.root} were not paused; nothing to do"
+    return f"deploys on {layout.root} resumed (were {display.describe_pause(removed, now)})"
 
 
 async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: display.Style) -> None:

@@ -1,5 +1,5 @@
-"""What the client commands do (deploy, wait, status, releases, rollback, history), as plain functions
-that return data; :mod:`coordinator.cli` only parses arguments and prints."""
+"""What the client commands do (deploy, wait, status, releases, rollback, history, pause, resume), as
+plain functions that return data; :mod:`coordinator.cli` only parses arguments and prints."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from coordinator.exceptions import (
     DeployFailed,
     LayoutError,
     NoDaemonError,
+    PausedError,
     WaitTimeoutError,
 )
 from coordinator.fsutil import atomic_write, describe_os_error
@@ -25,7 +26,9 @@ from coordinator.layout import Layout, read_current
 from coordinator.layout import list_releases as list_releases_on_disk
 from coordinator.lock import lock_holder
 from coordinator.marker import DeployRequest, new_request_id, validate_sha, validate_tag
-from coordinator.records import AttemptResult, StatusRecord, StatusState, as_status
+from coordinator.pause import new_pause, remove_pause, write_pause
+from coordinator.pause import read_pause as read_pause_file
+from coordinator.records import AttemptResult, PauseRecord, StatusRecord, StatusState, as_status
 from coordinator.state import load_state, parse_iso, read_journal, read_json
 
 __all__ = [
@@ -34,11 +37,15 @@ __all__ = [
     "ReleaseRow",
     "daemon_running",
     "list_releases",
+    "pause",
+    "paused_error",
     "read_history",
+    "read_pause",
     "read_status",
     "request_deploy",
     "request_rollback",
     "require_known_root",
+    "resume",
     "wait_for",
 ]
 
@@ -64,6 +71,57 @@ async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> De
         err = describe_os_error(e, retried=False)
         raise LayoutError(f"cannot write the marker: {err['message']}", fix=err.get("fix")) from e
     return req
+
+
+async def read_pause(layout: Layout) -> PauseRecord | None:
+    """The pause in effect on ROOT (None: not paused; an unreadable pause file still pauses)."""
+    return await anyio.to_thread.run_sync(read_pause_file, layout.pause_file)
+
+
+async def pause(layout: Layout, reason: str | None) -> tuple[PauseRecord, PauseRecord | None]:
+    """Pause deploys: write the pause file atomically (a pause already in effect is replaced).
+    Returns the pause written and the one it replaced (None: there was none)."""
+    if not await anyio.Path(layout.root).is_dir():
+        raise CoordinatorError(f"{layout.root} is not a directory", fix="check --root")
+    record = new_pause(reason)
+
+    def write() -> PauseRecord | None:
+        before = read_pause_file(layout.pause_file)
+        write_pause(layout.pause_file, record)
+        return before
+
+    try:
+        before = await anyio.to_thread.run_sync(write)
+    except OSError as e:  # a directory planted there, a read-only ROOT: one line with the fix, exit 2
+        err = describe_os_error(e, retried=False)
+        raise LayoutError(f"cannot write the pause file: {err['message']}", fix=err.get("fix")) from e
+    return record, before
+
+
+async def resume(layout: Layout) -> PauseRecord | None:
+    """Resume deploys: remove the pause file. Returns the pause removed (None: deploys were not paused)."""
+    try:
+        return await anyio.to_thread.run_sync(remove_pause, layout.pause_file)
+    except IsADirectoryError as e:
+        raise LayoutError(
+            f"{layout.pause_file} is a directory, not a pause file; deploys stay paused",
+            fix=f"look inside, then remove it by hand (rm -r {layout.pause_file})",
+        ) from e
+    except OSError as e:
+        err = describe_os_error(e, retried=False)
+        raise LayoutError(f"cannot remove the pause file: {err['message']}", fix=err.get("fix")) from e
+
+
+def paused_error(layout: Layout, req: DeployRequest, record: PauseRecord) -> PausedError:
+    """Exit 6 of ``deploy --wait``/``rollback --wait``: who paused, when, why, and how to resume."""
+    from coordinator.display import describe_pause
+
+    return PausedError(
+        f"deploys are paused on {layout.root} ({describe_pause(record)}); the request for {req.tag} "
+        f"(id {req.request_id}) is saved and deploys after resume",
+        fix=f"resume with `coordinator resume --root {layout.root}`; follow it with "
+        f"`coordinator status --root {layout.root}`",
+    )
 
 
 async def require_known_root(layout: Layout) -> None:
@@ -102,7 +160,9 @@ async def wait_for(
 ) -> StatusRecord:
     """Wait until ``req`` is current and reloaded; raise DeployFailed or WaitTimeoutError otherwise,
     and NoDaemonError (exit 5) once no coordinator has held ROOT's lock for ``no_daemon_grace``
-    seconds (the marker stays written: a coordinator started later deploys it).
+    seconds (the marker stays written: a coordinator started later deploys it). PausedError (exit 6)
+    at once when deploys are paused, or as soon as the daemon reports that it stopped deploying
+    because of a pause that appeared meanwhile (a deploy already past its swap is waited for).
 
     ``on_progress`` gets every new status read; ``on_poll`` is called after every read without news
     (every ``interval`` seconds), e.g. to redraw elapsed times."""
@@ -110,6 +170,9 @@ async def wait_for(
     last: StatusRecord | None = None
     lock_free_since: float | None = None
     next_lock_check = 0.0
+    paused = await read_pause(layout)
+    if paused is not None:
+        raise paused_error(layout, req, paused)
     while time.monotonic() < deadline:
         now = time.monotonic()
         if now >= next_lock_check:  # a few times a second: the probe opens the lock file
@@ -136,6 +199,10 @@ async def wait_for(
             if done is not None:
                 message, fix = done
                 raise DeployFailed(message, fix=fix or "see `coordinator status` and the daemon's log")
+            if StatusState.parse(status.get("state")) is StatusState.PAUSED:
+                paused = await read_pause(layout)  # the file too: a status left from before a resume does not count
+                if paused is not None:
+                    raise paused_error(layout, req, paused)
         elif on_poll is not None:
             on_poll()
         await anyio.sleep(interval)

@@ -3,8 +3,9 @@
 Hints coalesce: while a deploy runs, any number of marker changes only mark the daemon dirty, and
 the next reconcile reads the marker once, so the latest request wins. A hint during the
 cancellable part of a deploy (before the swap) also checks whether the marker now asks for another
-release and, if so, cancels it. SIGTERM and SIGINT stop the daemon after any swap in progress has
-been reloaded, and after the queued notifications (:mod:`coordinator.notify`) had ``--hook-timeout``.
+release, or deploys were paused (``ROOT/deploy.pause`` is watched too), and if so cancels it.
+SIGTERM and SIGINT stop the daemon after any swap in progress has been reloaded, and after the queued
+notifications (:mod:`coordinator.notify`) had ``--hook-timeout``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from coordinator.config import Config
 from coordinator.deployer import Deployer
-from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError, MarkerRefused
+from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError, MarkerRefused, PausedError
 from coordinator.fsutil import describe_os_error
 from coordinator.lock import holding_lock
 from coordinator.records import AttemptResult, StatusState
@@ -95,7 +96,8 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
 async def _once(deployer: Deployer) -> Attempt | None:
     """One reconcile. Returns normally only when the marker's release is served (or there is no
     marker): a failed or rolled-back attempt, or a marker whose request failed before, raise
-    DeployFailed (exit 1); an invalid marker raises MarkerRefused (exit 2)."""
+    DeployFailed (exit 1); an invalid marker raises MarkerRefused (exit 2); deploys paused on ROOT
+    raise PausedError (exit 6: nothing new was deployed)."""
     try:
         attempt = await deployer.reconcile()
     except OSError as e:  # e.g. the status file could not be written on a full volume
@@ -114,6 +116,14 @@ async def _once(deployer: Deployer) -> Attempt | None:
         raise MarkerRefused(
             f"the marker was refused: {error['message'] if error else 'invalid'}",
             fix=error.get("fix") if error else None,
+        )
+    if state is StatusState.PAUSED:
+        from coordinator.display import describe_pause
+
+        root = deployer.layout.root
+        raise PausedError(
+            f"deploys are paused on {root} ({describe_pause(deployer.reporter.paused or {})}); nothing was deployed",
+            fix=f"resume with `coordinator resume --root {root}`",
         )
     if state is not None and state.failed:
         raise DeployFailed(
@@ -159,6 +169,7 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                     poll=config.poll,
                     step_ms=config.watch_step_ms,
                     stop_event=stop,
+                    also=(config.layout.pause_file,),
                 )
 
         tg.start_soon(_signals, tg, stop)

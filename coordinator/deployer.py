@@ -8,10 +8,11 @@ what to do, and perform it with the parts that do the work:
 Ordering that makes a crash at any instant harmless: a new release is written under a hidden
 temporary name and has its final name only once complete (see :mod:`coordinator.releases`); then
 ``current`` is swapped and reloaded, recorded before and after (see :mod:`coordinator.activate`).
-Steps before the swap are cancellable (by SIGTERM, or when a newer marker supersedes the deploy:
-:meth:`Deployer.check_superseded`) and leave nothing behind; the swap, reload and rollback are not.
-The pre-swap command (:mod:`coordinator.hooks`) runs between publish and swap: SIGTERM stops it, a
-newer marker does not. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`.
+Steps before the swap are cancellable (by SIGTERM, or when a newer marker supersedes the deploy or
+deploys are paused: :meth:`Deployer.check_superseded`) and leave nothing behind; the swap, reload
+and rollback are not. The pre-swap command (:mod:`coordinator.hooks`) runs between publish and swap:
+SIGTERM stops it, a newer marker does not; a pause seen before or after it stops the deploy before the
+swap. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from coordinator.hooks import run_pre_swap
 from coordinator.logs import present
 from coordinator.marker import DeployRequest, MarkerReading, read_marker
 from coordinator.notify import Notifier
+from coordinator.pause import read_pause
 from coordinator.plan import (
     Action,
     Observation,
@@ -43,7 +45,7 @@ from coordinator.plan import (
     resume_verify,
     settled_state,
 )
-from coordinator.records import AttemptResult, PendingVerify, State, StatusState
+from coordinator.records import AttemptResult, PauseRecord, PendingVerify, State, StatusState
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
@@ -87,11 +89,25 @@ class Deployer:
         """Read the marker (size-capped, never blocking on a FIFO) and validate it."""
         return await read_marker(self.layout.marker, self.config.tag_pattern)
 
+    async def read_pause(self) -> PauseRecord | None:
+        """The pause in effect (None: not paused); logs when it appears, changes or goes."""
+        pause = await anyio.to_thread.run_sync(read_pause, self.layout.pause_file)
+        before, self.reporter.paused = self.reporter.paused, pause
+        if pause != before:
+            if pause is None:
+                log.info("deploys_resumed")
+            elif "unreadable" in pause:
+                log.warning("deploys_paused", **present(reason=pause["reason"], error=pause.get("unreadable")))
+            else:
+                log.info("deploys_paused", **present(reason=pause["reason"], by=pause["by"], at=pause["at"]))
+        return pause
+
     # ------------------------------------------------------------------ reconciling
 
     async def reconcile(self) -> Attempt | None:
         """Converge once: returns the attempt made (None if nothing needed doing)."""
         reading = await self.read_marker()
+        paused = await self.read_pause() is not None
         current, on_disk = await self.store.observe()
         req = reading.request
         blocked = reading.digest is not None and reading.digest == self.state.failed_marker
@@ -101,13 +117,14 @@ class Deployer:
             current=current,
             reloaded=self.state.reloaded,
             releases=frozenset(r.name for r in on_disk),
-            cached_sha=await self.git.resolve(req.tag) if req is not None and not blocked else None,
+            cached_sha=await self.git.resolve(req.tag) if req is not None and not (blocked or paused) else None,
             blocked=blocked,
             has_build=bool(self.config.build_command),
             has_health=self.config.health_url is not None,
             has_pre_swap=bool(self.config.pre_swap_command),
             failed_kind=self.state.failed_error.get("kind") if self.state.failed_error else None,
             resume_verify=self._resume,
+            paused=paused,
         )
         self._resume = None  # offered once, right after start-up
         p = plan(obs)
@@ -116,7 +133,7 @@ class Deployer:
         if p.action is Action.RESUME_VERIFY:
             assert obs.resume_verify is not None
             return await self._resume_verify(reading, obs.resume_verify)
-        if p.action in (Action.NOOP, Action.WAIT, Action.RELOAD):
+        if p.action in (Action.NOOP, Action.WAIT, Action.RELOAD, Action.PAUSED):
             await self._settle(obs, p, reading)
             return None
         assert req is not None
@@ -195,13 +212,15 @@ class Deployer:
     async def _deploy(
         self, attempt: Attempt, req: DeployRequest, digest: str | None, p: Plan, previous_current: str | None
     ) -> bool:
-        """Perform the deploy steps; returns True if a newer marker cancelled it before the swap."""
+        """Perform the deploy steps; returns True if a newer marker or a pause cancelled it before the swap."""
         assert p.target is not None and p.sha is not None
         if Step.PREPARE in p.steps:
             with self._supersedable(req, digest) as scope:
                 await self._build_release(attempt, req.tag, p.target, p.sha, previous_current)
             if scope.cancelled_caught:
                 return True
+        if await self._paused_before_swap(req, p.target):  # paused since the reconcile began: no migration
+            return True
         if Step.PRE_SWAP in p.steps:  # not supersedable: a migration is not stopped halfway for a newer marker
             assert self.config.pre_swap_command
             ctx = self.store.hook_context(req.tag, p.sha, p.target, previous_current, req.request_id)
@@ -209,6 +228,8 @@ class Deployer:
                 await run_pre_swap(
                     self.config.pre_swap_command, ctx, self.config.pre_swap_timeout, self.config.extra_env
                 )
+        if Step.PRE_SWAP in p.steps and await self._paused_before_swap(req, p.target):  # paused meanwhile
+            return True
         try:
             await self.activator.activate(attempt, p.target, previous_current, verify=Step.VERIFY in p.steps)
         except RolledBack:
@@ -216,6 +237,13 @@ class Deployer:
             raise
         await self._prune(attempt)
         return False
+
+    async def _paused_before_swap(self, req: DeployRequest, target: str) -> bool:
+        """Deploys were paused since this attempt began: it stops here, before anything is swapped."""
+        if await self.read_pause() is None:
+            return False
+        log.info("deploy_paused", tag=req.tag, release=target)
+        return True
 
     async def _build_release(
         self, attempt: Attempt, tag: str, name: str, sha: str, previous_current: str | None
@@ -317,9 +345,15 @@ class Deployer:
             self._inflight = self._inflight_digest = None
 
     async def check_superseded(self) -> None:
-        """Called on every watch event: cancel a deploy not yet swapped if the marker asks for another."""
+        """Called on every watch event: cancel a deploy not yet swapped if the marker asks for another,
+        or if deploys were paused meanwhile (it starts again after ``resume``)."""
         scope, inflight = self._supersede_scope, self._inflight
         if scope is None or inflight is None:
+            return
+        if await self.read_pause() is not None:
+            if scope is self._supersede_scope:
+                log.info("deploy_paused", tag=inflight.tag)
+                scope.cancel()
             return
         reading = await self.read_marker()
         if reading.request is None or reading.digest == self._inflight_digest:

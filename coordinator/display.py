@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from coordinator.plan import Step
-from coordinator.records import AttemptRecord, StatusRecord, StatusState
+from coordinator.records import AttemptRecord, PauseRecord, StatusRecord, StatusState
 from coordinator.state import parse_iso
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PHASES",
     "Style",
+    "describe_pause",
     "fmt_elapsed",
     "fmt_ms",
     "format_history",
@@ -88,6 +89,21 @@ def _num(v: object) -> float | None:
 
 def _str(v: object) -> str | None:
     return v if isinstance(v, str) else None
+
+
+def describe_pause(record: Mapping[str, Any] | PauseRecord, now: float | None = None) -> str:
+    """``paused by alice@web1 at 2026-11-18 08:26:40 UTC (5 min ago): the reason`` (from a pause
+    record as read: parts not known are left out; ``now`` None: no "ago")."""
+    text = "paused"
+    by = _str(record.get("by"))
+    if by:
+        text += f" by {by}"
+    at = parse_iso(record.get("at"))
+    if at is not None:
+        text += f" at {fmt_time(at)} UTC" + (f" ({fmt_ago(max(0.0, now - at))})" if now is not None else "")
+    text += f": {_str(record.get('reason')) or 'no reason given'}"
+    why = _str(record.get("unreadable"))
+    return text + (f" ({why})" if why else "")
 
 
 def phases_in_order(phases: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -169,6 +185,9 @@ def format_status(status: StatusRecord, now: float, *, daemon_running: bool | No
     rows: list[tuple[str, str]] = []
     state = StatusState.parse(status.get("state"))
     rows.append(("state", f"{state} ({state.description})" if state else _str(status.get("state")) or "?"))
+    paused = status.get("paused")
+    if isinstance(paused, Mapping):
+        rows.append(("paused", describe_pause(paused, now).removeprefix("paused").removeprefix(":").strip()))
     desired = status.get("desired")
     if isinstance(desired, Mapping):
         text = _str(desired.get("tag")) or "?"

@@ -27,6 +27,7 @@ __all__ = [
     "MarkerError",
     "MarkerRefused",
     "NoDaemonError",
+    "PausedError",
     "PreSwapError",
     "ReloadError",
     "RolledBack",
@@ -177,3 +178,11 @@ class NoDaemonError(CoordinatorError):
 
     exit_code = 5
     kind = "no_daemon"
+
+
+class PausedError(CoordinatorError):
+    """`deploy --wait` / `rollback --wait`: deploys are paused on ROOT (``coordinator pause``), so the
+    request is not deployed now (it stays written and is deployed after ``coordinator resume``)."""
+
+    exit_code = 6
+    kind = "paused"

@@ -3,7 +3,7 @@
 The :class:`~coordinator.report.Reporter` feeds them through two hooks: ``on_phase`` (the end of
 every phase) and ``on_attempt`` (an attempt started, then finished and journaled); the
 :class:`~coordinator.notify.Notifier` through ``on_failure`` (a notification failed). What can be read
-back from the volume (the release ``current`` points to, the last success, readiness) is refreshed
+back from the volume (the release ``current`` points to, the last success, readiness, a pause) is refreshed
 by the HTTP server just before each scrape, so it is right even after a restart or a change made
 behind coordinator's back.
 
@@ -115,6 +115,11 @@ class Metrics:
         self.ready = Gauge(
             "coordinator_ready", "1 when /readyz answers 200: current is the marker's release, deployed", registry=r
         )
+        self.paused = Gauge(
+            "coordinator_paused",
+            "1 while deploys are paused (ROOT/deploy.pause exists, even unreadable), else 0",
+            registry=r,
+        )
         self.reconcile_errors = Counter(
             "coordinator_reconcile_errors",
             "Reconciles that ended in an error outside a deploy attempt (the daemon logs and retries)",
@@ -194,6 +199,9 @@ class Metrics:
 
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused.set(1 if paused else 0)
 
     # ------------------------------------------------------------------ exposition
 

@@ -65,6 +65,7 @@ class Action(StrEnum):
     RELOAD = "reload"  # `current` changed but its reload was never recorded (crash): reload once
     ERROR = "error"  # the request cannot be satisfied (sha mismatch after a fetch)
     RESUME_VERIFY = "resume_verify"  # `target` (current) was never verified (crash): verify it now
+    PAUSED = "paused"  # deploys are paused (ROOT/deploy.pause): the marker's request waits for `resume`
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class Observation:
     has_pre_swap: bool = False
     failed_kind: str | None = None  # the error kind of the permanent failure that blocks the marker
     resume_verify: PendingVerify | None = None  # offered once after start-up (see resume_verify())
+    paused: bool = False  # a pause file exists (readable or not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +102,16 @@ def plan(obs: Observation) -> Plan:
 
     An unfinished verification comes first, whatever the marker says (a release that may be broken
     is serving); then an unrecorded reload (with an invalid marker too: ``current`` is what it is).
+    Both finish a deploy already made, so they happen while paused too; a pause stops everything
+    else (no fetch either): :attr:`Action.PAUSED`.
     """
     rv = obs.resume_verify
     if rv is not None and obs.has_health and obs.current is not None and rv.release == obs.current:
         return Plan(Action.RESUME_VERIFY, (Step.VERIFY,), obs.current, reason="verification interrupted")
     pending_reload = obs.current is not None and obs.reloaded != obs.current
     reload_only = Plan(Action.RELOAD, (Step.RELOAD,), obs.current, reason="current was swapped but not reloaded")
+    if obs.paused:
+        return reload_only if pending_reload else Plan(Action.PAUSED, reason="paused")
     req = obs.request
     if req is None:
         return reload_only if pending_reload else Plan(Action.NOOP, reason="no valid request")
@@ -229,11 +235,14 @@ def failure_blocks_marker(request: DeployRequest | None, tag: str, retryable: bo
 
 
 def settled_state(obs: Observation, action: Action, *, reload_failed: bool = False) -> StatusState:
-    """The status file's state after a reconcile that started no deploy attempt."""
+    """The status file's state after a reconcile that started no deploy attempt (paused: ``paused``
+    unless the marker is invalid or a recovery reload failed)."""
     if obs.invalid:
         return StatusState.INVALID
     if reload_failed:
         return StatusState.FAILED
+    if obs.paused:
+        return StatusState.PAUSED
     if action is Action.WAIT:
         return StatusState.ROLLED_BACK if obs.failed_kind == "rolled_back" else StatusState.FAILED
     return StatusState.IDLE if obs.request is not None else StatusState.WAITING

@@ -12,8 +12,9 @@ threads (their own limiter, so probes never take threads from a deploy); nothing
   not blocked or wedged), the marker watcher task is running, and the daemon is not stopping.
 * ``/readyz`` (readiness): 200 only when the marker is valid, the daemon has reconciled this exact
   marker (its digest is the one in the status file this daemon wrote), the last reconcile of it
-  ended ``idle`` (deployed, or nothing to do), and ``ROOT/current`` still names that release, with
-  the marker's tag (and sha, if given), reloaded. Otherwise 503 with a short JSON reason.
+  ended ``idle`` (deployed, or nothing to do; ``paused`` counts too: a pause alone changes nothing),
+  and ``ROOT/current`` still names that release, with the marker's tag (and sha, if given),
+  reloaded. Otherwise 503 with a short JSON reason.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from coordinator.exceptions import ConfigError, CoordinatorError
 from coordinator.layout import read_current
 from coordinator.marker import MarkerReading
 from coordinator.metrics import Metrics
+from coordinator.pause import read_pause
 from coordinator.records import ReleaseMeta, StatusRecord, StatusState, as_status
 from coordinator.state import parse_iso, read_json, read_release_meta
 
@@ -152,7 +154,7 @@ def check_ready(
     if status.get("marker_digest") != reading.digest:
         return Readiness(False, "the marker changed and is not reconciled yet")
     state = status.get("state")
-    if state != StatusState.IDLE:
+    if state not in (StatusState.IDLE, StatusState.PAUSED):  # paused: deploys nothing new, serves what it has
         err = status.get("error")
         why = err.get("message") if isinstance(err, Mapping) else None
         return Readiness(False, f"state is {state}" + (f": {why}" if why else ""))
@@ -177,6 +179,7 @@ class _Observed:
     current: str | None
     current_error: str | None
     meta: ReleaseMeta | None
+    paused: bool = False
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -402,12 +405,13 @@ class ProbeServer:
         fresh = _file_id(lay.status_file) not in (None, self._status_before)
         raw = read_json(lay.status_file) if fresh else None
         status = as_status(raw) if raw is not None else None
+        paused = read_pause(lay.pause_file) is not None
         try:
             current = read_current(lay.root)
         except CoordinatorError as e:
-            return _Observed(status, None, e.message, None)
+            return _Observed(status, None, e.message, None, paused)
         meta = read_release_meta(lay.meta_dir, current) if current is not None else None
-        return _Observed(status, current, None, meta)
+        return _Observed(status, current, None, meta, paused)
 
     async def _snapshot(self) -> tuple[Readiness, _Observed]:
         reading = await self.deployer.read_marker()
@@ -426,6 +430,7 @@ class ProbeServer:
         self.metrics.set_ready(ready.ready)
         meta = seen.meta
         self.metrics.set_current(seen.current, meta.tag if meta else None, meta.sha if meta else None)
+        self.metrics.set_paused(seen.paused)
         last = (seen.status or {}).get("last_success")
         finished = parse_iso(last.get("finished_at")) if isinstance(last, Mapping) else None
         if finished is not None:

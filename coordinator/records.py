@@ -9,6 +9,8 @@ reads, and the enums of its results and states.
 * :class:`ReleaseMeta`: ``.coordinator/releases/<name>.json`` (and its app-facing copy
   ``releases/<name>.json``).
 * :class:`State`: ``.coordinator/state.json``, read only by the daemon itself (after a restart).
+* :class:`PauseRecord`: ``ROOT/deploy.pause``, written by ``coordinator pause`` (:mod:`coordinator.pause`),
+  read by the daemon and shown in the status file's ``paused``.
 
 The enums are :class:`~enum.StrEnum`: they are written to JSON as their plain values, and a value read
 back is parsed with ``parse`` (None for anything unknown: a file written by a newer version, or by hand).
@@ -30,6 +32,7 @@ __all__ = [
     "DesiredRef",
     "ErrorInfo",
     "JournalEntry",
+    "PauseRecord",
     "PendingReload",
     "PendingVerify",
     "PhaseInfo",
@@ -83,6 +86,7 @@ class StatusState(StrEnum):
     ROLLED_BACK = "rolled_back"
     INVALID = "invalid"
     STOPPED = "stopped"
+    PAUSED = "paused"
 
     @property
     def description(self) -> str:
@@ -114,6 +118,7 @@ _DESCRIPTIONS = {
     StatusState.ROLLED_BACK: "the release failed its health check; the previous one was restored",
     StatusState.INVALID: "the marker was refused",
     StatusState.STOPPED: "the daemon exited",
+    StatusState.PAUSED: "deploys are paused until coordinator resume",
 }
 
 
@@ -181,6 +186,18 @@ class JournalEntry(AttemptRecord):
     event: Literal["attempt"]
 
 
+class PauseRecord(TypedDict, total=False):
+    """``ROOT/deploy.pause``: who paused deploys, when and why (``by`` is user@host, best effort).
+    The status file's ``paused`` shows it; ``unreadable`` says why a pause file could not be read
+    (it still pauses: see :mod:`coordinator.pause`)."""
+
+    reason: Required[str]
+    by: Required[str | None]
+    pid: Required[int | None]
+    at: Required[str | None]
+    unreadable: str
+
+
 class StatusRecord(TypedDict, total=False):
     """The status file. Every key is written each time (``updated_at`` by the writer, last)."""
 
@@ -198,6 +215,7 @@ class StatusRecord(TypedDict, total=False):
     phase: PhaseInfo | None
     error: ErrorInfo | None
     verify: bool  # the daemon checks a health URL after each reload (``deploy --wait`` then means served)
+    paused: PauseRecord | None  # deploys are paused (ROOT/deploy.pause): by whom, when, why
     updated_at: str
 
 

@@ -33,6 +33,7 @@ from coordinator.records import (
     DesiredRef,
     ErrorInfo,
     JournalEntry,
+    PauseRecord,
     ReleaseRef,
     State,
     StatusRecord,
@@ -97,6 +98,7 @@ class Reporter:
         self.on_phase: Callable[[str, float], None] | None = None
         # called when an attempt starts (result "running") and again once it is finished and journaled
         self.on_attempt: Callable[[Attempt], None] | None = None
+        self.paused: PauseRecord | None = None  # the pause in effect, as last read (the status's `paused`)
         self._status: StatusRecord = {}
 
     async def load(self) -> None:
@@ -246,6 +248,7 @@ class Reporter:
                 failed_error=self.state.failed_error,
             ),
             "verify": self.verify,
+            "paused": self.paused,
         }
         if status == self._status:
             return

@@ -14,14 +14,16 @@ inotify and watchfiles:
   wake-up of every watch (at most a second later) is therefore always a hint;
 * network filesystems deliver no inotify events for writes from other hosts: ``--poll`` polls.
 
-Only events on the marker's name, its target's name and ConfigMap's ``..``-names count: the status
-file, the reload file and ``current`` live in the same directory and must not wake the daemon.
+Only events on the marker's name, its target's name, ConfigMap's ``..``-names and the other files
+passed as ``also`` (the pause file, ``ROOT/deploy.pause``: its directory is watched too when the
+marker lives elsewhere) count: the status file, the reload file and ``current`` live in the same
+directory and must not wake the daemon.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -33,8 +35,9 @@ __all__ = ["watch_marker", "watched_dirs"]
 log = structlog.get_logger("coordinator.watch")
 
 
-def watched_dirs(marker: Path) -> dict[Path, set[str]]:
-    """The existing directories to watch for ``marker``, each with the entry names that matter."""
+def watched_dirs(marker: Path, also: Sequence[Path] = ()) -> dict[Path, set[str]]:
+    """The existing directories to watch for ``marker`` and the files ``also``, each with the entry
+    names that matter."""
     out: dict[Path, set[str]] = {}
     candidates = [marker]
     try:
@@ -44,7 +47,7 @@ def watched_dirs(marker: Path) -> dict[Path, set[str]]:
             candidates.append(real)
     except OSError:
         pass
-    for path in candidates:
+    for path in [*candidates, *also]:
         if path.parent.is_dir():
             out.setdefault(path.parent, set()).add(path.name)
     return out
@@ -67,12 +70,13 @@ async def watch_marker(
     poll: bool = False,
     step_ms: int = 3,
     stop_event: anyio.Event | None = None,
+    also: Sequence[Path] = (),
 ) -> None:
-    """Call ``on_hint()`` whenever something may have changed the marker. Runs until cancelled or
-    until ``stop_event`` is set."""
+    """Call ``on_hint()`` whenever something may have changed the marker (or one of the files
+    ``also``). Runs until cancelled or until ``stop_event`` is set."""
     stop = stop_event or anyio.Event()
     while not stop.is_set():
-        dirs = await anyio.to_thread.run_sync(watched_dirs, marker)
+        dirs = await anyio.to_thread.run_sync(watched_dirs, marker, also)
         if not dirs:
             # the marker's directory does not exist (yet): the periodic resync still runs; look again soon
             with anyio.move_on_after(1.0):
@@ -110,7 +114,7 @@ async def watch_marker(
                     first = False
                     on_hint()
                 now = await anyio.to_thread.run_sync(_inodes, dirs)
-                fresh = await anyio.to_thread.run_sync(watched_dirs, marker)
+                fresh = await anyio.to_thread.run_sync(watched_dirs, marker, also)
                 if now != inodes or set(fresh) != set(dirs):
                     log.info("watch_restart", reason="marker directory replaced or marker target moved")
                     on_hint()

@@ -138,3 +138,25 @@ def test_history_table_puts_the_error_under_its_row() -> None:
         "    error: tag_not_found: tag v9 not found",
         "2026-11-18 08:26:40  v1   12f34eda  success  1.05 s  r1  fetch 15 ms, swap 0.3 ms",
     ]
+
+
+def test_status_table_shows_who_paused_when_and_why() -> None:
+    """While paused, status shows "paused  by X at T (ago): reason" under the state."""
+    st = {
+        "state": "paused",
+        "paused": {"reason": "incident 42", "by": "alice@web1", "pid": 7, "at": NOW_ISO},
+        "desired": {"tag": "v3", "sha": None, "id": ID},
+    }
+    lines = format_status(as_status(st), NOW + 300).splitlines()
+    assert lines[:3] == [
+        "state     paused (deploys are paused until coordinator resume)",
+        "paused    by alice@web1 at 2026-11-18 08:26:40 UTC (5 min ago): incident 42",
+        f"desired   v3  (id {ID})",
+    ]
+
+
+def test_an_unreadable_pause_file_is_shown_with_why() -> None:
+    """A pause file that could not be read shows the fixed reason and what was wrong with it."""
+    paused = {"reason": "unreadable pause file", "by": None, "pid": None, "at": None, "unreadable": "not valid JSON"}
+    text = format_status(as_status({"state": "paused", "paused": paused}), NOW)
+    assert "\npaused    unreadable pause file (not valid JSON)\n" in text

@@ -78,6 +78,16 @@ def test_hook_failures_are_counted_by_hook_and_exported_from_the_start() -> None
     assert value(m, "coordinator_hook_failures_total", hook="other") is None
 
 
+def test_the_paused_gauge_is_0_then_follows_the_pause() -> None:
+    """coordinator_paused starts at 0, is 1 while paused, 0 again after resume."""
+    m = Metrics()
+    assert value(m, "coordinator_paused") == 0
+    m.set_paused(True)
+    assert value(m, "coordinator_paused") == 1
+    m.set_paused(False)
+    assert value(m, "coordinator_paused") == 0
+
+
 def test_finished_attempts_are_counted_by_result() -> None:
     """Each finished attempt adds one to its result's counter."""
     m = Metrics()
@@ -324,6 +334,17 @@ def test_not_ready_says_why(marker: MarkerReading, st: StatusRecord | None, curr
     assert not r.ready
     assert reason in r.reason
     assert r.body() == {"ready": False, "reason": r.reason}
+
+
+def test_a_pause_alone_does_not_make_the_daemon_unready() -> None:
+    """State paused with the marker's release current and reloaded: still ready (/readyz is about convergence)."""
+    assert check_ready(reading(), status(state="paused"), RELEASE, PID).ready
+
+
+def test_paused_with_a_pending_marker_is_not_ready_because_of_the_marker() -> None:
+    """Paused while the marker asks for another tag: 503, and the reason is the pending tag."""
+    r = check_ready(reading(tag="v2"), status(state="paused"), RELEASE, PID)
+    assert not r.ready and "the marker asks for v2" in r.reason
 
 
 def test_a_refused_current_is_the_reason() -> None:

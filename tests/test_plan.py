@@ -255,6 +255,7 @@ observations = st.builds(
     fetched=st.booleans(),
     blocked=st.booleans(),
     has_build=st.booleans(),
+    paused=st.booleans(),
 )
 
 
@@ -267,7 +268,7 @@ def test_plan_invariants(o: Observation) -> None:
     assert list(p.steps) == sorted(p.steps, key=order.index), "steps run in Step order"
     pending = o.current is not None and o.reloaded != o.current
     if p.action is Action.FETCH:
-        assert not o.fetched and p.steps == (Step.FETCH,)
+        assert not o.fetched and not o.paused and p.steps == (Step.FETCH,)
     elif p.action is Action.ERROR:
         assert o.fetched and p.steps == () and p.target is None
     elif p.action is Action.WAIT:
@@ -275,10 +276,12 @@ def test_plan_invariants(o: Observation) -> None:
     elif p.action is Action.RELOAD:
         assert pending and p.steps == (Step.RELOAD,) and p.target == o.current
     elif p.action is Action.NOOP:
-        assert not pending and p.steps == ()
+        assert not pending and p.steps == () and not o.paused
+    elif p.action is Action.PAUSED:
+        assert o.paused and not pending and p.steps == ()
     else:
         assert p.action is Action.DEPLOY
-        assert o.request is not None and o.cached_sha is not None and not o.blocked
+        assert o.request is not None and o.cached_sha is not None and not o.blocked and not o.paused
         assert p.target == release_name(o.request.tag, o.cached_sha) != o.current
         assert o.request.matches(o.cached_sha)
         assert p.steps[-3:] == SWAP_ONLY
@@ -519,6 +522,43 @@ def test_an_invalid_marker_with_an_unrecorded_reload_still_reloads() -> None:
     assert p.action is Action.RELOAD and p.target == TARGET
 
 
+# --------------------------------------------------------------------------------------------------
+# plan(): paused
+
+
+@pytest.mark.parametrize(
+    "o",
+    [
+        obs(paused=True),
+        obs(paused=True, cached_sha=None),
+        obs(paused=True, current=None, reloaded=None, releases=frozenset()),
+    ],
+    ids=["deployable", "not-in-cache", "first-deploy"],
+)
+def test_paused_deploys_and_fetches_nothing(o: Observation) -> None:
+    """While paused a new request is neither fetched nor deployed: the plan is PAUSED with reason paused."""
+    assert plan(o) == Plan(Action.PAUSED, reason="paused")
+
+
+def test_paused_still_does_the_reload_a_crash_left_undone() -> None:
+    """The recovery reload of a `current` already swapped completes a deploy already made: done while paused."""
+    p = plan(obs(paused=True, current=TARGET, reloaded=OLD))
+    assert p.action is Action.RELOAD and p.target == TARGET
+
+
+def test_paused_still_resumes_an_interrupted_verification() -> None:
+    """A release swapped in but never verified is verified (and rolled back if it fails) while paused."""
+    o = obs(paused=True, current=TARGET, reloaded=TARGET, has_health=True, resume_verify=PENDING_VERIFY)
+    assert plan(o).action is Action.RESUME_VERIFY
+
+
+def test_the_paused_request_deploys_once_the_pause_is_gone() -> None:
+    """The same observation without the pause deploys: the request was kept, not dropped."""
+    o = obs(paused=True)
+    assert plan(o).action is Action.PAUSED
+    assert plan(replace(o, paused=False)).action is Action.DEPLOY
+
+
 def test_a_pending_reload_of_current_is_confirmed_with_the_strategy() -> None:
     """Only a started reload of the release current still names is worth asking the reloader about."""
     pending = PendingReload(TARGET, token=1700000000)
@@ -588,8 +628,23 @@ def test_only_a_permanent_failure_of_the_markers_tag_blocks_the_marker(
         (obs(), Action.RELOAD, True, StatusState.FAILED),
         (obs(blocked=True, failed_kind="build"), Action.WAIT, False, StatusState.FAILED),
         (obs(blocked=True, failed_kind="rolled_back"), Action.WAIT, False, StatusState.ROLLED_BACK),
+        (obs(paused=True), Action.PAUSED, False, StatusState.PAUSED),
+        (obs(paused=True, request=None), Action.PAUSED, False, StatusState.PAUSED),
+        (obs(paused=True, request=None, invalid=True), Action.PAUSED, False, StatusState.INVALID),
+        (obs(paused=True), Action.RELOAD, True, StatusState.FAILED),
     ],
-    ids=["converged", "no-marker", "invalid-marker", "reload-failed", "blocked-build", "blocked-rollback"],
+    ids=[
+        "converged",
+        "no-marker",
+        "invalid-marker",
+        "reload-failed",
+        "blocked-build",
+        "blocked-rollback",
+        "paused",
+        "paused-no-marker",
+        "paused-invalid-marker",
+        "paused-reload-failed",
+    ],
 )
 def test_settled_state_names_what_the_status_shows(
     o: Observation, action: Action, reload_failed: bool, state: StatusState

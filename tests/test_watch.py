@@ -36,6 +36,15 @@ def test_configmap_marker_watches_only_the_mount_directory(tmp_path: Path) -> No
     assert watched_dirs(tmp_path / "deploy.request") == {tmp_path: {"deploy.request"}}
 
 
+def test_also_watched_files_add_their_directory_and_name(tmp_path: Path) -> None:
+    """The pause file: its name joins the marker's directory, or its own directory is watched too."""
+    root, markers = tmp_path / "root", tmp_path / "markers"
+    root.mkdir()
+    markers.mkdir()
+    assert watched_dirs(root / "deploy.request", [root / "deploy.pause"]) == {root: {"deploy.request", "deploy.pause"}}
+    assert watched_dirs(markers / "m", [root / "deploy.pause"]) == {markers: {"m"}, root: {"deploy.pause"}}
+
+
 def test_missing_directory_is_not_watched(tmp_path: Path) -> None:
     """A marker whose directory does not exist yet gives nothing to watch."""
     assert watched_dirs(tmp_path / "nope" / "deploy.request") == {}
