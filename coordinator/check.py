@@ -33,6 +33,7 @@ from coordinator.exceptions import CheckFailed, CoordinatorError, GitError, Layo
 from coordinator.fsutil import describe_os_error, file_kind, is_real_dir
 from coordinator.git import GitCache, redact
 from coordinator.health import expected_text, probe
+from coordinator.hooks import needs_shell
 from coordinator.layout import Layout, read_current
 from coordinator.pidsignal import SignalReloader
 from coordinator.records import ReleaseMeta
@@ -45,7 +46,6 @@ __all__ = [
     "CheckResult",
     "checks_for",
     "format_results",
-    "needs_shell",
     "raise_if_failed",
     "run_all",
     "run_checks",
@@ -340,31 +340,23 @@ async def check_reload(name: str, config: Config) -> CheckResult:
     if strategy == "signal" and config.reload_pidfile is not None and config.reload_signal is not None:
         return await _in_thread(partial(_signal, SignalReloader(config.reload_pidfile, config.reload_signal)))
     if strategy == "command" and config.reload_command is not None:
-        found = await _in_thread(partial(_program, name, "reload-command", config.reload_command, shell=False))
+        found = await _in_thread(partial(_program, name, "reload-command", config.reload_command, hook=False))
         return CheckResult(found.name, found.ok, f"command: {found.detail}", found.fix)
     return await _in_thread(partial(_touch, config.layout.reload_file))
 
 
 # ---------------------------------------------------------------------------------------------- commands
 
-#: characters that make a command need a shell (pipes, lists, redirections, expansions, globs)
-_SHELL_CHARS = frozenset("|&;<>()$`*?[]{}~#\n")
 
-
-def needs_shell(command: str) -> bool:
-    """Whether ``command`` needs ``/bin/sh -c``: shell syntax, or a leading ``NAME=value`` assignment."""
-    first = command.split(maxsplit=1)[0] if command.strip() else ""
-    return bool(_SHELL_CHARS.intersection(command)) or "=" in first
-
-
-def _program(name: str, option: str, command: str, *, shell: bool, in_release: bool = False) -> CheckResult:
-    """The program of ``command`` is found (blocking). ``shell``: run through ``/bin/sh -c`` even
-    when it needs no shell; ``in_release``: run in the release, so a relative path is not checkable."""
-    if shell or needs_shell(command):
+def _program(name: str, option: str, command: str, *, hook: bool, in_release: bool = False) -> CheckResult:
+    """The program of ``command`` is found (blocking). ``hook``: the command runs as the build and the
+    hooks do (through ``/bin/sh -c`` when :func:`coordinator.hooks.needs_shell` says it needs a shell;
+    ``--reload-command`` never does); ``in_release``: run in the release, so a relative path is not
+    checkable."""
+    if hook and needs_shell(command):
         if not os.access("/bin/sh", os.X_OK):
             return failed(name, f"--{option} needs /bin/sh, which is missing", "install a shell in this image")
-        if needs_shell(command):
-            return passed(name, "runs through /bin/sh (shell syntax: its programs are not checked)")
+        return passed(name, "runs through /bin/sh (shell syntax: its programs are not checked)")
     try:
         argv = shlex.split(command)
     except ValueError as e:
@@ -384,8 +376,8 @@ def _program(name: str, option: str, command: str, *, shell: bool, in_release: b
     return passed(name, f"{program} is {found}")
 
 
-async def check_command(name: str, option: str, command: str, *, shell: bool, in_release: bool) -> CheckResult:
-    return await _in_thread(partial(_program, name, option, command, shell=shell, in_release=in_release))
+async def check_command(name: str, option: str, command: str, *, in_release: bool) -> CheckResult:
+    return await _in_thread(partial(_program, name, option, command, hook=True, in_release=in_release))
 
 
 # ---------------------------------------------------------------------------------------------- health
@@ -447,13 +439,13 @@ def checks_for(config: Config) -> list[Check]:
     checks.append(Check("reload", partial(check_reload, "reload", config)))
     if config.health_url is not None:
         checks.append(Check("health", partial(check_health, "health", config), 2 * HEALTH_TIMEOUT_CAP + 5))
-    for label, option, command, shell in (
-        ("build command", "build-command", config.build_command, True),
-        ("pre-swap command", "pre-swap-command", config.pre_swap_command, False),
-        ("notify command", "notify-command", config.notify_command, False),
+    for label, option, command in (
+        ("build command", "build-command", config.build_command),
+        ("pre-swap command", "pre-swap-command", config.pre_swap_command),
+        ("notify command", "notify-command", config.notify_command),
     ):
         if command is not None:
-            run = partial(check_command, label, option, command, shell=shell, in_release=option != "notify-command")
+            run = partial(check_command, label, option, command, in_release=option != "notify-command")
             checks.append(Check(label, run))
     return checks
 

@@ -24,7 +24,6 @@ from coordinator.check import (
     Check,
     CheckResult,
     format_results,
-    needs_shell,
     raise_if_failed,
     run_all,
     run_checks,
@@ -595,23 +594,6 @@ async def test_an_absolute_notify_command_that_is_not_executable_fails(root: Pat
     script.write_text("#!/bin/sh\n")
     result = await _one(_config(root, repo, notify_command=f"{script} --all"), "notify command")
     assert not result.ok and result.detail == f"program {str(script)!r} not found"
-
-
-@pytest.mark.parametrize(
-    ("command", "shell"),
-    [
-        ("python manage.py migrate --noinput", False),
-        ("'/opt/my app/bin/notify' --quiet", False),
-        ("make build && make test", True),
-        ("echo $TAG", True),
-        ("ls *.py", True),
-        ("DJANGO_SETTINGS_MODULE=prod python manage.py migrate", True),
-        ("curl -d @- https://example.com < body.json", True),
-    ],
-)
-def test_needs_shell(command: str, shell: bool) -> None:
-    """Shell syntax (lists, expansions, globs, redirections, leading assignments) needs /bin/sh."""
-    assert needs_shell(command) is shell
 
 
 # ---------------------------------------------------------------------------------------------- running
