@@ -123,7 +123,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         "--health-url",
         f"http://127.0.0.1:{port}/health",
         "--health-timeout",
-        "8",
+        "20",
         "--resync-interval",
         "1",
     ]
