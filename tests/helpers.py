@@ -20,7 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+
+from coordinator.config import Config
 from coordinator.daemon import run_argv
+from coordinator.deployer import Deployer
+from coordinator.layout import Layout
 from coordinator.records import StatusRecord, as_status
 
 GIT_ENV = {
@@ -373,3 +378,16 @@ def deploying_status(
             "current": {"release": "v2-3f9c2a1b7d4e", "tag": "v2", "sha": "3f9c2a1b7d4e" + "0" * 28},
         }
     )
+
+
+async def started_deployer(root: Path, repo: GitRepo, **kw: Any) -> Deployer:
+    """A Deployer for ``root`` deploying from ``repo`` (more Config fields in ``kw``), started up."""
+    d = Deployer(Config(layout=Layout.for_root(root), repo=str(repo.path), **kw))
+    await d.startup()
+    return d
+
+
+async def wait_for_workspace(root: Path) -> None:
+    """Until a release is being built: a hidden workspace appears in ``root/releases``."""
+    while not any(n.startswith(".") for n in os.listdir(root / "releases")):
+        await anyio.sleep(0.02)

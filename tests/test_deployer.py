@@ -20,7 +20,7 @@ from coordinator.exceptions import LayoutError
 from coordinator.layout import Layout
 from coordinator.records import AttemptResult
 from coordinator.state import load_state, save_state
-from tests.helpers import GitRepo, read_status, write_marker
+from tests.helpers import GitRepo, read_status, started_deployer, wait_for_workspace, write_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -28,12 +28,6 @@ pytestmark = pytest.mark.anyio
 def make(root: Path, repo: GitRepo, **kw: object) -> Deployer:
     cfg = Config(layout=Layout.for_root(root), repo=str(repo.path), **kw)  # type: ignore[arg-type]
     return Deployer(cfg)
-
-
-async def started(root: Path, repo: GitRepo, **kw: object) -> Deployer:
-    d = make(root, repo, **kw)
-    await d.startup()
-    return d
 
 
 def release_dirs(root: Path) -> list[str]:
@@ -70,7 +64,7 @@ def outside_snapshot(base: Path, root: Path) -> dict[str, float]:
 
 async def test_first_deploy_publishes_exactly_the_tags_tracked_files(root: Path, repo: GitRepo) -> None:
     """A first deploy builds releases/<name> holding exactly the tag's tracked files and no .git."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1\n")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
@@ -82,7 +76,7 @@ async def test_first_deploy_publishes_exactly_the_tags_tracked_files(root: Path,
 
 async def test_current_is_a_relative_symlink_into_releases(root: Path, repo: GitRepo) -> None:
     """`current` is the relative link releases/<name>, so the volume can be mounted anywhere."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None
@@ -91,7 +85,7 @@ async def test_current_is_a_relative_symlink_into_releases(root: Path, repo: Git
 
 async def test_release_name_combines_tag_and_short_sha(root: Path, repo: GitRepo) -> None:
     """The release directory is named <tag>-<12 hex of the commit>."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v2")
     attempt = await d.reconcile()
     assert attempt is not None
@@ -102,7 +96,7 @@ async def test_annotated_tag_deploys_its_commit(root: Path, tmp_path: Path) -> N
     """An annotated tag is peeled to the commit it points to."""
     repo = await anyio.to_thread.run_sync(GitRepo, tmp_path / "annotated")
     sha = await anyio.to_thread.run_sync(lambda: repo.commit({"a.txt": "a"}, tag="r1", annotated=True))
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "r1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.sha == sha
@@ -116,7 +110,7 @@ async def test_release_preserves_modes_and_symlinks(root: Path, tmp_path: Path) 
             {"run.sh": "#!/bin/sh\n", "data.txt": "x"}, tag="m1", executable=("run.sh",), symlinks={"link": "data.txt"}
         )
     )
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "m1")
     attempt = await d.reconcile()
     assert attempt is not None
@@ -128,7 +122,7 @@ async def test_release_preserves_modes_and_symlinks(root: Path, tmp_path: Path) 
 
 async def test_release_is_not_world_writable(root: Path, repo: GitRepo) -> None:
     """Release directories and files are not writable by others."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None
@@ -140,7 +134,7 @@ async def test_release_is_not_world_writable(root: Path, repo: GitRepo) -> None:
 
 async def test_deploy_touches_the_reload_file(root: Path, repo: GitRepo) -> None:
     """After the swap the reload file exists with a whole-second mtime."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     st = os.stat(root / "reload.touch")
@@ -149,7 +143,7 @@ async def test_deploy_touches_the_reload_file(root: Path, repo: GitRepo) -> None
 
 async def test_same_tag_again_does_not_reload(root: Path, repo: GitRepo) -> None:
     """Reconciling an unchanged marker is a no-op: no attempt, no touch."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     before = os.stat(root / "reload.touch").st_mtime_ns
@@ -159,7 +153,7 @@ async def test_same_tag_again_does_not_reload(root: Path, repo: GitRepo) -> None
 
 async def test_successive_reloads_have_strictly_increasing_whole_seconds(root: Path, repo: GitRepo) -> None:
     """Quick successive deploys still move the reload mtime forward by >= 1 s each (uWSGI rule)."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     seen = []
     for tag in ("v1", "v2", "v1", "v2"):
         write_marker(root, tag)
@@ -170,7 +164,7 @@ async def test_successive_reloads_have_strictly_increasing_whole_seconds(root: P
 
 async def test_release_on_disk_is_swapped_without_fetch_or_prepare(root: Path, repo: GitRepo) -> None:
     """Going back to a release already on disk only swaps, reloads and prunes."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     for tag in ("v1", "v2"):
         write_marker(root, tag)
         await d.reconcile()
@@ -181,7 +175,7 @@ async def test_release_on_disk_is_swapped_without_fetch_or_prepare(root: Path, r
 
 async def test_status_file_describes_a_success(root: Path, repo: GitRepo) -> None:
     """The status file says idle, with desired, current and the last attempt's phases."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, '{"tag": "v1", "id": "req-1"}')
     await d.reconcile()
     st = read_status(root)
@@ -195,7 +189,7 @@ async def test_status_file_describes_a_success(root: Path, repo: GitRepo) -> Non
 
 async def test_matching_sha_in_marker_deploys(root: Path, repo: GitRepo) -> None:
     """A JSON marker whose abbreviated sha matches the tag deploys it."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, json.dumps({"tag": "v2", "sha": repo.tag_sha("v2")[:8]}))
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
@@ -203,7 +197,7 @@ async def test_matching_sha_in_marker_deploys(root: Path, repo: GitRepo) -> None
 
 async def test_mismatched_sha_fails_and_leaves_current(root: Path, repo: GitRepo) -> None:
     """A sha the tag does not point to fails the attempt; current stays where it was."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     before = os.readlink(root / "current")
@@ -217,7 +211,7 @@ async def test_mismatched_sha_fails_and_leaves_current(root: Path, repo: GitRepo
 
 async def test_permanent_failure_is_not_retried_until_the_marker_changes(root: Path, repo: GitRepo) -> None:
     """After a permanent failure the same marker is not tried again; a changed marker is."""
-    d = await started(root, repo, build_command="exit 3")
+    d = await started_deployer(root, repo, build_command="exit 3")
     write_marker(root, "v1")
     first = await d.reconcile()
     assert first is not None and first.result == "failed"
@@ -229,16 +223,16 @@ async def test_permanent_failure_is_not_retried_until_the_marker_changes(root: P
 
 async def test_permanent_failure_survives_a_restart(root: Path, repo: GitRepo) -> None:
     """A restarted daemon does not retry a marker that already failed for good."""
-    d = await started(root, repo, build_command="exit 3")
+    d = await started_deployer(root, repo, build_command="exit 3")
     write_marker(root, "v1")
     await d.reconcile()
-    d2 = await started(root, repo, build_command="exit 3")
+    d2 = await started_deployer(root, repo, build_command="exit 3")
     assert await d2.reconcile() is None
 
 
 async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
     """An unknown tag fails but is tried again on the next reconcile (it may be pushed later)."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v9")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
@@ -250,7 +244,7 @@ async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
 
 async def test_moved_tag_with_new_sha_is_fetched_again(root: Path, repo: GitRepo) -> None:
     """When a tag moves and the marker names the new sha, coordinator fetches and deploys it."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     first = await d.reconcile()
     new_sha = await anyio.to_thread.run_sync(lambda: repo.commit({"app.py": "VERSION = 'v1-fixed'\n"}, tag="v1"))
@@ -285,7 +279,7 @@ HOSTILE = [
 @pytest.mark.parametrize("data", HOSTILE, ids=lambda d: repr(d[:30]))
 async def test_hostile_marker_is_refused_and_nothing_changes(root: Path, repo: GitRepo, data: bytes) -> None:
     """A hostile marker gives an invalid status; current, the reload file and the outside are untouched."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     before = (os.readlink(root / "current"), os.stat(root / "reload.touch").st_mtime_ns)
@@ -303,7 +297,7 @@ async def test_hostile_marker_is_refused_and_nothing_changes(root: Path, repo: G
 
 async def test_tag_outside_pattern_is_refused(root: Path, repo: GitRepo) -> None:
     """With --tag-pattern, a tag that does not match never reaches git."""
-    d = await started(root, repo, tag_pattern="release-*")
+    d = await started_deployer(root, repo, tag_pattern="release-*")
     write_marker(root, "v1")
     assert await d.reconcile() is None
     st = read_status(root)
@@ -312,7 +306,7 @@ async def test_tag_outside_pattern_is_refused(root: Path, repo: GitRepo) -> None
 
 async def test_missing_marker_means_waiting(root: Path, repo: GitRepo) -> None:
     """Without a marker the daemon waits and says so."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     assert await d.reconcile() is None
     st = read_status(root)
     assert st is not None and st["state"] == "waiting"
@@ -320,7 +314,7 @@ async def test_missing_marker_means_waiting(root: Path, repo: GitRepo) -> None:
 
 async def test_marker_that_is_a_fifo_does_not_block(root: Path, repo: GitRepo) -> None:
     """A FIFO planted as the marker is refused without blocking on it."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     os.mkfifo(root / "deploy.request")
     with anyio.fail_after(5):
         assert await d.reconcile() is None
@@ -330,7 +324,7 @@ async def test_marker_that_is_a_fifo_does_not_block(root: Path, repo: GitRepo) -
 
 async def test_build_command_runs_in_the_new_release_with_its_env(root: Path, repo: GitRepo) -> None:
     """The build command runs inside the new release with TAG, SHA and RELEASE_DIR set."""
-    d = await started(root, repo, build_command='echo "$TAG $SHA $RELEASE_NAME" > built.txt; pwd > where.txt')
+    d = await started_deployer(root, repo, build_command='echo "$TAG $SHA $RELEASE_NAME" > built.txt; pwd > where.txt')
     write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
@@ -341,11 +335,11 @@ async def test_build_command_runs_in_the_new_release_with_its_env(root: Path, re
 
 async def test_failed_build_discards_the_release(root: Path, repo: GitRepo) -> None:
     """A failing build leaves no release behind, current untouched, and its output in the status."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     before = sorted(os.listdir(root / "releases"))
-    d2 = await started(root, repo, build_command="echo compile error >&2; exit 7")
+    d2 = await started_deployer(root, repo, build_command="echo compile error >&2; exit 7")
     write_marker(root, "v2")
     attempt = await d2.reconcile()
     assert attempt is not None and attempt.result == "failed"
@@ -358,7 +352,7 @@ async def test_failed_build_discards_the_release(root: Path, repo: GitRepo) -> N
 async def test_build_timeout_kills_the_whole_process_group(root: Path, repo: GitRepo, tmp_path: Path) -> None:
     """A hanging build is killed with every process it started, and the release discarded."""
     pidfile = tmp_path / "child.pid"
-    d = await started(root, repo, build_command=f"sleep 300 & echo $! > {pidfile}; wait", build_timeout=1.0)
+    d = await started_deployer(root, repo, build_command=f"sleep 300 & echo $! > {pidfile}; wait", build_timeout=1.0)
     write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
@@ -377,7 +371,7 @@ async def test_build_timeout_kills_the_whole_process_group(root: Path, repo: Git
 async def test_build_leftover_background_processes_are_killed(root: Path, repo: GitRepo, tmp_path: Path) -> None:
     """A build that exits but leaves a daemonized child behind does not leak it."""
     pidfile = tmp_path / "bg.pid"
-    d = await started(root, repo, build_command=f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}")
+    d = await started_deployer(root, repo, build_command=f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}")
     write_marker(root, "v1")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
@@ -396,7 +390,7 @@ async def test_retention_keeps_n_and_never_current_or_previous(root: Path, tmp_p
         return r
 
     repo = await anyio.to_thread.run_sync(build)
-    d = await started(root, repo, keep=2)
+    d = await started_deployer(root, repo, keep=2)
     for i in range(1, 6):
         write_marker(root, f"t{i}")
         await d.reconcile()
@@ -406,7 +400,7 @@ async def test_retention_keeps_n_and_never_current_or_previous(root: Path, tmp_p
 
 async def test_keep_one_still_keeps_previous(root: Path, repo: GitRepo) -> None:
     """Even --keep 1 never deletes the previous release (needed for rollback)."""
-    d = await started(root, repo, keep=1)
+    d = await started_deployer(root, repo, keep=1)
     for tag in ("v1", "v2", "v3"):
         write_marker(root, tag)
         await d.reconcile()
@@ -415,11 +409,11 @@ async def test_keep_one_still_keeps_previous(root: Path, repo: GitRepo) -> None:
 
 async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRepo) -> None:
     """A failed build leaves nothing that could push a good release out of retention."""
-    d = await started(root, repo, keep=2)
+    d = await started_deployer(root, repo, keep=2)
     for tag in ("v1", "v2"):
         write_marker(root, tag)
         await d.reconcile()
-    bad = await started(root, repo, keep=2, build_command="exit 1")
+    bad = await started_deployer(root, repo, keep=2, build_command="exit 1")
     write_marker(root, "v3")
     await bad.reconcile()
     assert [n.split("-")[0] for n in release_dirs(root)] == ["v1", "v2"]
@@ -427,20 +421,20 @@ async def test_failed_attempts_do_not_count_toward_keep(root: Path, repo: GitRep
 
 async def test_startup_removes_temporary_leftovers(root: Path, repo: GitRepo) -> None:
     """Half-built releases and temp links from a crash are removed at start."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     (root / "releases" / ".v2-abc.tmp-1-deadbeef").mkdir()
     (root / "releases" / ".v2-abc.tmp-1-deadbeef" / "half.py").write_text("x")
     os.symlink("releases/nothing", root / ".current.tmp-1-cafebabe")
-    await started(root, repo)
+    await started_deployer(root, repo)
     assert [n for n in os.listdir(root / "releases") if n.startswith(".")] == []
     assert not os.path.lexists(root / ".current.tmp-1-cafebabe")
 
 
 async def test_swap_without_recorded_reload_is_reloaded_once_at_start(root: Path, repo: GitRepo) -> None:
     """If current changed but its reload was never recorded, start-up reloads exactly once."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     for tag in ("v1", "v2"):
         write_marker(root, tag)
         await d.reconcile()
@@ -448,18 +442,18 @@ async def test_swap_without_recorded_reload_is_reloaded_once_at_start(root: Path
     state.reloaded = "something-else"
     save_state(root / ".coordinator" / "state.json", state)
     before = os.stat(root / "reload.touch").st_mtime_ns
-    d2 = await started(root, repo)
+    d2 = await started_deployer(root, repo)
     await d2.reconcile()
     after = os.stat(root / "reload.touch").st_mtime_ns
     assert after > before
-    d3 = await started(root, repo)
+    d3 = await started_deployer(root, repo)
     await d3.reconcile()
     assert os.stat(root / "reload.touch").st_mtime_ns == after
 
 
 async def test_pending_reload_that_already_happened_is_not_repeated(root: Path, repo: GitRepo) -> None:
     """A crash after the touch but before recording it does not touch again at restart."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     state = load_state(root / ".coordinator" / "state.json")
@@ -470,7 +464,7 @@ async def test_pending_reload_that_already_happened_is_not_repeated(root: Path, 
     state.pending = PendingReload(current, touched // 1_000_000_000)
     state.reloaded = None
     save_state(root / ".coordinator" / "state.json", state)
-    d2 = await started(root, repo)
+    d2 = await started_deployer(root, repo)
     await d2.reconcile()
     assert os.stat(root / "reload.touch").st_mtime_ns == touched
     assert load_state(root / ".coordinator" / "state.json").reloaded == current
@@ -480,7 +474,7 @@ async def test_current_as_real_directory_is_refused(root: Path, repo: GitRepo) -
     """A real `current` directory (the old in-place layout) stops start-up with a clear error."""
     (root / "current").mkdir()
     with pytest.raises(LayoutError, match="not a symlink"):
-        await started(root, repo)
+        await started_deployer(root, repo)
 
 
 async def test_planted_symlink_as_releases_dir_is_refused(root: Path, repo: GitRepo, tmp_path: Path) -> None:
@@ -489,19 +483,18 @@ async def test_planted_symlink_as_releases_dir_is_refused(root: Path, repo: GitR
     elsewhere.mkdir()
     os.symlink(elsewhere, root / "releases")
     with pytest.raises(LayoutError, match="not a directory"):
-        await started(root, repo)
+        await started_deployer(root, repo)
     assert list(elsewhere.iterdir()) == []
 
 
 async def test_newer_marker_cancels_a_deploy_before_the_swap(root: Path, repo: GitRepo) -> None:
     """A newer request supersedes a deploy still building; nothing of it is left behind."""
-    d = await started(root, repo, build_command="sleep 30")
+    d = await started_deployer(root, repo, build_command="sleep 30")
     write_marker(root, "v1")
     async with anyio.create_task_group() as tg:
 
         async def supersede() -> None:
-            while not any(n.startswith(".") for n in os.listdir(root / "releases")):
-                await anyio.sleep(0.02)
+            await wait_for_workspace(root)
             await anyio.sleep(0.2)
             write_marker(root, "v2")
             await d.check_superseded()
@@ -516,7 +509,7 @@ async def test_newer_marker_cancels_a_deploy_before_the_swap(root: Path, repo: G
 
 async def test_journal_records_every_attempt(root: Path, repo: GitRepo) -> None:
     """Each attempt is appended to the journal with its result and phases."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     for text in ("v1", "v9"):
         write_marker(root, text)
         await d.reconcile()
@@ -562,7 +555,7 @@ async def test_newer_marker_cancels_a_hanging_fetch(
     hang = tmp_path / "hang.sh"
     hang.write_text("#!/bin/sh\nexec sleep 60\n")
     hang.chmod(0o755)
-    primed = await started(root, repo)
+    primed = await started_deployer(root, repo)
     write_marker(root, "v1")
     await primed.reconcile()
     write_marker(root, "v2")
@@ -589,7 +582,7 @@ async def test_newer_marker_cancels_a_hanging_fetch(
 
 async def test_release_used_by_a_live_process_is_not_pruned(root: Path, repo: GitRepo) -> None:
     """A release some process runs in (an old worker) survives retention until the process exits."""
-    d = await started(root, repo, keep=1)
+    d = await started_deployer(root, repo, keep=1)
     write_marker(root, "v1")
     first = await d.reconcile()
     assert first is not None
@@ -639,7 +632,7 @@ async def test_a_failed_deploying_status_write_fails_the_attempt_and_journals_it
     from coordinator.metrics import Metrics
     from coordinator.state import read_journal
 
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     metrics = Metrics()
     d.reporter.on_attempt = metrics.attempt_changed
     write_marker(root, "v1")
@@ -696,7 +689,7 @@ async def test_a_root_written_by_version_0_1_is_read_and_deployed_on(root: Path,
     from coordinator import commands
 
     v1, v2 = await anyio.to_thread.run_sync(_root_written_by_0_1, root, repo)
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     assert (d.state.reloaded, d.state.previous) == (v2, v1)
     with capture_logs() as logs:
         assert await d.reconcile() is None  # the 0.1 marker asks for v2: converged, nothing reloaded

@@ -31,7 +31,7 @@ from coordinator.notify import Notification, Notifier, redact_url, split_credent
 from coordinator.records import AttemptResult
 from coordinator.report import Attempt
 from coordinator.state import load_state
-from tests.helpers import GitRepo, read_status, run_once, write_marker
+from tests.helpers import GitRepo, read_status, run_once, started_deployer, write_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -209,12 +209,6 @@ def recorder(tmp_path: Path) -> Recorder:
     return Recorder(tmp_path / "calls.jsonl", script)
 
 
-async def started(root: Path, repo: GitRepo, **kw: Any) -> Deployer:
-    d = Deployer(Config(layout=Layout.for_root(root), repo=str(repo.path), **kw))
-    await d.startup()
-    return d
-
-
 async def deploy(d: Deployer, root: Path, marker: str) -> Attempt:
     write_marker(root, marker)
     attempt = await d.reconcile()
@@ -226,7 +220,7 @@ async def test_pre_swap_runs_in_the_release_before_the_swap_with_its_environment
     root: Path, repo: GitRepo, recorder: Recorder
 ) -> None:
     """The command runs in releases/<name> while the previous release is still current."""
-    d = await started(root, repo, pre_swap_command=recorder.command)
+    d = await started_deployer(root, repo, pre_swap_command=recorder.command)
     old = await deploy(d, root, "v1")
     new = await deploy(d, root, json.dumps({"tag": "v2", "id": "req-42"}))
     assert new.result == "success" and "pre_swap" in new.phases
@@ -251,11 +245,11 @@ async def test_failed_pre_swap_leaves_current_unreloaded_and_is_not_retried(
     root: Path, repo: GitRepo, recorder: Recorder
 ) -> None:
     """A non-zero exit fails the attempt (kind pre_swap); no swap, no reload; the same marker waits."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     old = await deploy(d, root, "v1")
     reload_mtime = (root / "reload.touch").stat().st_mtime
     recorder.exit_with(3)
-    d = await started(root, repo, pre_swap_command=recorder.command)
+    d = await started_deployer(root, repo, pre_swap_command=recorder.command)
     attempt = await deploy(d, root, "v2")
     assert attempt.result == "failed" and attempt.error is not None
     assert (attempt.error["kind"], attempt.error["rc"]) == ("pre_swap", 3)
@@ -273,7 +267,7 @@ async def test_failed_pre_swap_runs_again_once_the_marker_changes(
 ) -> None:
     """A new request for the same tag swaps to the release on disk, after running the command again."""
     recorder.exit_with(3)
-    d = await started(root, repo, pre_swap_command=recorder.command)
+    d = await started_deployer(root, repo, pre_swap_command=recorder.command)
     await deploy(d, root, "v1")
     recorder.exit_with(0)
     assert await d.reconcile() is None
@@ -284,7 +278,7 @@ async def test_failed_pre_swap_runs_again_once_the_marker_changes(
 
 async def test_pre_swap_runs_before_a_swap_to_a_release_on_disk(root: Path, repo: GitRepo, recorder: Recorder) -> None:
     """Going back to a release still on disk (a rollback request) runs the command too."""
-    d = await started(root, repo, pre_swap_command=recorder.command)
+    d = await started_deployer(root, repo, pre_swap_command=recorder.command)
     first = await deploy(d, root, "v1")
     await deploy(d, root, "v2")
     back = await deploy(d, root, "v1")
@@ -296,7 +290,7 @@ async def test_pre_swap_does_not_run_before_an_automatic_rollback(
     root: Path, repo: GitRepo, recorder: Recorder, app_url: str
 ) -> None:
     """A release failing its health check is swapped back without the command."""
-    d = await started(root, repo, pre_swap_command=recorder.command, health_url=app_url, health_timeout=2.0)
+    d = await started_deployer(root, repo, pre_swap_command=recorder.command, health_url=app_url, health_timeout=2.0)
     await deploy(d, root, "v1")
     await anyio.to_thread.run_sync(lambda: repo.commit({"BROKEN": "yes\n"}, tag="broken"))
     attempt = await deploy(d, root, "broken")
@@ -318,7 +312,7 @@ async def test_pre_swap_timeout_kills_a_grandchild_that_ignores_sigterm(
     """After --pre-swap-timeout the whole process group gets SIGKILL; the attempt fails, nothing swapped."""
     pidfile = tmp_path / "grandchild.pid"
     cmd = f"trap '' TERM; sleep 300 & echo $! > {pidfile}; wait"
-    d = await started(root, repo, pre_swap_command=cmd, pre_swap_timeout=1.0)
+    d = await started_deployer(root, repo, pre_swap_command=cmd, pre_swap_timeout=1.0)
     attempt = await deploy(d, root, "v1")
     assert attempt.result == "failed" and attempt.error is not None
     assert attempt.error["kind"] == "pre_swap" and "timed out after 1 s" in attempt.error["message"]
@@ -332,7 +326,7 @@ async def test_pre_swap_timeout_kills_a_grandchild_that_ignores_sigterm(
 async def test_100_mb_of_pre_swap_output_leaves_a_small_status(root: Path, repo: GitRepo) -> None:
     """Output is capped while it streams; the status error keeps only its end."""
     cmd = "head -c 100000000 /dev/zero | tr '\\0' x; echo; echo the-last-line; exit 1"
-    d = await started(root, repo, pre_swap_command=cmd)
+    d = await started_deployer(root, repo, pre_swap_command=cmd)
     attempt = await deploy(d, root, "v1")
     assert attempt.error is not None and attempt.error["output"].endswith("the-last-line")
     assert len(attempt.error["output"]) <= OUTPUT_CHARS + 3
@@ -344,7 +338,7 @@ async def test_100_mb_of_pre_swap_output_leaves_a_small_status(root: Path, repo:
 
 async def test_notify_is_told_each_attempts_result(root: Path, repo: GitRepo, recorder: Recorder, app_url: str) -> None:
     """RESULT is success, rolled_back or failed, ERROR the error message; it runs in ROOT."""
-    d = await started(root, repo, notify_command=recorder.command, health_url=app_url, health_timeout=2.0)
+    d = await started_deployer(root, repo, notify_command=recorder.command, health_url=app_url, health_timeout=2.0)
     await anyio.to_thread.run_sync(lambda: repo.commit({"BROKEN": "yes\n"}, tag="broken"))
     async with d.notifier.running():
         for marker in ("v1", "broken", "v9"):
@@ -358,7 +352,7 @@ async def test_notify_is_told_each_attempts_result(root: Path, repo: GitRepo, re
 async def test_a_failing_notify_changes_nothing_and_is_counted(root: Path, repo: GitRepo, recorder: Recorder) -> None:
     """A non-zero exit is logged as hook_failed and counted; the attempt still succeeded."""
     recorder.exit_with(5)
-    d = await started(root, repo, notify_command=recorder.command)
+    d = await started_deployer(root, repo, notify_command=recorder.command)
     failures: list[str] = []
     d.notifier.on_failure = failures.append
     with capture_logs() as logs:
@@ -371,7 +365,7 @@ async def test_a_failing_notify_changes_nothing_and_is_counted(root: Path, repo:
 
 async def test_a_hanging_notify_delays_no_deploy_and_is_bounded_by_its_timeout(root: Path, repo: GitRepo) -> None:
     """Deploys go on while the command hangs; it is killed after --hook-timeout and counted."""
-    d = await started(root, repo, notify_command="sleep 300", hook_timeout=2.0)
+    d = await started_deployer(root, repo, notify_command="sleep 300", hook_timeout=2.0)
     failures: list[str] = []
     d.notifier.on_failure = failures.append
     started_at = time.monotonic()
@@ -442,7 +436,7 @@ def webhook() -> Iterator[Hook]:
 
 async def test_webhook_receives_the_journal_entry_as_json(root: Path, repo: GitRepo, webhook: Hook) -> None:
     """One POST per attempt, Content-Type application/json, the journal entry as body."""
-    d = await started(root, repo, webhook_url=webhook.url)
+    d = await started_deployer(root, repo, webhook_url=webhook.url)
     async with d.notifier.running():
         attempt = await deploy(d, root, json.dumps({"tag": "v1", "id": "req-7"}))
     [req] = webhook.requests

@@ -17,8 +17,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from coordinator import commands
-from coordinator.config import Config
-from coordinator.deployer import Deployer
 from coordinator.layout import Layout
 from coordinator.pause import (
     MAX_PAUSE_BYTES,
@@ -38,6 +36,8 @@ from tests.helpers import (
     deployed,
     read_status,
     run_once,
+    started_deployer,
+    wait_for_workspace,
     wait_until,
     write_marker,
 )
@@ -166,19 +166,12 @@ def test_a_hand_written_pause_file_is_read_field_by_field(root: Path) -> None:
 pytest_anyio = pytest.mark.anyio
 
 
-async def started(root: Path, repo: GitRepo, **kw: object) -> Deployer:
-    cfg = Config(layout=Layout.for_root(root), repo=str(repo.path), **kw)  # type: ignore[arg-type]
-    d = Deployer(cfg)
-    await d.startup()
-    return d
-
-
 @pytest_anyio
 async def test_while_paused_a_new_marker_is_reported_not_deployed_and_deploys_after_resume(
     root: Path, repo: GitRepo
 ) -> None:
     """Paused: v2 is desired, state paused with the reason, v1 stays current; resumed: v2 deploys."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     v1 = current_release(root)
@@ -202,7 +195,7 @@ async def test_while_paused_a_new_marker_is_reported_not_deployed_and_deploys_af
 @pytest_anyio
 async def test_a_garbage_pause_file_pauses_and_is_reported(root: Path, repo: GitRepo) -> None:
     """A pause file that is not JSON: nothing deploys, status says "unreadable pause file", a warning is logged."""
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     pause_file(root).write_bytes(b"\x00\xff garbage")
     write_marker(root, "v1")
     with capture_logs() as logs:
@@ -219,13 +212,12 @@ async def test_a_garbage_pause_file_pauses_and_is_reported(root: Path, repo: Git
 @pytest_anyio
 async def test_a_pause_cancels_a_deploy_still_building(root: Path, repo: GitRepo) -> None:
     """A pause that appears during the build cancels the deploy before its swap; nothing is left behind."""
-    d = await started(root, repo, build_command="sleep 30")
+    d = await started_deployer(root, repo, build_command="sleep 30")
     write_marker(root, "v1")
     async with anyio.create_task_group() as tg:
 
         async def pause_it() -> None:
-            while not any(n.startswith(".") for n in os.listdir(root / "releases")):
-                await anyio.sleep(0.02)
+            await wait_for_workspace(root)
             await anyio.sleep(0.2)
             await commands.pause(Layout.for_root(root), "stop")
             await d.check_superseded()
@@ -242,13 +234,12 @@ async def test_a_pause_cancels_a_deploy_still_building(root: Path, repo: GitRepo
 @pytest_anyio
 async def test_a_pause_written_before_the_swap_stops_it_even_unannounced(root: Path, repo: GitRepo) -> None:
     """Without any watch hint, a pause written during the build is seen just before the swap: no swap."""
-    d = await started(root, repo, build_command="sleep 1")
+    d = await started_deployer(root, repo, build_command="sleep 1")
     write_marker(root, "v1")
     async with anyio.create_task_group() as tg:
 
         async def pause_it() -> None:
-            while not any(n.startswith(".") for n in os.listdir(root / "releases")):
-                await anyio.sleep(0.02)
+            await wait_for_workspace(root)
             await commands.pause(Layout.for_root(root), "stop")
 
         tg.start_soon(pause_it)
@@ -263,7 +254,7 @@ async def test_the_reload_a_crash_left_undone_still_happens_while_paused(root: P
     """A `current` swapped but never reloaded is reloaded while paused (it completes a deploy already made)."""
     from coordinator.state import load_state, save_state
 
-    d = await started(root, repo)
+    d = await started_deployer(root, repo)
     write_marker(root, "v1")
     await d.reconcile()
     state = load_state(root / ".coordinator" / "state.json")
@@ -271,7 +262,7 @@ async def test_the_reload_a_crash_left_undone_still_happens_while_paused(root: P
     save_state(root / ".coordinator" / "state.json", state)
     await commands.pause(Layout.for_root(root), "stop")
     before = os.stat(root / "reload.touch").st_mtime_ns
-    d2 = await started(root, repo)
+    d2 = await started_deployer(root, repo)
     await d2.reconcile()
     assert os.stat(root / "reload.touch").st_mtime_ns > before
     assert load_state(root / ".coordinator" / "state.json").reloaded == current_release(root).split("/")[1]  # type: ignore[union-attr]

@@ -13,26 +13,18 @@ import pytest
 from structlog.testing import capture_logs
 
 from coordinator.commands import request_rollback
-from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.exceptions import BuildError, SharedPathError
 from coordinator.layout import Layout
 from coordinator.shared import SharedPaths, link_target
 from coordinator.state import read_release_meta
-from tests.helpers import GitRepo, read_status, write_marker
+from tests.helpers import GitRepo, read_status, started_deployer, write_marker
 from tests.test_prepare import contents, snapshot
 
 pytestmark = pytest.mark.anyio
 
 
 # ------------------------------------------------------------------------------------------ set-up
-
-
-async def started(root: Path, repo: GitRepo, **kw: Any) -> Deployer:
-    """A started Deployer for ``root`` deploying from ``repo`` with the given Config fields."""
-    d = Deployer(Config(layout=Layout.for_root(root), repo=str(repo.path), **kw))
-    await d.startup()
-    return d
 
 
 async def deploy(d: Deployer, root: Path, tag: str) -> str:
@@ -202,7 +194,7 @@ async def test_deploy_links_shared_paths_and_records_them_in_the_metadata(root: 
     """A deployed release links each shared path into ROOT/shared, seen through current; its metadata lists them."""
     (root / "shared").mkdir()
     (root / "shared" / ".env").write_text("DEBUG=0\n")
-    d = await started(root, media_repo, shared_dirs=("media",), shared_files=(".env",))
+    d = await started_deployer(root, media_repo, shared_dirs=("media",), shared_files=(".env",))
     name = await deploy(d, root, "v1")
     assert os.readlink(root / "current" / "media") == "../../shared/media"
     assert (root / "current" / ".env").read_text() == "DEBUG=0\n"
@@ -213,7 +205,7 @@ async def test_deploy_links_shared_paths_and_records_them_in_the_metadata(root: 
 
 async def test_tracked_content_at_a_shared_path_is_replaced_and_logged(root: Path, media_repo: GitRepo) -> None:
     """The tag's media/ directory is replaced by the link, with a shared_path_replaced warning."""
-    d = await started(root, media_repo, shared_dirs=("media",))
+    d = await started_deployer(root, media_repo, shared_dirs=("media",))
     with capture_logs() as logs:
         name = await deploy(d, root, "v1")
     assert (root / "releases" / name / "media").is_symlink()
@@ -227,9 +219,9 @@ async def test_tracked_content_at_a_shared_path_is_replaced_and_logged(root: Pat
 async def test_missing_shared_file_fails_before_the_swap_and_is_retried(root: Path, repo: GitRepo) -> None:
     """A missing shared file fails the deploy (kind shared in the status), current and releases/ untouched;
     once the file is created the same marker deploys on the next reconcile."""
-    plain = await started(root, repo)
+    plain = await started_deployer(root, repo)
     first = await deploy(plain, root, "v1")
-    d = await started(root, repo, shared_files=(".env",))
+    d = await started_deployer(root, repo, shared_files=(".env",))
     write_marker(root, "v2")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
@@ -247,14 +239,14 @@ async def test_build_command_reads_the_shared_env_through_the_link(root: Path, r
     """The build command runs after the links are made: it reads ROOT/shared/.env as .env."""
     (root / "shared").mkdir()
     (root / "shared" / ".env").write_text("SECRET_KEY=abc\n")
-    d = await started(root, repo, shared_files=(".env",), build_command="cat .env > built.txt")
+    d = await started_deployer(root, repo, shared_files=(".env",), build_command="cat .env > built.txt")
     name = await deploy(d, root, "v1")
     assert (root / "releases" / name / "built.txt").read_text() == "SECRET_KEY=abc\n"
 
 
 async def test_shared_media_survives_three_deploys_and_a_rollback(root: Path, media_repo: GitRepo) -> None:
     """What the app writes into media/ through current is seen through current after every deploy and a rollback."""
-    d = await started(root, media_repo, shared_dirs=("media",))
+    d = await started_deployer(root, media_repo, shared_dirs=("media",))
     written: list[str] = []
     for tag in ("v1", "v2", "v3"):
         await deploy(d, root, tag)
@@ -303,7 +295,7 @@ async def test_incremental_prepare_never_writes_through_the_links(root: Path, sh
     (root / "shared" / "media" / "README").write_text("the app's own\n")
     (root / "shared" / "settings.env").write_text("REAL=1\n")
     (root / "shared" / ".env").write_text("SECRET=1\n")
-    d = await started(root, shared_repo, shared_dirs=("media",), shared_files=("settings.env", ".env"))
+    d = await started_deployer(root, shared_repo, shared_dirs=("media",), shared_files=("settings.env", ".env"))
     await deploy(d, root, "v1")
     before = snapshot(root / "shared")
     with capture_logs() as logs:
@@ -319,7 +311,7 @@ async def test_incremental_release_equals_a_full_checkout_plus_the_links(
     (root / "shared").mkdir()
     (root / "shared" / ".env").write_text("SECRET=1\n")
     (root / "shared" / "settings.env").write_text("REAL=1\n")
-    d = await started(root, shared_repo, shared_dirs=("media",), shared_files=("settings.env", ".env"))
+    d = await started_deployer(root, shared_repo, shared_dirs=("media",), shared_files=("settings.env", ".env"))
     await deploy(d, root, "v1")
     name = await deploy(d, root, "v2")
     want = await full_checkout(d, shared_repo, "v2", tmp_path / "full")
@@ -336,9 +328,9 @@ async def test_dropping_a_shared_path_gives_a_release_with_the_tags_content(
     (root / "shared").mkdir()
     (root / "shared" / ".env").write_text("SECRET=1\n")
     (root / "shared" / "settings.env").write_text("REAL=1\n")
-    linked = await started(root, shared_repo, shared_dirs=("media",), shared_files=("settings.env", ".env"))
+    linked = await started_deployer(root, shared_repo, shared_dirs=("media",), shared_files=("settings.env", ".env"))
     await deploy(linked, root, "v1")
-    d = await started(root, shared_repo)
+    d = await started_deployer(root, shared_repo)
     with capture_logs() as logs:
         name = await deploy(d, root, "v2")
     assert [e["mode"] for e in logs if e["event"] == "prepare_stats"] == ["incremental"]
@@ -351,13 +343,13 @@ async def test_dropping_a_shared_path_gives_a_release_with_the_tags_content(
 
 async def test_a_release_on_disk_keeps_the_links_it_was_published_with(root: Path, media_repo: GitRepo) -> None:
     """Going back to a release on disk never adds or removes links: v1 (linked) and v2 (not) stay as published."""
-    linked = await started(root, media_repo, shared_dirs=("media",))
+    linked = await started_deployer(root, media_repo, shared_dirs=("media",))
     v1 = await deploy(linked, root, "v1")
-    plain = await started(root, media_repo)
+    plain = await started_deployer(root, media_repo)
     v2 = await deploy(plain, root, "v2")
     v1_before, v2_before = snapshot(root / "releases" / v1), snapshot(root / "releases" / v2)
     await deploy(plain, root, "v1")  # a daemon without shared paths swaps back to v1
-    relinked = await started(root, media_repo, shared_dirs=("media",))
+    relinked = await started_deployer(root, media_repo, shared_dirs=("media",))
     await deploy(relinked, root, "v2")  # and one with them swaps back to v2
     assert snapshot(root / "releases" / v1) == v1_before and (root / "releases" / v1 / "media").is_symlink()
     assert snapshot(root / "releases" / v2) == v2_before and (root / "releases" / v2 / "media" / "README").is_file()
