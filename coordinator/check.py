@@ -191,7 +191,7 @@ async def check_repository(name: str, remote: RemoteTags) -> CheckResult:
         return failed(name, f"{remote.repo}: {tags.message}", tags.fix)
     if not tags:
         return passed(name, f"{remote.repo} is reachable; it has no tags yet (push one to deploy it)")
-    return passed(name, f"{remote.repo} is reachable, {len(tags)} tags")
+    return passed(name, f"{remote.repo} is reachable, {_tags(len(tags))}")
 
 
 async def check_tag_pattern(name: str, remote: RemoteTags, pattern: str) -> CheckResult:
@@ -206,7 +206,11 @@ async def check_tag_pattern(name: str, remote: RemoteTags, pattern: str) -> Chec
             f"{pattern!r} matches none of the {len(tags)} tags of the repository (e.g. {some})",
             "fix --tag-pattern (a glob on the whole tag name, e.g. 'v*'), or push a matching tag",
         )
-    return passed(name, f"{pattern!r} matches {len(matching)} of {len(tags)} tags, e.g. {matching[-1]}")
+    return passed(name, f"{pattern!r} matches {len(matching)} of {_tags(len(tags))}, e.g. {matching[-1]}")
+
+
+def _tags(n: int) -> str:
+    return f"{n} tag" if n == 1 else f"{n} tags"
 
 
 # ---------------------------------------------------------------------------------------------- shared

@@ -275,6 +275,8 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
                 f"no status file at {layout.status_file}", fix="start `coordinator run` on this root first"
             )
         running = await commands.daemon_running(layout)
+        # the pause file is the truth: shown also when no daemon runs (or before it noticed the pause)
+        found = {**found, "paused": await commands.read_pause(layout)}
         if args.json:
             _print(json.dumps({**found, "daemon_running": running}, indent=2, sort_keys=True))
         else:

@@ -385,3 +385,16 @@ def test_run_once_on_a_paused_root_exits_6_and_deploys_nothing(root: Path, repo:
     assert current_release(root) is None
     cli("resume", "--root", str(root))
     assert run_once(root, repo).returncode == 0 and deployed(root, "v1")
+
+
+def test_status_shows_a_pause_made_while_no_daemon_runs(root: Path, repo: GitRepo) -> None:
+    """`coordinator status` reads the pause file itself: a pause shows even with the daemon stopped."""
+    write_marker(root, "v1")
+    assert run_once(root, repo).returncode == 0
+    cli("pause", "--root", str(root), "--reason", "db maintenance")
+    shown = cli("status", "--root", str(root))
+    assert re.search(r"^paused +by .*: db maintenance$", shown.stdout, re.M), shown.stdout
+    as_json = json.loads(cli("status", "--root", str(root), "--json").stdout)
+    assert as_json["paused"]["reason"] == "db maintenance"
+    cli("resume", "--root", str(root))
+    assert json.loads(cli("status", "--root", str(root), "--json").stdout)["paused"] is None
