@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.exceptions import ConfigError
+from coordinator.gitenv import check_password_file, is_http_repo
 from coordinator.layout import Layout
 
 __all__ = [
@@ -108,6 +109,9 @@ OPTIONS: dict[str, Option] = {
         Option("webhook-url", "str", None, "http(s) URL the attempt is POSTed to as JSON after every attempt"),
         Option("hook-timeout", "float", 30.0, "seconds allowed for --notify-command and each --webhook-url POST"),
         Option("git-timeout", "float", 300.0, "seconds allowed for each git command"),
+        Option("depth", "int", 1, "commits of history fetched per tag into the git cache (0: all)", low=0),
+        Option("username", "str", None, "user name for an http(s) --repo (with --password-file)"),
+        Option("password-file", "path", None, "file whose first line is the http(s) password, read at each fetch"),
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
         Option(
@@ -394,6 +398,9 @@ class Config:
     build_command: str | None = None
     build_timeout: float = 600.0
     git_timeout: float = 300.0
+    depth: int = 1
+    username: str | None = None
+    password_file: Path | None = None
     resync_interval: float = 30.0
     poll: bool = False
     watch_step_ms: int = 3
@@ -430,10 +437,13 @@ class Config:
             opt = OPTIONS[name.replace("_", "-")]
             if not _in_range(opt, getattr(self, name)):  # also rejects NaN
                 raise _bad_value(opt, getattr(self, name), f"--{opt.name}")
-        if not _in_range(OPTIONS["watch-step-ms"], self.watch_step_ms):
-            raise _bad_value(OPTIONS["watch-step-ms"], self.watch_step_ms, "--watch-step-ms")
+        for name in ("watch_step_ms", "depth"):
+            opt = OPTIONS[name.replace("_", "-")]
+            if not _in_range(opt, getattr(self, name)):
+                raise _bad_value(opt, getattr(self, name), f"--{opt.name}")
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
+        self._check_credentials()
         strategies = [
             n
             for n, on in (
@@ -469,6 +479,24 @@ class Config:
         object.__setattr__(self, "shared_files", tuple(shared_path(p, "shared-file") for p in self.shared_files))
         check_shared_paths(self.shared_dirs, self.shared_files)
 
+    def _check_credentials(self) -> None:
+        """--username and --password-file: for an http(s) repository, the file readable (blocking)."""
+        if self.username is not None and self.password_file is None:
+            raise ConfigError(
+                "--username needs --password-file", fix="give the file holding the password", option="username"
+            )
+        if self.password_file is None:
+            return
+        if not is_http_repo(self.repo):
+            raise ConfigError(
+                "--username and --password-file apply to an http(s) --repo only",
+                fix="for ssh use a deploy key (see Private repositories); for a path, drop them",
+                option="password-file",
+            )
+        problem = check_password_file(self.password_file)
+        if problem is not None:
+            raise ConfigError(problem, fix="check --password-file", option="password-file")
+
     @property
     def http_address(self) -> tuple[str, int] | None:
         """(host, port) of ``--http-bind`` (host without brackets), or None when not configured."""
@@ -498,6 +526,9 @@ class Config:
             build_command=opts.get("build_command"),
             build_timeout=opts.get("build_timeout", 600.0),
             git_timeout=opts.get("git_timeout", 300.0),
+            depth=opts.get("depth", 1),
+            username=opts.get("username"),
+            password_file=opts.get("password_file"),
             resync_interval=opts.get("resync_interval", 30.0),
             poll=opts.get("poll", False),
             watch_step_ms=opts.get("watch_step_ms", 3),

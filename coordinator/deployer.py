@@ -26,7 +26,7 @@ import structlog
 
 from coordinator.activate import Activator
 from coordinator.config import Config
-from coordinator.exceptions import CoordinatorError, MarkerError, RolledBack
+from coordinator.exceptions import CoordinatorError, GitError, MarkerError, RolledBack
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import describe_os_error
 from coordinator.git import GitCache
@@ -62,7 +62,7 @@ class Deployer:
     def __init__(self, config: Config, reloader: Reloader | None = None) -> None:
         self.config = config
         self.layout = config.layout
-        self.git = GitCache(self.layout.git_dir, config.repo, config.git_timeout)
+        self.git = GitCache.from_config(config)
         self.state = State()
         self.store = ReleaseStore(config, self.git)
         self.reporter = Reporter(self.layout, self.state, verify=config.health_url is not None)
@@ -272,6 +272,16 @@ class Deployer:
     async def _prune(self, attempt: Attempt) -> None:
         async with self.reporter.phase(attempt, Step.PRUNE):
             await self.store.prune(self.state.previous)
+            await self._tidy_git()
+
+    async def _tidy_git(self) -> None:
+        """Drop from the git cache what no release on disk needs (see GitCache.tidy); a failure is
+        logged and retried after the next deploy, never fails this one."""
+        _, on_disk = await self.store.observe()
+        try:
+            await self.git.tidy({r.tag for r in on_disk if r.tag})
+        except GitError as e:
+            log.warning("git_tidy_failed", error=e.message)
 
     async def _resume_verify(self, reading: MarkerReading, pending: PendingVerify) -> Attempt:
         """A daemon killed while verifying ``current`` verifies it again at start, and rolls back."""

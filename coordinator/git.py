@@ -13,14 +13,19 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
 from coordinator.exceptions import GitError, TagNotFoundError
+from coordinator.gitenv import GitEnv
 from coordinator.proc import GroupResult, run_in_group
+
+if TYPE_CHECKING:
+    from coordinator.config import Config
 
 __all__ = ["EMPTY_TREE", "GitCache", "redact", "remove_git_temporaries"]
 
@@ -39,13 +44,41 @@ def redact(text: str) -> str:
 class GitCache:
     """A bare repository that caches the tags we deploy, plus checkouts from it."""
 
-    def __init__(self, git_dir: Path, repo: str, timeout: float = 300.0) -> None:
+    #: :meth:`tidy` runs ``git gc`` only when the cache grew past twice its size after the last gc
+    #: and past this many KiB (a gc of a small cache is not worth a deploy's time)
+    gc_min_kib = 1024
+
+    def __init__(
+        self,
+        git_dir: Path,
+        repo: str,
+        timeout: float = 300.0,
+        *,
+        depth: int = 1,
+        username: str | None = None,
+        password_file: Path | None = None,
+    ) -> None:
         self.git_dir = git_dir
         self.repo = repo
         self.timeout = timeout
+        self.depth = depth
+        self.remote_env = GitEnv(repo, username, password_file)
+        self._gc_baseline_kib: int | None = None  # the cache's size after the last gc (None: none yet)
         # tag -> commit, as last resolved or fetched. The cache only changes through fetch_tag, so
         # remembering it is exact, and saves a git process on every deploy of a release on disk.
         self._known: dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> GitCache:
+        """The cache of ``config``'s repository in its state directory, with its git options."""
+        return cls(
+            config.layout.git_dir,
+            config.repo,
+            config.git_timeout,
+            depth=config.depth,
+            username=config.username,
+            password_file=config.password_file,
+        )
 
     async def _git(
         self,
@@ -55,6 +88,7 @@ class GitCache:
         env: Mapping[str, str] | None = None,
         check: bool = True,
         max_output: int = 64 * 1024,
+        stdin: bytes | None = None,
     ) -> GroupResult:
         cmd = ["git", f"--git-dir={self.git_dir}", *args]
         name = _subcommand(args)
@@ -68,7 +102,7 @@ class GitCache:
         limit = limit_s or self.timeout
         started = time.monotonic()
         try:
-            result = await run_in_group(cmd, limit_s=limit, env=full_env, max_output=max_output)
+            result = await run_in_group(cmd, limit_s=limit, env=full_env, max_output=max_output, stdin=stdin)
         except OSError as e:
             raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
         if result.timed_out:
@@ -122,9 +156,12 @@ class GitCache:
         ref = f"refs/tags/{tag}"
         before = await self.resolve(tag)
         self._known.pop(tag, None)
+        opts, env = await self.remote_env.remote()
+        depth = [f"--depth={self.depth}"] if self.depth else await self._unshallow()
         try:
             result = await self._git(
-                ["fetch", "--no-tags", "--no-write-fetch-head", "-q", "--", self.repo, f"+{ref}:{ref}"],
+                [*opts, "fetch", "--no-tags", "--no-write-fetch-head", "-q", *depth, "--", self.repo, f"+{ref}:{ref}"],
+                env=env,
                 check=False,
             )
         except BaseException:  # timed out or cancelled: git was killed mid-write
@@ -158,7 +195,8 @@ class GitCache:
     async def remote_tags(self) -> dict[str, str]:
         """Every tag of the repository with its commit (annotated tags peeled), by ``git ls-remote``:
         nothing is fetched or written. Raises GitError (with the fix) when the repository cannot be read."""
-        result = await self._git(["ls-remote", "--tags", "--", self.repo], max_output=_LS_REMOTE_MAX)
+        opts, env = await self.remote_env.remote()
+        result = await self._git([*opts, "ls-remote", "--tags", "--", self.repo], env=env, max_output=_LS_REMOTE_MAX)
         tags: dict[str, str] = {}
         for line in result.stdout.decode("utf-8", "replace").splitlines():
             sha, _, ref = line.partition("\t")
@@ -170,6 +208,49 @@ class GitCache:
             else:
                 tags.setdefault(name, sha)
         return tags
+
+    async def _unshallow(self) -> list[str]:
+        """``--unshallow`` when the cache is shallow (a full-history fetch after shallow ones), else nothing."""
+        return ["--unshallow"] if await anyio.Path(self.git_dir / "shallow").exists() else []
+
+    # ------------------------------------------------------------------ keeping the cache small
+
+    async def tidy(self, needed: Collection[str]) -> list[str]:
+        """Delete the cached tags not in ``needed`` (the tags of the releases on disk) and, when the
+        cache grew to more than twice its size after the last gc, drop what no tag reaches any more
+        (``git reflog expire`` and ``git gc --prune=now``). Returns the deleted tags.
+
+        Only call it while no other git command writes the cache (the deployer, between deploys)."""
+        listed = await self._git(["for-each-ref", "--format=%(refname)", "refs/tags/"], max_output=_LS_REMOTE_MAX)
+        refs = listed.stdout.decode("utf-8", "replace").splitlines()
+        doomed = [r for r in refs if r.removeprefix("refs/tags/") not in needed]
+        if doomed:
+            script = "".join(f"delete {r}\n" for r in doomed).encode()
+            await self._git(["update-ref", "--stdin"], stdin=script)
+            for r in doomed:
+                self._known.pop(r.removeprefix("refs/tags/"), None)
+        size = await self._size_kib()
+        if self._gc_baseline_kib is None or size > max(2 * self._gc_baseline_kib, self.gc_min_kib):
+            started = time.monotonic()
+            await self._git(["reflog", "expire", "--expire=now", "--all"])
+            await self._git(["-c", "gc.auto=0", "gc", "--prune=now", "--quiet"])
+            self._gc_baseline_kib = await self._size_kib()
+            log.info(
+                "git_cache_collected",
+                before_kib=size,
+                after_kib=self._gc_baseline_kib,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        return [r.removeprefix("refs/tags/") for r in doomed]
+
+    async def _size_kib(self) -> int:
+        """The cache's objects in KiB (loose and packed), from ``git count-objects -v``."""
+        result = await self._git(["count-objects", "-v"])
+        fields = dict(ln.partition(": ")[::2] for ln in result.stdout.decode("ascii", "replace").splitlines())
+        try:
+            return int(fields.get("size", "0")) + int(fields.get("size-pack", "0"))
+        except ValueError:
+            return 0
 
     async def checkout(self, sha: str, dest: Path, index_file: Path) -> None:
         """Write exactly the tracked files of ``sha`` into the empty directory ``dest`` (no ``.git``)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from anyio.abc import ByteReceiveStream
+from anyio.abc import ByteReceiveStream, ByteSendStream
 
 __all__ = ["GroupResult", "run_in_group"]
 
@@ -42,6 +42,12 @@ async def _drain(stream: ByteReceiveStream | None, sink: bytearray, cap: int) ->
             del sink[: len(sink) - cap]
 
 
+async def _feed(stream: ByteSendStream, data: bytes) -> None:
+    async with stream:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.send(data)
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -55,8 +61,10 @@ async def run_in_group(
     env: Mapping[str, str] | None = None,
     merge_stderr: bool = False,
     max_output: int = 64 * 1024,
+    stdin: bytes | None = None,
 ) -> GroupResult:
     """Run ``argv`` in a new session; return its exit code and the last ``max_output`` bytes of output.
+    ``stdin`` is written to its standard input (default: /dev/null).
 
     ``timed_out`` is True (and ``returncode`` that of the killed process) when ``limit_s`` ran out.
     Cancellation kills the group and propagates.
@@ -65,7 +73,7 @@ async def run_in_group(
         list(argv),
         cwd=cwd,
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         start_new_session=True,
@@ -78,6 +86,8 @@ async def run_in_group(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_drain, proc.stdout, out, max_output)
                 tg.start_soon(_drain, proc.stderr, err, max_output)
+                if proc.stdin is not None:
+                    tg.start_soon(_feed, proc.stdin, stdin or b"")
             await proc.wait()
         timed_out = scope.cancelled_caught
     finally:
