@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from coordinator.config import Config, resolve_options
+from coordinator.exceptions import ConfigError
 from coordinator.git import GitCache
 from coordinator.prepare import PreviousRelease, prepare_release
 from tests.helpers import GitRepo, started_deployer, write_marker
@@ -181,3 +183,11 @@ def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
         if p.is_file() and not p.is_symlink():
             out[str(p.relative_to(root))] = (p.stat().st_mode, p.read_bytes())
     return out
+
+
+def test_depth_option_reaches_the_cache(tmp_path: Path) -> None:
+    """--depth from the environment (0 allowed) becomes the cache's depth; a negative one is refused."""
+    opts = resolve_options({"root": str(tmp_path), "repo": "https://example.com/a.git"}, env={"COORDINATOR_DEPTH": "0"})
+    assert GitCache.from_config(Config.from_options(opts)).depth == 0
+    with pytest.raises(ConfigError, match="depth"):
+        resolve_options({"depth": -1}, env={}, names=["depth"])
