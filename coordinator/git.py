@@ -235,7 +235,7 @@ class GitCache:
             await self._git(["reflog", "expire", "--expire=now", "--all"])
             await self._git(["-c", "gc.auto=0", "gc", "--prune=now", "--quiet"])
             self._gc_baseline_kib = await self._size_kib()
-            log.info(
+            log.debug(  # not info: a deploy logs one info line per phase
                 "git_cache_collected",
                 before_kib=size,
                 after_kib=self._gc_baseline_kib,
