@@ -44,7 +44,7 @@ class Option:
     type: str  # "str" | "path" | "int" | "float" | "bool" | "list"
     default: Any
     help: str
-    low: int | None = None  # int options: the smallest value allowed (float options are seconds > 0)
+    low: int | None = None  # the smallest value allowed (float options without one: seconds > 0)
     high: int | None = None  # int options: the largest value allowed
     #: the command-line flag when it differs from the name: a list option is named in the plural
     #: (``shared-dirs``: TOML key, ``COORDINATOR_SHARED_DIRS``) and its flag, given once per value, singular
@@ -61,6 +61,8 @@ class Option:
             if self.low is not None and self.high is not None:
                 return f"a whole number from {self.low} to {self.high}"
             return "a whole number" + (f" >= {self.low}" if self.low is not None else "")
+        if self.type == "float" and self.low is not None:
+            return f"a number of seconds >= {self.low}"
         return {
             "float": "a number of seconds > 0",
             "bool": "true or false",
@@ -113,6 +115,15 @@ OPTIONS: dict[str, Option] = {
         Option("username", "str", None, "user name for an http(s) --repo (with --password-file)"),
         Option("password-file", "path", None, "file whose first line is the http(s) password, read at each fetch"),
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
+        Option("follow", "str", None, "without a marker, deploy the newest tag matching this glob, e.g. 'v*'"),
+        Option("period", "float", 60.0, "seconds between two looks at the repository's tags with --follow"),
+        Option(
+            "period-jitter",
+            "float",
+            None,
+            "seconds --period varies by, at random, either way (default: a tenth)",
+            low=0,
+        ),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
         Option(
             "watch-step-ms", "int", 3, "watcher batching step in ms: lower reacts faster, costs CPU", low=1, high=1000
@@ -190,7 +201,7 @@ def _in_range(opt: Option, value: Any) -> bool:
     if opt.type == "int":
         return (opt.low is None or value >= opt.low) and (opt.high is None or value <= opt.high)
     if opt.type == "float":
-        return bool(value > 0) and not math.isnan(value)
+        return bool(value >= opt.low if opt.low is not None else value > 0) and not math.isnan(value)
     return True
 
 
@@ -402,6 +413,9 @@ class Config:
     username: str | None = None
     password_file: Path | None = None
     resync_interval: float = 30.0
+    follow: str | None = None
+    period: float = 60.0
+    period_jitter: float | None = None  # None: a tenth of the period
     poll: bool = False
     watch_step_ms: int = 3
     reload_fifo: Path | None = None
@@ -429,6 +443,7 @@ class Config:
             "build_timeout",
             "git_timeout",
             "resync_interval",
+            "period",
             "reload_timeout",
             "health_timeout",
             "pre_swap_timeout",
@@ -441,6 +456,7 @@ class Config:
             opt = OPTIONS[name.replace("_", "-")]
             if not _in_range(opt, getattr(self, name)):
                 raise _bad_value(opt, getattr(self, name), f"--{opt.name}")
+        self._check_follow()
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
         self._check_credentials()
@@ -478,6 +494,18 @@ class Config:
         object.__setattr__(self, "shared_dirs", tuple(shared_path(p, "shared-dir") for p in self.shared_dirs))
         object.__setattr__(self, "shared_files", tuple(shared_path(p, "shared-file") for p in self.shared_files))
         check_shared_paths(self.shared_dirs, self.shared_files)
+
+    def _check_follow(self) -> None:
+        """--period-jitter: >= 0 and less than --period; --follow: a glob (any text but empty)."""
+        jitter = self.period_jitter
+        if jitter is not None and (math.isnan(jitter) or not 0 <= jitter < self.period):
+            raise ConfigError(
+                f"--period-jitter must be >= 0 and less than --period ({self.period:g}), got {jitter:g}",
+                fix="e.g. --period-jitter 6 with --period 60 (the default is a tenth of the period)",
+                option="period-jitter",
+            )
+        if self.follow is not None and not self.follow.strip():
+            raise ConfigError("--follow needs a glob", fix="e.g. --follow 'v*'", option="follow")
 
     def _check_credentials(self) -> None:
         """--username and --password-file: for an http(s) repository, the file readable (blocking)."""
@@ -530,6 +558,9 @@ class Config:
             username=opts.get("username"),
             password_file=opts.get("password_file"),
             resync_interval=opts.get("resync_interval", 30.0),
+            follow=opts.get("follow"),
+            period=opts.get("period", 60.0),
+            period_jitter=opts.get("period_jitter"),
             poll=opts.get("poll", False),
             watch_step_ms=opts.get("watch_step_ms", 3),
             reload_fifo=opts.get("reload_fifo"),

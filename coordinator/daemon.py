@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.exceptions import CoordinatorError, DeployFailed, LayoutError, MarkerRefused, PausedError
+from coordinator.follower import Follower
 from coordinator.fsutil import describe_os_error
 from coordinator.lock import holding_lock
 from coordinator.records import AttemptResult, StatusState
@@ -97,7 +98,10 @@ async def _once(deployer: Deployer) -> Attempt | None:
     """One reconcile. Returns normally only when the marker's release is served (or there is no
     marker): a failed or rolled-back attempt, or a marker whose request failed before, raise
     DeployFailed (exit 1); an invalid marker raises MarkerRefused (exit 2); deploys paused on ROOT
-    raise PausedError (exit 6: nothing new was deployed)."""
+    raise PausedError (exit 6: nothing new was deployed). With ``--follow`` the tags are listed once
+    first; without a marker, no matching tag (or tags that cannot be listed) raise DeployFailed."""
+    if deployer.follower is not None:
+        await _follow_once(deployer, deployer.follower)
     try:
         attempt = await deployer.reconcile()
     except OSError as e:  # e.g. the status file could not be written on a full volume
@@ -133,6 +137,18 @@ async def _once(deployer: Deployer) -> Attempt | None:
     return attempt
 
 
+async def _follow_once(deployer: Deployer, follower: Follower) -> None:
+    await follower.check()
+    if follower.request is not None or (await deployer.read_marker()).digest is not None:
+        return
+    err = follower.last_error
+    if err is not None:
+        raise DeployFailed(f"cannot list the tags of the repository: {err.message}", fix=err.fix)
+    raise DeployFailed(
+        f"no marker, and {follower.record['reason']}", fix="push a tag matching --follow, or fix --follow"
+    )
+
+
 async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | None) -> None:
     wake = _Wake()
     stop = anyio.Event()
@@ -148,6 +164,9 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
         deployer.reporter.on_phase = metrics.phase_finished
         deployer.reporter.on_attempt = metrics.attempt_changed
         deployer.notifier.on_failure = metrics.hook_failed
+        deployer.on_fetch_failure = metrics.fetch_failed
+        if deployer.follower is not None:
+            deployer.follower.on_failure = metrics.fetch_failed
         probes = await ProbeServer.open(config, deployer, metrics, Liveness(stop))
 
     def reconcile_failed() -> None:
@@ -172,10 +191,19 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                     also=(config.layout.pause_file,),
                 )
 
+        async def follow(follower: Follower) -> None:
+            """List the tags now and every period (± jitter); each look is a hint to reconcile."""
+            while True:
+                delay = await follower.check()
+                on_hint()
+                await anyio.sleep(delay)
+
         tg.start_soon(_signals, tg, stop)
         if probes is not None:
             tg.start_soon(probes.serve)
         tg.start_soon(watch)
+        if deployer.follower is not None:
+            tg.start_soon(follow, deployer.follower)
         if ready is not None:
             ready()
         try:
@@ -192,7 +220,8 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                 except Exception:  # a bug must not take the daemon down: log it, retry on the next hint/resync
                     reconcile_failed()
                     log.exception("reconcile_crashed")
-                with anyio.move_on_after(config.resync_interval):
+                retry_in = deployer.retry_in()  # a failed fetch waiting its back-off: wake when it ends
+                with anyio.move_on_after(min(config.resync_interval, retry_in or config.resync_interval)):
                     await wake.wait()
         finally:
             with anyio.CancelScope(shield=True):

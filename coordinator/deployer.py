@@ -18,7 +18,9 @@ swap. Every finished attempt is handed to the :class:`~coordinator.notify.Notifi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import anyio
@@ -28,6 +30,8 @@ from coordinator.activate import Activator
 from coordinator.config import Config
 from coordinator.exceptions import CoordinatorError, GitError, MarkerError, RolledBack
 from coordinator.failpoints import failpoint
+from coordinator.follow import Backoff
+from coordinator.follower import Follower
 from coordinator.fsutil import describe_os_error
 from coordinator.git import GitCache
 from coordinator.hooks import run_pre_swap
@@ -49,7 +53,7 @@ from coordinator.records import AttemptResult, PauseRecord, PendingVerify, State
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
-from coordinator.state import load_state
+from coordinator.state import iso, load_state
 
 __all__ = ["Deployer"]
 
@@ -72,6 +76,9 @@ class Deployer:
         self._supersede_scope: anyio.CancelScope | None = None
         self._inflight: DeployRequest | None = None
         self._inflight_digest: str | None = None
+        self.follower = Follower(config, self.git) if config.follow else None
+        self.fetch_backoff = Backoff()  # a fetch that failed waits before the same request fetches again
+        self.on_fetch_failure: Callable[[str], None] | None = None  # called with "fetch" (the metric)
 
     # ------------------------------------------------------------------ start-up
 
@@ -86,8 +93,16 @@ class Deployer:
         self._resume = resume_verify(self.state, current, self.config.health_url is not None)
 
     async def read_marker(self) -> MarkerReading:
-        """Read the marker (size-capped, never blocking on a FIFO) and validate it."""
-        return await read_marker(self.layout.marker, self.config.tag_pattern)
+        """Read the marker (size-capped, never blocking on a FIFO) and validate it. Without a marker,
+        with ``--follow``: the followed request, its digest ``follow:TAG@SHA`` (see :class:`Follower`)."""
+        reading = await read_marker(self.layout.marker, self.config.tag_pattern)
+        if reading.digest is None and self.follower is not None and self.follower.request is not None:
+            return MarkerReading(self.follower.request, None, self.follower.digest)
+        return reading
+
+    def retry_in(self) -> float | None:
+        """Seconds until a request whose fetch failed may fetch again (None: none waits)."""
+        return self.fetch_backoff.remaining(time.monotonic())
 
     async def read_pause(self) -> PauseRecord | None:
         """The pause in effect (None: not paused); logs when it appears, changes or goes."""
@@ -128,6 +143,10 @@ class Deployer:
         )
         self._resume = None  # offered once, right after start-up
         p = plan(obs)
+        if self.follower is not None:
+            self.reporter.following = self.follower.record
+        if p.action is Action.FETCH and self.fetch_backoff.waiting(reading.digest, time.monotonic()):
+            return None  # its last fetch failed: not again before the back-off ends (the status says when)
         if reading.error is not None:
             self.reporter.log_marker_error(reading)
         if p.action is Action.RESUME_VERIFY:
@@ -167,7 +186,7 @@ class Deployer:
             if p.action is Action.FETCH:
                 with self._supersedable(req, reading.digest) as scope:
                     async with self.reporter.phase(attempt, Step.FETCH):
-                        sha = await self.git.fetch_tag(req.tag)
+                        sha = await self._fetch(req.tag, reading.digest)
                         failpoint("after-fetch")
                     p = plan(replace(obs, cached_sha=sha, fetched=True))
                 if scope.cancelled_caught:
@@ -208,6 +227,21 @@ class Deployer:
         elif attempt.result is AttemptResult.CANCELLED:
             log.info("deploy_superseded", **present(tag=req.tag, release=attempt.release))
         return attempt
+
+    async def _fetch(self, tag: str, digest: str | None) -> str:
+        """Fetch ``tag``; a failure makes this request (``digest``) wait a growing back-off before it
+        fetches again (its error says until when: ``next_retry_at``), a success ends the back-off."""
+        try:
+            sha = await self.git.fetch_tag(tag)
+        except GitError as e:
+            if self.on_fetch_failure is not None:
+                self.on_fetch_failure("fetch")
+            if e.retryable and digest is not None:
+                delay = self.fetch_backoff.failed(digest, time.monotonic(), random.random())
+                e.fields["next_retry_at"] = iso(time.time() + delay)
+            raise
+        self.fetch_backoff.succeeded()
+        return sha
 
     async def _deploy(
         self, attempt: Attempt, req: DeployRequest, digest: str | None, p: Plan, previous_current: str | None

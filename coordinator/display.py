@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PHASES",
     "Style",
+    "describe_following",
     "describe_pause",
     "fmt_elapsed",
     "fmt_ms",
@@ -104,6 +105,17 @@ def describe_pause(record: Mapping[str, Any] | PauseRecord, now: float | None = 
     text += f": {_str(record.get('reason')) or 'no reason given'}"
     why = _str(record.get("unreadable"))
     return text + (f" ({why})" if why else "")
+
+
+def describe_following(record: Mapping[str, Any]) -> str:
+    """``v*: v1.10.0 (newest version of 3 tag(s) matching 'v*')``, with the last listing's error."""
+    text = f"{_str(record.get('glob')) or '?'}: {_str(record.get('tag')) or '-'} ({_str(record.get('reason')) or '?'})"
+    err = record.get("error")
+    if isinstance(err, Mapping):
+        text += f"; listing failed: {_str(err.get('message')) or '?'}"
+        if err.get("next_retry_at"):
+            text += f", next try {err['next_retry_at']}"
+    return text
 
 
 def phases_in_order(phases: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -198,6 +210,9 @@ def format_status(status: StatusRecord, now: float, *, daemon_running: bool | No
         rows.append(("desired", text))
     else:
         rows.append(("desired", "-"))
+    following = status.get("following")
+    if isinstance(following, Mapping):
+        rows.append(("following", describe_following(following)))
     refs = []
     for label in ("current", "previous"):
         ref = status.get(label)

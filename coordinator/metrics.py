@@ -26,7 +26,7 @@ from coordinator.plan import Step
 from coordinator.records import AttemptResult
 from coordinator.report import Attempt
 
-__all__ = ["DEPLOY_BUCKETS", "HOOKS", "PHASES", "PHASE_BUCKETS", "RESULTS", "Metrics"]
+__all__ = ["DEPLOY_BUCKETS", "FETCH_COMMANDS", "HOOKS", "PHASES", "PHASE_BUCKETS", "RESULTS", "Metrics"]
 
 log = structlog.get_logger("coordinator")
 
@@ -36,6 +36,8 @@ RESULTS = tuple(r.value for r in AttemptResult if r.final)
 PHASES = tuple(s.value for s in Step)
 #: notification hooks whose failures are counted
 HOOKS = ("notify", "webhook")
+#: git commands that reach the repository, whose failures are counted
+FETCH_COMMANDS = ("fetch", "ls-remote")
 #: from a 1 ms swap to a 10-minute build
 PHASE_BUCKETS = (
     0.001,
@@ -132,6 +134,14 @@ class Metrics:
             ["hook"],
             registry=r,
         )
+        self.fetch_failures = Counter(
+            "coordinator_fetch_failures",
+            "git fetch (of a tag) and git ls-remote (--follow) calls that failed; each waits a growing back-off",
+            ["command"],
+            registry=r,
+        )
+        for command in FETCH_COMMANDS:
+            self.fetch_failures.labels(command)
         for result in RESULTS:
             self.deploys.labels(result)
         for hook in HOOKS:
@@ -177,6 +187,14 @@ class Metrics:
     def _hook_failed(self, hook: str) -> None:
         if hook in HOOKS:
             self.hook_failures.labels(hook).inc()
+
+    def fetch_failed(self, command: str) -> None:
+        """``Deployer.on_fetch_failure`` and ``Follower.on_failure``: git ``command`` failed."""
+        self._safely(self._fetch_failed, command)
+
+    def _fetch_failed(self, command: str) -> None:
+        if command in FETCH_COMMANDS:
+            self.fetch_failures.labels(command).inc()
 
     # ------------------------------------------------------------------ state read back from the volume
 

@@ -31,6 +31,7 @@ __all__ = [
     "AttemptResult",
     "DesiredRef",
     "ErrorInfo",
+    "FollowingRecord",
     "JournalEntry",
     "PauseRecord",
     "PendingReload",
@@ -138,6 +139,7 @@ class ErrorInfo(TypedDict, total=False):
     rollback_verified: bool | None
     path: str
     option: str
+    next_retry_at: str  # a fetch or ls-remote that failed is tried again at this time (back-off)
 
 
 class ReleaseRef(TypedDict):
@@ -198,6 +200,19 @@ class PauseRecord(TypedDict, total=False):
     unreadable: str
 
 
+class FollowingRecord(TypedDict):
+    """The status file's ``following`` (``--follow``): the glob, the tag it chose (None: no tag matches,
+    or the tags could not be listed yet) and why, when the tags were last listed, and the error of the
+    last listing (with ``next_retry_at``) when the repository could not be reached."""
+
+    glob: str
+    tag: str | None
+    sha: str | None
+    reason: str
+    checked_at: str | None
+    error: ErrorInfo | None
+
+
 class StatusRecord(TypedDict, total=False):
     """The status file. Every key is written each time (``updated_at`` by the writer, last)."""
 
@@ -216,6 +231,7 @@ class StatusRecord(TypedDict, total=False):
     error: ErrorInfo | None
     verify: bool  # the daemon checks a health URL after each reload (``deploy --wait`` then means served)
     paused: PauseRecord | None  # deploys are paused (ROOT/deploy.pause): by whom, when, why
+    following: FollowingRecord | None  # --follow: the glob and the tag it chose (None: not following)
     updated_at: str
 
 

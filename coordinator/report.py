@@ -32,6 +32,7 @@ from coordinator.records import (
     AttemptResult,
     DesiredRef,
     ErrorInfo,
+    FollowingRecord,
     JournalEntry,
     PauseRecord,
     ReleaseRef,
@@ -99,6 +100,7 @@ class Reporter:
         # called when an attempt starts (result "running") and again once it is finished and journaled
         self.on_attempt: Callable[[Attempt], None] | None = None
         self.paused: PauseRecord | None = None  # the pause in effect, as last read (the status's `paused`)
+        self.following: FollowingRecord | None = None  # --follow: the status's `following`
         self._status: StatusRecord = {}
 
     async def load(self) -> None:
@@ -249,6 +251,7 @@ class Reporter:
             ),
             "verify": self.verify,
             "paused": self.paused,
+            "following": self.following,
         }
         if status == self._status:
             return

@@ -1,0 +1,104 @@
+"""``--follow GLOB``: list the repository's tags (``git ls-remote``: nothing is fetched) and name the
+request to deploy when no marker is present: the newest matching tag (:func:`coordinator.follow.newest`)
+at the commit the repository gives, so a tag moved there is noticed too.
+
+The daemon calls :meth:`Follower.check` at start and then every ``--period`` (± ``--period-jitter``);
+a repository that cannot be reached is asked again after a growing back-off instead
+(:class:`coordinator.follow.Backoff`), never sooner than the period.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+
+from coordinator.config import Config
+from coordinator.exceptions import GitError, MarkerError
+from coordinator.follow import Backoff, newest, tick_delay
+from coordinator.git import GitCache
+from coordinator.marker import DeployRequest, validate_tag
+from coordinator.records import FollowingRecord
+from coordinator.state import iso
+
+__all__ = ["Follower"]
+
+log = structlog.get_logger("coordinator")
+
+
+class Follower:
+    """The followed request (:attr:`request`) and what the status file shows of it (:attr:`record`)."""
+
+    def __init__(self, config: Config, git: GitCache, rand: Callable[[], float] = random.random) -> None:
+        assert config.follow is not None
+        self.glob = config.follow
+        self.pattern = config.tag_pattern
+        self.period, self.jitter = config.period, config.period_jitter
+        self.git = git
+        self.rand = rand
+        self.backoff = Backoff()
+        self.request: DeployRequest | None = None
+        self.record: FollowingRecord = {
+            "glob": self.glob,
+            "tag": None,
+            "sha": None,
+            "reason": "tags not listed yet",
+            "checked_at": None,
+            "error": None,
+        }
+        self.last_error: GitError | None = None  # the last listing's error (None: it succeeded)
+        self.on_failure: Callable[[str], None] | None = None  # a listing failed: called with "ls-remote"
+
+    @property
+    def digest(self) -> str | None:
+        """What stands for the marker digest of the followed request: failure blocking and the status
+        file's ``marker_digest`` tell followed tags (and a moved tag) apart by it."""
+        req = self.request
+        return None if req is None else f"follow:{req.tag}@{req.sha}"
+
+    async def check(self) -> float:
+        """List the tags once and choose; returns the seconds to wait before the next check."""
+        try:
+            tags = await self.git.remote_tags()
+        except GitError as e:
+            return self._failed(e)
+        self.backoff.succeeded()
+        self.last_error = None
+        skip = {t for t in tags if not self._acceptable(t)}
+        tag, reason = newest(tags, self.glob, skip)
+        request = DeployRequest(tag=tag, sha=tags[tag]) if tag is not None else None
+        if request != self.request or self.record["checked_at"] is None:
+            log.info("follow_chose", glob=self.glob, tag=tag, sha=request.sha if request else None, reason=reason)
+        self.request = request
+        self.record = {
+            "glob": self.glob,
+            "tag": tag,
+            "sha": request.sha if request else None,
+            "reason": reason,
+            "checked_at": iso(),
+            "error": None,
+        }
+        return tick_delay(self.period, self.jitter, self.rand())
+
+    def _acceptable(self, tag: str) -> bool:
+        """Whether a marker could name ``tag`` (the tag rules and ``--tag-pattern``)."""
+        try:
+            validate_tag(tag, self.pattern)
+        except MarkerError:
+            return False
+        return True
+
+    def _failed(self, e: GitError) -> float:
+        """The tags could not be listed: keep the last choice, wait the back-off (at least the period)."""
+        self.last_error = e
+        if self.on_failure is not None:
+            self.on_failure("ls-remote")
+        backoff = self.backoff.failed("ls-remote", time.monotonic(), self.rand())
+        delay = max(tick_delay(self.period, self.jitter, self.rand()), backoff)
+        error = e.as_dict()
+        error["next_retry_at"] = iso(time.time() + delay)
+        self.record = {**self.record, "error": error}
+        log.warning("follow_check_failed", **error, failures=self.backoff.failures)
+        return delay
