@@ -78,6 +78,18 @@ def test_hook_failures_are_counted_by_hook_and_exported_from_the_start() -> None
     assert value(m, "coordinator_hook_failures_total", hook="other") is None
 
 
+def test_fetch_failures_are_counted_by_git_command_and_exported_from_the_start() -> None:
+    """fetch and ls-remote failures each have their series at 0; an unknown command adds none."""
+    m = Metrics()
+    assert value(m, "coordinator_fetch_failures_total", command="ls-remote") == 0
+    m.fetch_failed("fetch")
+    m.fetch_failed("fetch")
+    m.fetch_failed("clone")
+    assert value(m, "coordinator_fetch_failures_total", command="fetch") == 2
+    assert value(m, "coordinator_fetch_failures_total", command="ls-remote") == 0
+    assert value(m, "coordinator_fetch_failures_total", command="clone") is None
+
+
 def test_the_paused_gauge_is_0_then_follows_the_pause() -> None:
     """coordinator_paused starts at 0, is 1 while paused, 0 again after resume."""
     m = Metrics()
