@@ -3,6 +3,7 @@ then the deployer and the daemon following a real repository, and fetch failures
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -18,6 +19,7 @@ from coordinator.display import format_status
 from coordinator.exceptions import ConfigError
 from coordinator.follow import BACKOFF_CAP, Backoff, backoff_delay, newest, parse_version, tick_delay, version_key
 from coordinator.layout import Layout
+from coordinator.probes import check_ready
 from coordinator.records import AttemptResult, as_status
 from coordinator.state import load_state
 from tests.helpers import (
@@ -242,6 +244,19 @@ async def test_without_a_marker_the_newest_tag_is_deployed(root: Path, vrepo: Gi
     assert status is not None
     assert status["desired"]["tag"] == "v1.10.0"
     assert status["following"]["tag"] == "v1.10.0" and status["following"]["checked_at"]
+
+
+@pytest.mark.anyio
+async def test_readyz_is_ready_once_the_followed_tag_is_deployed(root: Path, vrepo: GitRepo) -> None:
+    """Without a marker, /readyz's rule holds the followed request: not ready before, ready after."""
+    d = await started_deployer(root, vrepo, follow="v*")
+    assert d.follower is not None
+    await d.follower.check()
+    assert not check_ready(await d.read_marker(), as_status(read_status(root) or {}), None, os.getpid()).ready
+    await d.reconcile()
+    status = as_status(read_status(root) or {})
+    ready = check_ready(await d.read_marker(), status, (current_release(root) or "").split("/")[-1], os.getpid())
+    assert ready.ready, ready.reason
 
 
 @pytest.mark.anyio
