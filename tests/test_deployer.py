@@ -231,13 +231,14 @@ async def test_permanent_failure_survives_a_restart(root: Path, repo: GitRepo) -
 
 
 async def test_unknown_tag_fails_retryably(root: Path, repo: GitRepo) -> None:
-    """An unknown tag fails but is tried again on the next reconcile (it may be pushed later)."""
+    """An unknown tag fails but is tried again once its fetch back-off ends (it may be pushed later)."""
     d = await started_deployer(root, repo)
     write_marker(root, "v9")
     attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "failed"
     assert attempt.error is not None and attempt.error["kind"] == "tag_not_found"
     await anyio.to_thread.run_sync(lambda: repo.commit({"app.py": "VERSION = 'v9'\n"}, tag="v9"))
+    await anyio.sleep(d.retry_in() or 0)  # the first back-off: about a second
     later = await d.reconcile()
     assert later is not None and later.result == "success"
 
