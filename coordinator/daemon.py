@@ -194,7 +194,11 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
         async def follow(follower: Follower) -> None:
             """List the tags now and every period (± jitter); each look is a hint to reconcile."""
             while True:
-                delay = await follower.check()
+                try:
+                    delay = await follower.check()
+                except Exception:  # a bug must not take the daemon down: log it, look again after a period
+                    log.exception("follow_check_crashed")
+                    delay = config.period
                 on_hint()
                 await anyio.sleep(delay)
 
