@@ -336,6 +336,26 @@ async def test_an_unreachable_repository_is_not_fetched_again_during_the_back_of
     assert [e["cmd"] for e in logs if e["event"] == "git"].count("fetch") == 1
 
 
+@pytest.mark.anyio
+async def test_a_failed_tag_listing_keeps_the_choice_and_waits_at_least_a_period(
+    root: Path, vrepo: GitRepo, tmp_path: Path
+) -> None:
+    """ls-remote fails: the last chosen tag stays, the error says when it is tried again, the next
+    check waits no less than the period (minus its jitter), the metric hook is called."""
+    d = await started_deployer(root, vrepo, follow="v*", period=5.0, period_jitter=1.0)
+    assert d.follower is not None
+    failures: list[str] = []
+    d.follower.on_failure = failures.append
+    await d.follower.check()
+    shutil.move(vrepo.path, tmp_path / "gone")
+    delay = await d.follower.check()
+    assert delay >= 4.0
+    assert failures == ["ls-remote"]
+    assert d.follower.request is not None and d.follower.request.tag == "v1.10.0"
+    error = d.follower.record["error"]
+    assert error is not None and error["kind"] == "git" and error["next_retry_at"]
+
+
 # ---------------------------------------------------------------------- run --once and the daemon
 
 
