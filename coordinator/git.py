@@ -8,6 +8,7 @@ text can never become a git option. Credentials in repository URLs are redacted 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from coordinator.proc import GroupResult, run_in_group
 if TYPE_CHECKING:
     from coordinator.config import Config
 
-__all__ = ["EMPTY_TREE", "GitCache", "redact", "remove_git_temporaries"]
+__all__ = ["EMPTY_TREE", "GitCache", "redact", "remove_git_temporaries", "remove_stale_locks"]
 
 log = structlog.get_logger("coordinator.git")
 
@@ -105,7 +106,12 @@ class GitCache:
             result = await run_in_group(cmd, limit_s=limit, env=full_env, max_output=max_output, stdin=stdin)
         except OSError as e:
             raise GitError(f"cannot run git: {e}", fix="install git and make sure it is on PATH") from e
+        except BaseException:  # cancelled (a newer marker, SIGTERM): its process group was killed
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_stale_locks, self.git_dir)
+            raise
         if result.timed_out:
+            await anyio.to_thread.run_sync(remove_stale_locks, self.git_dir)
             raise GitError(
                 f"git {name} timed out after {limit:g} s",
                 fix="check that the repository is reachable, or raise --git-timeout",
@@ -124,10 +130,11 @@ class GitCache:
         return result
 
     async def ensure(self) -> None:
-        """Create the bare cache repository if it does not exist yet; remove the temporary files of a
-        fetch that was killed (a crash, kill -9)."""
+        """Create the bare cache repository if it does not exist yet; remove the temporary files and
+        lock files of a git that was killed (a crash, kill -9, a power loss)."""
         if await anyio.Path(self.git_dir / "HEAD").exists():
             removed = await anyio.to_thread.run_sync(remove_git_temporaries, self.git_dir)
+            await anyio.to_thread.run_sync(remove_stale_locks, self.git_dir)
             if removed:
                 log.info("git_leftovers_removed", paths=removed)
             return
@@ -360,3 +367,26 @@ def remove_git_temporaries(git_dir: Path) -> list[str]:
                 continue
             removed.append(str(p.relative_to(git_dir)))
     return sorted(removed)
+
+
+def remove_stale_locks(git_dir: Path) -> list[str]:
+    """Remove the lock files a killed git left in the cache (blocking); their names, relative.
+
+    git takes ``shallow.lock``, ``packed-refs.lock``, ``refs/.../NAME.lock`` and others while it
+    updates the repository, and removes them when it ends; a git killed by its process group (a fetch
+    superseded by a newer marker, or over ``--git-timeout``) leaves them, and every later fetch then
+    fails with "Unable to create '...lock': File exists". Only called once the git that ran is gone:
+    coordinator runs one git at a time on its cache, under ROOT's lock.
+    """
+    removed: list[str] = []
+    candidates = list(git_dir.glob("*.lock"))
+    refs = git_dir / "refs"
+    if refs.is_dir():
+        candidates += list(refs.rglob("*.lock"))
+    for lock in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+            removed.append(str(lock.relative_to(git_dir)))
+    if removed:
+        log.info("git_locks_removed", locks=sorted(removed))
+    return removed

@@ -405,3 +405,53 @@ def test_redact(text: str, expected: str) -> None:
 def test_redact_password_containing_at_sign() -> None:
     """A password with a literal '@' is hidden completely."""
     assert redact("https://user:p@ss@example.com/x.git") == "https://***@example.com/x.git"
+
+
+# ---------------------------------------------------------------------------------------- stale locks
+
+
+def _plant_locks(git_dir: Path) -> list[Path]:
+    """The lock files a git killed while updating the cache leaves: shallow, packed-refs, a tag ref."""
+    locks = [git_dir / "shallow.lock", git_dir / "packed-refs.lock", git_dir / "refs" / "tags" / "v2.lock"]
+    for lock in locks:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text("")
+    return locks
+
+
+async def test_a_stale_lock_makes_git_fail_and_start_up_removes_it(cache: GitCache) -> None:
+    """A lock a killed fetch left (seen: shallow.lock after a superseded fetch) fails every later
+    fetch; a daemon's start-up removes it, and the fetch works."""
+    await cache.ensure()
+    await cache.fetch_tag("v1")
+    locks = _plant_locks(cache.git_dir)
+    with pytest.raises(GitError, match=r"shallow\.lock"):
+        await cache.fetch_tag("v2")
+    with capture_logs() as logs:
+        await GitCache(cache.git_dir, cache.repo, timeout=30).ensure()
+    assert not any(lock.exists() for lock in locks)
+    assert [e["locks"] for e in logs if e["event"] == "git_locks_removed"] == [
+        ["packed-refs.lock", "refs/tags/v2.lock", "shallow.lock"]
+    ]
+    assert await cache.fetch_tag("v2")
+
+
+async def test_a_cancelled_git_leaves_no_lock_behind(tmp_path: Path, hanging_port: int) -> None:
+    """A fetch cancelled by a newer marker (its process group killed) takes its locks with it."""
+    cache = GitCache(tmp_path / "cache.git", f"git://127.0.0.1:{hanging_port}/x.git", timeout=30)
+    await cache.ensure()
+    locks = _plant_locks(cache.git_dir)
+    with anyio.move_on_after(0.5) as scope:
+        await cache.fetch_tag("v2")
+    assert scope.cancelled_caught
+    assert not any(lock.exists() for lock in locks)
+
+
+async def test_a_timed_out_git_leaves_no_lock_behind(tmp_path: Path, hanging_port: int) -> None:
+    """A fetch killed by --git-timeout takes its locks with it: the next fetch is not refused."""
+    cache = GitCache(tmp_path / "cache.git", f"git://127.0.0.1:{hanging_port}/x.git", timeout=0.5)
+    await cache.ensure()
+    locks = _plant_locks(cache.git_dir)
+    with pytest.raises(GitError, match="timed out"):
+        await cache.fetch_tag("v2")
+    assert not any(lock.exists() for lock in locks)
