@@ -167,7 +167,7 @@ class RemoteTags:
 
     def __init__(self, config: Config) -> None:
         # the daemon's own cache directory for --git-dir (its config applies); it need not exist yet
-        self._git = GitCache.from_config(config)
+        self._git = GitCache.from_config(config, writes_state=False)
         self._lock = anyio.Lock()
         self._result: dict[str, str] | GitError | None = None
 

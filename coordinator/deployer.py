@@ -146,7 +146,10 @@ class Deployer:
         if self.follower is not None:
             self.reporter.following = self.follower.record
         if p.action is Action.FETCH and self.fetch_backoff.waiting(reading.digest, time.monotonic()):
-            return None  # its last fetch failed: not again before the back-off ends (the status says when)
+            # its last fetch failed: not again before the back-off ends. Still published (every marker
+            # reading gets its status): failed, with that fetch's error and its next_retry_at
+            await self.reporter.publish(StatusState.FAILED, reading, obs.current)
+            return None
         if reading.error is not None:
             self.reporter.log_marker_error(reading)
         if p.action is Action.RESUME_VERIFY:

@@ -58,20 +58,23 @@ class GitCache:
         depth: int = 1,
         username: str | None = None,
         password_file: Path | None = None,
+        env_dir: Path | None = None,
     ) -> None:
         self.git_dir = git_dir
         self.repo = repo
         self.timeout = timeout
         self.depth = depth
-        self.remote_env = GitEnv(repo, username, password_file)
+        self.remote_env = GitEnv(repo, username, password_file, env_dir)
         self._gc_baseline_kib: int | None = None  # the cache's size after the last gc (None: none yet)
         # tag -> commit, as last resolved or fetched. The cache only changes through fetch_tag, so
         # remembering it is exact, and saves a git process on every deploy of a release on disk.
         self._known: dict[str, str] = {}
 
     @classmethod
-    def from_config(cls, config: Config) -> GitCache:
-        """The cache of ``config``'s repository in its state directory, with its git options."""
+    def from_config(cls, config: Config, *, writes_state: bool = True) -> GitCache:
+        """The cache of ``config``'s repository in its state directory, with its git options.
+        ``writes_state=False`` (``coordinator check``): the files git needs to read the repository
+        (askpass script, config) go to a private temporary directory instead of ``.coordinator/gitenv``."""
         return cls(
             config.layout.git_dir,
             config.repo,
@@ -79,6 +82,7 @@ class GitCache:
             depth=config.depth,
             username=config.username,
             password_file=config.password_file,
+            env_dir=config.layout.state_dir / "gitenv" if writes_state else None,
         )
 
     async def _git(

@@ -22,6 +22,7 @@ import atexit
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -85,10 +86,16 @@ def _global_configs() -> list[str]:
 class GitEnv:
     """The environment (and ``-c`` options) for the git calls that read the repository."""
 
-    def __init__(self, repo: str, username: str | None = None, password_file: Path | None = None) -> None:
+    def __init__(
+        self, repo: str, username: str | None = None, password_file: Path | None = None, home: Path | None = None
+    ) -> None:
         self.username = username
         self.password_file = password_file
         self.local = local_repo_path(repo)
+        #: where the askpass script and the config file go: the daemon's ``ROOT/.coordinator/gitenv``
+        #: (nothing is written outside ROOT); None: a private temporary directory removed at exit
+        #: (``coordinator check``, which writes nothing under ROOT)
+        self.home = home
         self._dir: Path | None = None
 
     @property
@@ -103,7 +110,13 @@ class GitEnv:
         if self.password_file is not None:
             await anyio.to_thread.run_sync(_check_password_file, self.password_file)
         if self._dir is None:
-            self._dir = await anyio.to_thread.run_sync(self._write_files)
+            try:
+                self._dir = await anyio.to_thread.run_sync(self._write_files)
+            except OSError as e:
+                raise GitError(
+                    f"cannot write the files git needs to read {self.local or 'the repository'}: {e}",
+                    fix="check that ROOT is writable",
+                ) from e
         opts: list[str] = []
         env: dict[str, str] = {}
         if self.password_file is not None:
@@ -119,8 +132,18 @@ class GitEnv:
 
     def _write_files(self) -> Path:
         """Create the private directory with the askpass script and the config file (blocking)."""
-        d = Path(tempfile.mkdtemp(prefix="coordinator-git-"))  # mode 0700
-        atexit.register(shutil.rmtree, d, ignore_errors=True)  # at exit: never on the event loop
+        if self.home is None:
+            d = Path(tempfile.mkdtemp(prefix="coordinator-git-"))  # mode 0700
+            atexit.register(shutil.rmtree, d, ignore_errors=True)  # at exit: never on the event loop
+        else:
+            d = self.home
+            try:  # a previous daemon's files (or whatever was planted there): written again, fresh
+                st = os.lstat(d)
+            except FileNotFoundError:
+                pass
+            else:
+                shutil.rmtree(d) if stat.S_ISDIR(st.st_mode) else os.unlink(d)
+            os.mkdir(d, 0o700)
         if self.password_file is not None:
             _write(d / "askpass", _ASKPASS, 0o700)
         if self.local is not None:

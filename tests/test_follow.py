@@ -390,3 +390,25 @@ def test_the_daemon_follows_new_tags_and_a_marker_pins(root: Path, vrepo: GitRep
         (root / "deploy.request").unlink()
         wait_until(lambda: serving("v1.11.0"))
         assert daemon.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.anyio
+async def test_a_marker_written_again_during_its_back_off_gets_its_status(
+    root: Path, repo: GitRepo, tmp_path: Path
+) -> None:
+    """The failed marker, written again after another one while its fetch backs off, is not fetched
+    but still gets its status: failed, with the retry time (found by the daemon fuzz test)."""
+    d = await started_deployer(root, repo)
+    shutil.move(repo.path, tmp_path / "gone")
+    write_marker(root, "v1")
+    assert (await d.reconcile()) is not None
+    write_marker(root, "bad tag")  # invalid: its own status
+    assert await d.reconcile() is None
+    assert (read_status(root) or {})["state"] == "invalid"
+    write_marker(root, "v1")
+    with capture_logs() as logs:
+        assert await d.reconcile() is None
+    assert not [e for e in logs if e["event"] == "git" and e["cmd"] == "fetch"]
+    status = read_status(root) or {}
+    assert status["state"] == "failed" and status["desired"]["tag"] == "v1"
+    assert status["error"]["next_retry_at"]

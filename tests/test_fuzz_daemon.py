@@ -173,6 +173,16 @@ HOSTILE = (
     f"v1%0atouch%20{CANARY}",
 )
 
+#: the git commands of the cache's tidy (GitCache.tidy): list the tag refs, delete unneeded ones,
+#: expire the reflog, collect garbage, measure the cache
+_TIDY_COMMANDS = [
+    ["for-each-ref", "--format=%(refname)", "refs/tags/"],
+    ["update-ref", "--stdin"],
+    ["reflog", "expire", "--expire=now", "--all"],
+    ["-c", "gc.auto=0", "gc", "--prune=now", "--quiet"],
+    ["count-objects", "-v"],
+]
+
 #: Pieces of unicode tag-like text: tag characters, controls, bidi and zero-width marks, combining
 #: marks, look-alikes, line separators python's splitlines/strip know about, shell and JSON syntax.
 _TEXT_ATOMS = (
@@ -974,6 +984,8 @@ class Harness:
                 assert value == self.env[key], (key, value)
             elif key in _ALLOWED_ENV_ADDED:
                 assert value == _ALLOWED_ENV_ADDED[key], (key, value)
+            elif key == "GIT_CONFIG_GLOBAL":  # the repository is a local path: safe.directory names it
+                assert Path(value) == self.root / ".coordinator" / "gitenv" / "gitconfig", (key, value)
             else:
                 assert key == "GIT_INDEX_FILE" and Path(value).parent == self.tmp_dir, (key, value)
 
@@ -1002,6 +1014,11 @@ class Harness:
         if rest[:4] == ["rev-parse", "-q", "--verify", "--end-of-options"] and len(rest) == 5:
             m = re.fullmatch(r"refs/tags/(.+)\^\{commit\}", rest[4])
             return self._tag_problem(m.group(1)) if m else "rev-parse of something other than refs/tags/<tag>"
+        if rest[:4] == ["fetch", "--no-tags", "--no-write-fetch-head", "-q"] and rest[4:5] != ["--"]:
+            # one depth argument (--depth N, default 1) or --unshallow (--depth 0 on a shallow cache)
+            if not (re.fullmatch(r"--depth=[1-9][0-9]*", rest[4]) or rest[4] == "--unshallow"):
+                return "fetch with an unexpected option"
+            rest = rest[:4] + rest[5:]
         if rest[:6] == ["fetch", "--no-tags", "--no-write-fetch-head", "-q", "--", str(self.info.path)]:
             m = re.fullmatch(r"\+refs/tags/(.+):refs/tags/(.+)", rest[6]) if len(rest) == 7 else None
             if m is None or m.group(1) != m.group(2):
@@ -1014,6 +1031,8 @@ class Harness:
                 return "diff-tree output outside the state tmp dir"
             if rest[8] not in (EMPTY_TREE, *self.info.commits) or rest[9] not in self.info.commits:
                 return "diff-tree of unknown objects"
+            return None
+        if rest in _TIDY_COMMANDS:  # the cache's tidy after a prune (GitCache.tidy)
             return None
         return "unknown git command"
 
