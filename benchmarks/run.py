@@ -276,8 +276,8 @@ def _inner_durations(records: Sequence[DeployRecord]) -> dict[str, dict[str, Any
 
 
 def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, Any]:
-    from coordinator.config import OPTIONS
     from coordinator.marker import release_name
+    from coordinator.options import OPTIONS
 
     default_step = int(OPTIONS["watch-step-ms"].default)
     machine = machine_info(work)

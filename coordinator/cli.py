@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from coordinator import __version__, display
-from coordinator.config import OPTIONS, Config, resolve_options, unknown_env_warnings
+from coordinator.config import Config
 from coordinator.exceptions import ConfigError, CoordinatorError
 from coordinator.layout import Layout
 from coordinator.logs import configure_logging
+from coordinator.options import OPTIONS, resolve_options, unknown_env_warnings
 from coordinator.records import StatusRecord
 
 if TYPE_CHECKING:

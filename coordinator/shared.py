@@ -22,6 +22,8 @@ A published release is never modified: a rollback or a redeploy of a release on 
 it was published with, whatever the configuration says now. Which paths a release links is recorded
 in its metadata (:attr:`coordinator.records.ReleaseMeta.shared`), so that incremental preparation
 never takes one of those links for a file of the tag (see :mod:`coordinator.prepare`).
+
+:func:`shared_path` and :func:`check_shared_paths` validate the configured paths at start (exit 2).
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from pathlib import Path
 import anyio
 import structlog
 
-from coordinator.exceptions import BuildError, SharedPathError
+from coordinator.exceptions import BuildError, ConfigError, SharedPathError
 from coordinator.fsutil import file_kind, fsync_dir, remove_tree
 from coordinator.layout import Layout
 
-__all__ = ["SharedPaths", "link_target"]
+__all__ = ["SharedPaths", "check_shared_paths", "link_target", "shared_path"]
 
 log = structlog.get_logger("coordinator")
 
@@ -175,3 +177,49 @@ def _make_dir(path: Path) -> None:
     os.mkdir(path, 0o755)
     os.chmod(path, 0o755)
     fsync_dir(path.parent)
+
+
+#: first components a shared path may not have: coordinator's own names in a release and the ROOT layout
+_RESERVED = frozenset({".coordinator", ".git", "current", "releases", "shared"})
+
+
+def shared_path(text: str, flag: str) -> str:
+    """``--shared-dir``/``--shared-file`` PATH, checked: relative, inside the release, in normal form
+    (``media/``, ``./media`` become ``media``); ConfigError (exit 2) otherwise."""
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(
+            f"invalid --{flag} {text[:80]!r}: {why}",
+            fix=f"give a path relative to the release, e.g. --{flag} media or --{flag} config/.env",
+            option=flag + "s",
+        )
+
+    if not text or len(text) > 1024:
+        raise bad("empty" if not text else "longer than 1024 characters")
+    if text.startswith("/"):
+        raise bad("absolute (it is a path inside each release)")
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise bad("control characters")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts:
+        raise bad("names the release itself")
+    if ".." in parts:
+        raise bad("'..' would leave the release")
+    if any(p.startswith("-") for p in parts):
+        raise bad("a component starts with '-'")
+    if parts[0] in _RESERVED:
+        raise bad(f"{parts[0]!r} is reserved")
+    return "/".join(parts)
+
+
+def check_shared_paths(dirs: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """No shared path twice, and none inside another (``media`` and ``media/x`` would link into a link)."""
+    seen = sorted([*dirs, *files])
+    for i, a in enumerate(seen):
+        b = next((b for b in seen[i + 1 :] if b == a or b.startswith(a + "/")), None)
+        if b is not None:
+            raise ConfigError(
+                f"shared paths {a!r} and {b!r} overlap" if a != b else f"shared path {a!r} is given twice",
+                fix="give each shared path once, and none inside another",
+                option="shared-dirs",
+            )

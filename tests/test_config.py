@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.config import OPTIONS, Config, Option, resolve_options
+from coordinator.config import Config
 from coordinator.exceptions import ConfigError
 from coordinator.layout import Layout
+from coordinator.options import OPTIONS, Option, resolve_options
 
 TomlWriter = Callable[[str], Path]
 
@@ -610,7 +611,7 @@ def test_env_and_cli_values_are_refused_in_plain_words() -> None:
 
 def test_unknown_coordinator_variable_is_a_warning_naming_the_closest_option() -> None:
     """COORDINATOR_ROT (a typo) is warned about with the closest option; known and internal ones are not."""
-    from coordinator.config import unknown_env_warnings
+    from coordinator.options import unknown_env_warnings
 
     env = {
         "COORDINATOR_ROT": "/srv/app",

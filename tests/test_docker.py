@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from coordinator import pin
-from coordinator.config import OPTIONS
+from coordinator.options import OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from coordinator.cli import build_parser
-from coordinator.config import OPTIONS
 from coordinator.exceptions import CoordinatorError
 from coordinator.layout import Layout
 from coordinator.metrics import Metrics
+from coordinator.options import OPTIONS
 from coordinator.records import StatusRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ _BY_FLAG = {o.cli_flag: o for o in OPTIONS.values()}
 
 
 def test_option_table_lists_every_option_and_nothing_else() -> None:
-    """The Options table has one row per option in coordinator.config.OPTIONS (plus --config), named by
+    """The Options table has one row per option in coordinator.options.OPTIONS (plus --config), named by
     its command-line flag."""
     rows = _table_rows(_section(_page("reference/configuration.md"), "Options"))
     documented = {m.group(1) for r in rows if (m := re.fullmatch(r"`(--[a-z-]+)`", r[0]))}

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from coordinator.config import Config, resolve_options
+from coordinator.config import Config
 from coordinator.exceptions import ConfigError
 from coordinator.git import GitCache
+from coordinator.options import resolve_options
 from coordinator.prepare import PreviousRelease, prepare_release
 from tests.helpers import GitRepo, started_deployer, write_marker
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator.config import OPTIONS, resolve_options
 from coordinator.marker import parse_marker
+from coordinator.options import OPTIONS, resolve_options
 
 K8S = Path(__file__).resolve().parent.parent / "docker" / "kubernetes"
 

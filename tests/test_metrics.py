@@ -14,11 +14,12 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.samples import Sample
 
-from coordinator.config import Config, parse_http_bind, resolve_options
+from coordinator.config import Config, parse_http_bind
 from coordinator.exceptions import ConfigError, MarkerError
 from coordinator.layout import Layout
 from coordinator.marker import DeployRequest, MarkerReading
 from coordinator.metrics import PHASES, RESULTS, Metrics
+from coordinator.options import resolve_options
 from coordinator.probes import Liveness, check_ready
 from coordinator.records import AttemptResult, StatusRecord, as_status
 from coordinator.report import Attempt
