@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from coordinator import follow
 from coordinator.config import Config
 from coordinator.display import format_status
 from coordinator.exceptions import ConfigError
@@ -21,7 +22,7 @@ from coordinator.follow import BACKOFF_CAP, Backoff, backoff_delay, newest, pars
 from coordinator.layout import Layout
 from coordinator.probes import check_ready
 from coordinator.records import AttemptResult, as_status
-from coordinator.state import load_state
+from coordinator.state import iso, load_state
 from tests.helpers import (
     Daemon,
     GitRepo,
@@ -412,3 +413,32 @@ async def test_a_marker_written_again_during_its_back_off_gets_its_status(
     status = read_status(root) or {}
     assert status["state"] == "failed" and status["desired"]["tag"] == "v1"
     assert status["error"]["next_retry_at"]
+
+
+@pytest.mark.anyio
+async def test_each_check_refreshes_the_status_while_a_fetch_backs_off(
+    root: Path, vrepo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repository is gone after v1.11.0 was chosen: its fetch backs off (a minute here), and each
+    follow check still rewrites `following.checked_at` (with the listing's error), fetching nothing."""
+    monkeypatch.setattr(follow, "BACKOFF_BASE", 60.0)  # every reconcile below falls within the back-off
+    d = await started_deployer(root, vrepo, follow="v*")
+    assert d.follower is not None
+    vrepo.commit({"VERSION": "v1.11.0"}, tag="v1.11.0")
+    await d.follower.check()
+    shutil.move(vrepo.path, tmp_path / "gone")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result is AttemptResult.FAILED
+    checked = (read_status(root) or {})["following"]["checked_at"]
+    for _ in range(2):
+        before = iso()
+        await d.follower.check()
+        with capture_logs() as logs:
+            assert await d.reconcile() is None
+        assert not [e for e in logs if e["event"] == "git" and e["cmd"] == "fetch"]
+        status = read_status(root) or {}
+        following = status["following"]
+        assert status["state"] == "failed" and status["error"]["next_retry_at"]
+        assert following["checked_at"] >= before and following["checked_at"] > checked
+        assert following["tag"] == "v1.11.0" and following["error"]["next_retry_at"]
+        checked = following["checked_at"]
