@@ -459,7 +459,7 @@ async def test_a_followed_tag_rolled_back_waits_for_a_newer_tag(root: Path, tmp_
     deploy it again (the status says rolled_back, following v1.10.0 and why); v1.10.1 is deployed."""
     repo = GitRepo(tmp_path / "hrepo")
     repo.commit({"VERSION": "v1.9.2"}, tag="v1.9.2")
-    d = await started_deployer(root, repo, follow="v*", health_url=app_url, health_timeout=1.0)
+    d = await started_deployer(root, repo, follow="v*", health_url=app_url, health_timeout=2.0)
     assert d.follower is not None
     await d.follower.check()
     first = await d.reconcile()
