@@ -126,6 +126,7 @@ class Deployer:
         current, on_disk = await self.store.observe()
         req = reading.request
         blocked = reading.digest is not None and reading.digest == self.state.failed_marker
+        now = time.monotonic()
         obs = Observation(
             request=req,
             invalid=reading.error is not None,
@@ -140,22 +141,18 @@ class Deployer:
             failed_kind=self.state.failed_error.get("kind") if self.state.failed_error else None,
             resume_verify=self._resume,
             paused=paused,
+            retry_in=self.fetch_backoff.remaining(now) if self.fetch_backoff.waiting(reading.digest, now) else None,
         )
         self._resume = None  # offered once, right after start-up
         p = plan(obs)
         if self.follower is not None:
             self.reporter.following = self.follower.record
-        if p.action is Action.FETCH and self.fetch_backoff.waiting(reading.digest, time.monotonic()):
-            # its last fetch failed: not again before the back-off ends. Still published (every marker
-            # reading gets its status): failed, with that fetch's error and its next_retry_at
-            await self.reporter.publish(StatusState.FAILED, reading, obs.current)
-            return None
         if reading.error is not None:
             self.reporter.log_marker_error(reading)
         if p.action is Action.RESUME_VERIFY:
             assert obs.resume_verify is not None
             return await self._resume_verify(reading, obs.resume_verify)
-        if p.action in (Action.NOOP, Action.WAIT, Action.RELOAD, Action.PAUSED):
+        if p.action in (Action.NOOP, Action.WAIT, Action.RELOAD, Action.PAUSED, Action.BACKOFF):
             await self._settle(obs, p, reading)
             return None
         assert req is not None

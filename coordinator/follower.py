@@ -91,14 +91,16 @@ class Follower:
         return True
 
     def _failed(self, e: GitError) -> float:
-        """The tags could not be listed: keep the last choice, wait the back-off (at least the period)."""
+        """The tags could not be listed: keep the last choice, wait the back-off (at least the period).
+        ``checked_at`` still moves: the status shows the daemon alive and asking."""
         self.last_error = e
         if self.on_failure is not None:
             self.on_failure("ls-remote")
         backoff = self.backoff.failed("ls-remote", time.monotonic(), self.rand())
         delay = max(tick_delay(self.period, self.jitter, self.rand()), backoff)
+        now = time.time()
         error = e.as_dict()
-        error["next_retry_at"] = iso(time.time() + delay)
-        self.record = {**self.record, "error": error}
+        error["next_retry_at"] = iso(now + delay)
+        self.record = {**self.record, "checked_at": iso(now), "error": error}
         log.warning("follow_check_failed", **error, failures=self.backoff.failures)
         return delay

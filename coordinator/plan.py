@@ -11,6 +11,8 @@ here too:
   (:attr:`Action.RESUME_VERIFY`);
 * :func:`rollback_target`: where a release that failed its health check goes back to, if anywhere;
 * :func:`failure_blocks_marker`: whether a failure waits for the marker to change;
+* a request whose last fetch failed waits out its back-off (:attr:`Action.BACKOFF`, the observed
+  :attr:`Observation.retry_in`) instead of fetching again;
 * :func:`settled_state` and :func:`status_error`: what the status file says when nothing is deploying;
 * :func:`plan_prune`: which releases to delete.
 """
@@ -66,6 +68,7 @@ class Action(StrEnum):
     ERROR = "error"  # the request cannot be satisfied (sha mismatch after a fetch)
     RESUME_VERIFY = "resume_verify"  # `target` (current) was never verified (crash): verify it now
     PAUSED = "paused"  # deploys are paused (ROOT/deploy.pause): the marker's request waits for `resume`
+    BACKOFF = "backoff"  # the request's last fetch failed: no fetch before `delay` seconds have passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class Observation:
     failed_kind: str | None = None  # the error kind of the permanent failure that blocks the marker
     resume_verify: PendingVerify | None = None  # offered once after start-up (see resume_verify())
     paused: bool = False  # a pause file exists (readable or not)
+    retry_in: float | None = None  # this request's last fetch failed: seconds until it may fetch again
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,7 @@ class Plan:
     target: str | None = None
     sha: str | None = None
     reason: str = ""
+    delay: float | None = None  # BACKOFF: seconds until the fetch may be tried again
 
 
 def plan(obs: Observation) -> Plan:
@@ -122,6 +127,12 @@ def plan(obs: Observation) -> Plan:
     sha = obs.cached_sha
     if sha is None or not req.matches(sha):
         if not obs.fetched:
+            if obs.retry_in is not None:
+                return Plan(
+                    Action.BACKOFF,
+                    delay=obs.retry_in,
+                    reason=f"the last fetch failed; next try in {obs.retry_in:.1f} s",
+                )
             why = "tag not in cache" if sha is None else "cached tag does not match the requested sha"
             return Plan(Action.FETCH, (Step.FETCH,), reason=why)
         if sha is None:
@@ -236,13 +247,15 @@ def failure_blocks_marker(request: DeployRequest | None, tag: str, retryable: bo
 
 def settled_state(obs: Observation, action: Action, *, reload_failed: bool = False) -> StatusState:
     """The status file's state after a reconcile that started no deploy attempt (paused: ``paused``
-    unless the marker is invalid or a recovery reload failed)."""
+    unless the marker is invalid or a recovery reload failed; backing off: ``failed``)."""
     if obs.invalid:
         return StatusState.INVALID
     if reload_failed:
         return StatusState.FAILED
     if obs.paused:
         return StatusState.PAUSED
+    if action is Action.BACKOFF:
+        return StatusState.FAILED  # with that fetch's error and its next_retry_at
     if action is Action.WAIT:
         return StatusState.ROLLED_BACK if obs.failed_kind == "rolled_back" else StatusState.FAILED
     return StatusState.IDLE if obs.request is not None else StatusState.WAITING

@@ -202,8 +202,9 @@ class PauseRecord(TypedDict, total=False):
 
 class FollowingRecord(TypedDict):
     """The status file's ``following`` (``--follow``): the glob, the tag it chose (None: no tag matches,
-    or the tags could not be listed yet) and why, when the tags were last listed, and the error of the
-    last listing (with ``next_retry_at``) when the repository could not be reached."""
+    or the tags could not be listed yet) and why, when the daemon last asked for the tags (whether
+    or not that listing succeeded), and the error of the last listing (with ``next_retry_at``) when
+    the repository could not be reached: the tag is then the one the last good listing chose."""
 
     glob: str
     tag: str | None

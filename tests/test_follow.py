@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from coordinator import follow
 from coordinator.config import Config
 from coordinator.display import format_status
 from coordinator.exceptions import ConfigError
@@ -21,11 +22,12 @@ from coordinator.follow import BACKOFF_CAP, Backoff, backoff_delay, newest, pars
 from coordinator.layout import Layout
 from coordinator.probes import check_ready
 from coordinator.records import AttemptResult, as_status
-from coordinator.state import load_state
+from coordinator.state import iso, load_state, read_journal
 from tests.helpers import (
     Daemon,
     GitRepo,
     current_release,
+    deployed,
     read_status,
     run_once,
     started_deployer,
@@ -412,3 +414,141 @@ async def test_a_marker_written_again_during_its_back_off_gets_its_status(
     status = read_status(root) or {}
     assert status["state"] == "failed" and status["desired"]["tag"] == "v1"
     assert status["error"]["next_retry_at"]
+
+
+@pytest.mark.anyio
+async def test_each_check_refreshes_the_status_while_a_fetch_backs_off(
+    root: Path, vrepo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repository is gone after v1.11.0 was chosen: its fetch backs off (a minute here), and each
+    follow check still rewrites `following.checked_at` (with the listing's error), fetching nothing."""
+    monkeypatch.setattr(follow, "BACKOFF_BASE", 60.0)  # every reconcile below falls within the back-off
+    d = await started_deployer(root, vrepo, follow="v*")
+    assert d.follower is not None
+    vrepo.commit({"VERSION": "v1.11.0"}, tag="v1.11.0")
+    await d.follower.check()
+    shutil.move(vrepo.path, tmp_path / "gone")
+    attempt = await d.reconcile()
+    assert attempt is not None and attempt.result is AttemptResult.FAILED
+    checked = (read_status(root) or {})["following"]["checked_at"]
+    for _ in range(2):
+        before = iso()
+        await d.follower.check()
+        with capture_logs() as logs:
+            assert await d.reconcile() is None
+        assert not [e for e in logs if e["event"] == "git" and e["cmd"] == "fetch"]
+        status = read_status(root) or {}
+        following = status["following"]
+        assert status["state"] == "failed" and status["error"]["next_retry_at"]
+        assert following["checked_at"] >= before and following["checked_at"] > checked
+        assert following["tag"] == "v1.11.0" and following["error"]["next_retry_at"]
+        checked = following["checked_at"]
+
+
+# ---------------------------------------------------------------------- health check and superseding
+
+
+def _attempts(root: Path) -> list[tuple[str, str]]:
+    """The journal's attempts, as (tag, result)."""
+    return [(e["tag"], e["result"]) for e in read_journal(root / ".coordinator" / "journal.jsonl")]
+
+
+@pytest.mark.anyio
+async def test_a_followed_tag_rolled_back_waits_for_a_newer_tag(root: Path, tmp_path: Path, app_url: str) -> None:
+    """v1.10.0 fails its health check and is rolled back to v1.9.2; follow checks after that do not
+    deploy it again (the status says rolled_back, following v1.10.0 and why); v1.10.1 is deployed."""
+    repo = GitRepo(tmp_path / "hrepo")
+    repo.commit({"VERSION": "v1.9.2"}, tag="v1.9.2")
+    d = await started_deployer(root, repo, follow="v*", health_url=app_url, health_timeout=2.0)
+    assert d.follower is not None
+    await d.follower.check()
+    first = await d.reconcile()
+    assert first is not None and first.result is AttemptResult.SUCCESS
+    good = current_release(root)
+    repo.commit({"VERSION": "v1.10.0", "BROKEN": "health answers 500"}, tag="v1.10.0")
+    await d.follower.check()
+    broken = await d.reconcile()
+    assert broken is not None and broken.tag == "v1.10.0" and broken.result is AttemptResult.ROLLED_BACK
+    assert current_release(root) == good
+    with capture_logs() as logs:
+        for _ in range(3):  # three follow periods
+            await d.follower.check()
+            assert await d.reconcile() is None
+    assert not [e for e in logs if e["event"] in ("deploy_started", "follow_chose")]
+    assert _attempts(root) == [("v1.9.2", "success"), ("v1.10.0", "rolled_back")]
+    status = read_status(root) or {}
+    assert status["state"] == "rolled_back" and status["following"]["tag"] == "v1.10.0"
+    rows = [line.split(None, 1) for line in format_status(as_status(status), 0.0).splitlines()]
+    assert ["following", "v*: v1.10.0 (newest version of 2 tag(s) matching 'v*')"] in rows
+    repo.commit({"VERSION": "v1.10.1", "BROKEN": None}, tag="v1.10.1")
+    await d.follower.check()
+    fixed = await d.reconcile()
+    assert fixed is not None and fixed.tag == "v1.10.1" and fixed.result is AttemptResult.SUCCESS
+    assert current_release(root) == f"releases/v1.10.1-{repo.tag_sha('v1.10.1')[:12]}"
+    assert _attempts(root)[-1] == ("v1.10.1", "success")
+    status = read_status(root) or {}
+    assert status["state"] == "idle"
+    assert status["following"]["tag"] == "v1.10.1"
+    assert status["following"]["reason"] == "newest version of 3 tag(s) matching 'v*'"
+
+
+def _gated_build(tmp_path: Path, tag: str) -> tuple[str, Path]:
+    """A build command that, for ``tag`` only, creates ``started`` and then blocks reading a FIFO no
+    one writes to (until the build is killed); returns it and the ``started`` path."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    os.mkfifo(gate)
+    return f'[ "$TAG" != {tag} ] || {{ touch {started}; read line < {gate}; }}', started
+
+
+async def _until_exists(path: Path) -> None:
+    while not await anyio.Path(path).exists():
+        await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_a_newer_followed_tag_supersedes_a_build_in_flight(root: Path, tmp_path: Path) -> None:
+    """v2 is building when v3 is tagged: the next follow check cancels v2 (superseded, nothing left
+    behind) and the next reconcile deploys v3."""
+    repo = GitRepo(tmp_path / "srepo")
+    repo.commit({"VERSION": "v1"}, tag="v1")
+    build, started = _gated_build(tmp_path, "v2")
+    d = await started_deployer(root, repo, follow="v*", build_command=build)
+    assert d.follower is not None
+    await d.follower.check()
+    await d.reconcile()
+    repo.commit({"VERSION": "v2"}, tag="v2")
+    await d.follower.check()
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+
+            async def tag_v3_while_building() -> None:
+                await _until_exists(started)
+                repo.commit({"VERSION": "v3"}, tag="v3")
+                assert d.follower is not None
+                await d.follower.check()  # what the daemon's follow loop does each period ...
+                await d.check_superseded()  # ... then the hint it gives
+
+            tg.start_soon(tag_v3_while_building)
+            with anyio.fail_after(20):
+                v2 = await d.reconcile()
+    assert v2 is not None and v2.tag == "v2" and v2.result is AttemptResult.CANCELLED
+    assert {"event": "superseding", "old_tag": "v2", "new_tag": "v3", "log_level": "info"} in logs
+    assert [n for n in os.listdir(root / "releases") if n.startswith((".", "v2"))] == []
+    v3 = await d.reconcile()
+    assert v3 is not None and v3.tag == "v3" and v3.result is AttemptResult.SUCCESS
+    assert current_release(root) == f"releases/v3-{repo.tag_sha('v3')[:12]}"
+    assert _attempts(root) == [("v1", "success"), ("v2", "cancelled"), ("v3", "success")]
+
+
+def test_the_daemon_supersedes_a_build_when_a_newer_tag_appears(root: Path, tmp_path: Path) -> None:
+    """The daemon's own follow period notices v3 while v2 builds: v2 is cancelled and v3 served."""
+    repo = GitRepo(tmp_path / "srepo")
+    repo.commit({"VERSION": "v2"}, tag="v2")
+    build, started = _gated_build(tmp_path, "v2")
+    with Daemon(root, repo.path, "--follow", "v*", "--period", "0.2", "--build-command", build) as daemon:
+        wait_until(started.exists)
+        repo.commit({"VERSION": "v3"}, tag="v3")
+        wait_until(lambda: deployed(root, "v3"))
+        assert daemon.stop(signal.SIGTERM) == 0
+    assert _attempts(root) == [("v2", "cancelled"), ("v3", "success")]
+    assert any(e["event"] == "superseding" and e["new_tag"] == "v3" for e in daemon.events())

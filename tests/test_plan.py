@@ -109,6 +109,34 @@ def test_sha_mismatch_is_fetched() -> None:
     assert "does not match" in result.reason
 
 
+def test_a_request_whose_fetch_failed_waits_out_its_back_off() -> None:
+    """The tag is not cached and its last fetch failed: no fetch, a BACKOFF with the delay left."""
+    result = plan(obs(cached_sha=None, retry_in=2.5))
+    assert result == Plan(Action.BACKOFF, delay=2.5, reason=result.reason)
+    assert "next try in 2.5 s" in result.reason
+
+
+def test_a_moved_tag_whose_fetch_failed_waits_too() -> None:
+    """A cached tag not at the requested sha needs a fetch: while that backs off, it waits too."""
+    assert plan(obs(request=DeployRequest(tag="v2", sha=OTHER_SHA), retry_in=1.0)).action is Action.BACKOFF
+
+
+@pytest.mark.parametrize(
+    ("o", "action"),
+    [
+        (obs(retry_in=4.0), Action.DEPLOY),
+        (obs(retry_in=4.0, current=TARGET, reloaded=TARGET), Action.NOOP),
+        (obs(retry_in=4.0, cached_sha=None, blocked=True), Action.WAIT),
+        (obs(retry_in=4.0, cached_sha=None, paused=True), Action.PAUSED),
+        (obs(retry_in=4.0, cached_sha=None, request=None), Action.NOOP),
+    ],
+    ids=["cached", "current", "blocked", "paused", "no-request"],
+)
+def test_a_back_off_holds_back_only_a_fetch(o: Observation, action: Action) -> None:
+    """A request that needs no fetch deploys (or converges) during a back-off; a block or a pause wins."""
+    assert plan(o).action is action
+
+
 def test_unknown_tag_after_fetch_is_an_error() -> None:
     """A tag still unknown after fetching is an error naming the tag, with nothing to deploy."""
     result = plan(obs(cached_sha=None, fetched=True))
@@ -256,6 +284,7 @@ observations = st.builds(
     blocked=st.booleans(),
     has_build=st.booleans(),
     paused=st.booleans(),
+    retry_in=st.none() | st.floats(0.001, 300),
 )
 
 
@@ -268,7 +297,10 @@ def test_plan_invariants(o: Observation) -> None:
     assert list(p.steps) == sorted(p.steps, key=order.index), "steps run in Step order"
     pending = o.current is not None and o.reloaded != o.current
     if p.action is Action.FETCH:
-        assert not o.fetched and not o.paused and p.steps == (Step.FETCH,)
+        assert not o.fetched and not o.paused and o.retry_in is None and p.steps == (Step.FETCH,)
+    elif p.action is Action.BACKOFF:
+        assert o.retry_in is not None and p.delay == o.retry_in and p.steps == ()
+        assert not o.fetched and not o.paused and not o.blocked
     elif p.action is Action.ERROR:
         assert o.fetched and p.steps == () and p.target is None
     elif p.action is Action.WAIT:
@@ -632,6 +664,7 @@ def test_only_a_permanent_failure_of_the_markers_tag_blocks_the_marker(
         (obs(paused=True, request=None), Action.PAUSED, False, StatusState.PAUSED),
         (obs(paused=True, request=None, invalid=True), Action.PAUSED, False, StatusState.INVALID),
         (obs(paused=True), Action.RELOAD, True, StatusState.FAILED),
+        (obs(cached_sha=None, retry_in=2.0), Action.BACKOFF, False, StatusState.FAILED),
     ],
     ids=[
         "converged",
@@ -644,6 +677,7 @@ def test_only_a_permanent_failure_of_the_markers_tag_blocks_the_marker(
         "paused-no-marker",
         "paused-invalid-marker",
         "paused-reload-failed",
+        "fetch-backing-off",
     ],
 )
 def test_settled_state_names_what_the_status_shows(
