@@ -4,7 +4,9 @@ Sub-commands (``python -m benchmarks SUB-COMMAND --help`` lists each one's optio
 
 * ``run`` (the default when none is given): the deploy-latency benchmark, :mod:`benchmarks.run`
   (``python -m benchmarks --quick`` is ``python -m benchmarks run --quick``);
-* ``strategies``: reload strategies under load, :mod:`benchmarks.strategies`.
+* ``strategies``: reload strategies under load, :mod:`benchmarks.strategies`;
+* ``gitsource``: shallow fetches, the git cache at ``--depth 1`` against the whole history,
+  :mod:`benchmarks.gitsource`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ PROG = "python -m benchmarks"
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("benchmarks.run", "the deploy-latency benchmark (the default; what `make bench` runs)"),
     "strategies": ("benchmarks.strategies", "reload strategies (uWSGI, gunicorn) under load"),
+    "gitsource": ("benchmarks.gitsource", "shallow fetches: git cache --depth 1 against the whole history"),
 }
 DEFAULT = "run"
 

@@ -126,7 +126,7 @@ class Daemon:
     def __init__(
         self,
         root: Path,
-        repo: Path,
+        repo: Path | str,
         log_path: Path,
         *,
         step_ms: int | None = None,

@@ -18,7 +18,9 @@
 8. the unsafe window: torn reads seen by a reader while each method deploys (:mod:`benchmarks.torn`);
 9. checks the issue's targets (:mod:`benchmarks.targets`), recommends a watcher step, draws the PNG
    plots (:mod:`benchmarks.plots`), writes ``benchmarks/results/<date>.json`` and ``.md`` and prints
-   the Markdown.
+   the Markdown;
+10. appends the sections of the benchmarks run on their own too (``--skip`` leaves them out): shallow
+    fetches (:mod:`benchmarks.gitsource`) and reload strategies under load (:mod:`benchmarks.strategies`).
 
 Generated repositories are cached under ``benchmarks/results/tmp/`` for the length of the run only.
 
@@ -80,6 +82,11 @@ IDLE_CPU_BUDGET_PCT = 1.0  # of one core, for the watcher-step recommendation
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken from
+#: benchmarks of their own whose sections follow the main report: --skip key -> (module, what it measures)
+APPENDED = {
+    "gitsource": ("benchmarks.gitsource", "shallow fetches"),
+    "strategies": ("benchmarks.strategies", "reload strategies under load"),
+}
 
 
 # ---------------------------------------------------------------------------------------------- machine
@@ -599,7 +606,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(k for k, _, _ in TORN_METHODS),
         help="deploy methods of the torn-read test (default: all)",
     )
-    sections = ("configmap", "idle", "steps", "newtag", "torn", "plots", "strategies")
+    sections = ("configmap", "idle", "steps", "newtag", "torn", "plots", *APPENDED)
     p.add_argument("--skip", default="", help=f"sections to skip, comma-separated: {', '.join(sections)}")
     args = p.parse_args(argv)
 
@@ -673,17 +680,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         base.with_suffix(".json").write_text(dumps(results) + "\n")
         base.with_suffix(".md").write_text(report)
         progress(f"wrote {base}.json and {base}.md")
-    if "strategies" not in args.skip:
-        # reload strategies under load on real app servers: a section appended to the day's report
-        from benchmarks.strategies import render_section, run_for_report
-
-        progress("reload strategies under load (benchmarks.strategies)")
+    for key, (module_name, what) in APPENDED.items():
+        if key in args.skip:
+            continue
+        # a benchmark of its own (its module's run_for_report and render_section): a section appended
+        module = importlib.import_module(module_name)
+        progress(f"{what} ({module_name})")
         try:
-            results["strategies"] = run_for_report(args.quick, args.tmp_dir, args.keep_tmp)
+            results[key] = module.run_for_report(args.quick, args.tmp_dir, args.keep_tmp)
         except KeyboardInterrupt:
-            print("interrupted during the reload strategies benchmark", file=sys.stderr)
+            print(f"interrupted during the {what} benchmark", file=sys.stderr)
             return 130
-        section = render_section(results["strategies"])
+        section: str = module.render_section(results[key])
         report += "\n" + section
         results["duration_s"] = round(time.time() - started, 1)
         if args.write:
@@ -691,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(base.with_suffix(".md"), "a") as f:
                 f.write("\n" + section)
             base.with_suffix(".json").write_text(dumps(results) + "\n")
-            progress(f"appended the reload strategies to {base}.json and {base}.md")
+            progress(f"appended the {what} to {base}.json and {base}.md")
     progress(f"total run time {results['duration_s']:.0f} s")
     sys.stdout.write(report)
     sys.stdout.flush()

@@ -52,7 +52,7 @@ class Session:
     def __init__(
         self,
         root: Path,
-        repo: Path,
+        repo: Path | str,
         log_path: Path,
         releases: dict[str, str],
         *,
