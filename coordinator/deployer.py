@@ -199,10 +199,14 @@ class Deployer:
                 assert p.target is not None and p.sha is not None
                 superseded = await self._deploy(attempt, req, reading.digest, p, obs.current)
                 attempt.result = AttemptResult.CANCELLED if superseded else AttemptResult.SUCCESS
+                if not superseded:
+                    await self._prune(attempt)  # the result stands: a SIGTERM now does not make it "cancelled"
             elif attempt.result is AttemptResult.RUNNING:
                 attempt.result = AttemptResult.SUCCESS  # the fetch showed the tag is already current
         except CoordinatorError as e:
             await self._failed(attempt, e, reading)
+            if isinstance(e, RolledBack):
+                await self._prune(attempt)  # the failed release is marked, so it goes now and never counts
         except OSError as e:
             attempt.result = AttemptResult.FAILED
             attempt.error = describe_os_error(e)
@@ -264,12 +268,7 @@ class Deployer:
                 )
         if Step.PRE_SWAP in p.steps and await self._paused_before_swap(req, p.target):  # paused meanwhile
             return True
-        try:
-            await self.activator.activate(attempt, p.target, previous_current, verify=Step.VERIFY in p.steps)
-        except RolledBack:
-            await self._prune(attempt)  # the failed release is marked, so it goes now and never counts
-            raise
-        await self._prune(attempt)
+        await self.activator.activate(attempt, p.target, previous_current, verify=Step.VERIFY in p.steps)
         return False
 
     async def _paused_before_swap(self, req: DeployRequest, target: str) -> bool:
@@ -304,8 +303,14 @@ class Deployer:
             raise
 
     async def _prune(self, attempt: Attempt) -> None:
+        """Delete the releases retention picks and tidy the git cache, once the attempt's result is
+        known: a failure here is logged (``prune_failed``) and tried again after the next deploy; it
+        never changes the result of a deploy that is already served."""
         async with self.reporter.phase(attempt, Step.PRUNE):
-            await self.store.prune(self.state.previous)
+            try:
+                await self.store.prune(self.state.previous)
+            except OSError as e:
+                log.warning("prune_failed", **present(**describe_os_error(e), tag=attempt.tag))
             await self._tidy_git()
 
     async def _tidy_git(self) -> None:
@@ -324,14 +329,12 @@ class Deployer:
         attempt = self.reporter.start(Attempt(tag=tag, request_id=None, sha=sha, release=pending.release))
         log.info("verify_resumed", release=pending.release)
         try:
-            try:
-                await self.activator.verify_or_roll_back(attempt, pending)
-            except RolledBack:
-                await self._prune(attempt)
-                raise
+            await self.activator.verify_or_roll_back(attempt, pending)
             attempt.result = AttemptResult.SUCCESS
         except CoordinatorError as e:
             await self._failed(attempt, e, reading)
+            if isinstance(e, RolledBack):
+                await self._prune(attempt)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(attempt, reading, pending.back_to)

@@ -19,8 +19,15 @@ from coordinator.deployer import Deployer
 from coordinator.exceptions import LayoutError
 from coordinator.layout import Layout
 from coordinator.records import AttemptResult
-from coordinator.state import load_state, save_state
-from tests.helpers import GitRepo, read_status, started_deployer, wait_for_workspace, write_marker
+from coordinator.state import load_state, read_journal, save_state
+from tests.helpers import (
+    GitRepo,
+    current_release,
+    read_status,
+    started_deployer,
+    wait_for_workspace,
+    write_marker,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -707,3 +714,44 @@ async def test_a_root_written_by_version_0_1_is_read_and_deployed_on(root: Path,
     assert {r.tag for r in rows} == {"v1", "v2", "v3"} and next(r for r in rows if r.previous).name == v2
     status = read_status(root)
     assert status is not None and status["state"] == "idle" and status["last_success"]["tag"] == "v3"
+
+
+async def test_a_sigterm_during_prune_keeps_the_deploy_a_success(
+    root: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy cancelled while it prunes (after the swap and reload) is journaled as a success."""
+    d = await started_deployer(root, repo)
+    pruning = anyio.Event()
+
+    async def hanging_prune(previous: str | None) -> list[str]:
+        pruning.set()
+        await anyio.sleep_forever()
+        return []
+
+    monkeypatch.setattr(d.store, "prune", hanging_prune)
+    write_marker(root, "v1")
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(d.reconcile)
+            await pruning.wait()
+            scope.cancel()
+    entries = read_journal(Layout.for_root(root).journal, 10)
+    assert [(e["tag"], e["result"]) for e in entries] == [("v1", "success")]
+    assert current_release(root) is not None
+
+
+async def test_a_failed_prune_is_logged_and_the_deploy_stays_a_success(
+    root: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error while pruning is a prune_failed warning, not a failed deploy."""
+    d = await started_deployer(root, repo)
+
+    async def broken_prune(previous: str | None) -> list[str]:
+        raise PermissionError(13, "Permission denied", str(root / "releases" / "old"))
+
+    monkeypatch.setattr(d.store, "prune", broken_prune)
+    write_marker(root, "v1")
+    with capture_logs() as logs:
+        attempt = await d.reconcile()
+    assert attempt is not None and attempt.result == "success"
+    assert [e["kind"] for e in logs if e["event"] == "prune_failed"] == ["io"]
