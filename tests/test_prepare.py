@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from coordinator import prepare as prepare_module
+from coordinator import incremental as prepare_module
 from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.git import GitCache
