@@ -15,12 +15,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.config import Config
 from coordinator.daemon import run_argv
@@ -391,3 +394,45 @@ async def wait_for_workspace(root: Path) -> None:
     """Until a release is being built: a hidden workspace appears in ``root/releases``."""
     while not any(n.startswith(".") for n in os.listdir(root / "releases")):
         await anyio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------- the daemon's HTTP endpoints
+
+
+def http_port(d: Daemon) -> int:
+    """The port a daemon started with ``--http-bind 127.0.0.1:0`` listens on (from its log)."""
+    events = wait_until(lambda: [e for e in d.events() if e.get("event") == "http_listening"])
+    return int(events[0]["port"])
+
+
+def fetch(port: int, path: str) -> tuple[int, str, bytes]:
+    """GET ``path`` on 127.0.0.1: the status code, the Content-Type and the body (error answers too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return int(r.status), str(r.headers["Content-Type"]), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, str(e.headers["Content-Type"]), e.read()
+
+
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    """/readyz: the status code and the JSON body."""
+    code, _, body = fetch(port, "/readyz")
+    obj = json.loads(body)
+    assert isinstance(obj, dict)
+    return code, obj
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics, parsed: (sample name, labels) -> value."""
+    code, content_type, body = fetch(port, "/metrics")
+    assert code == 200 and content_type.startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a :func:`scrape`, or None."""
+    return samples.get((name, frozenset(labels.items())))
