@@ -10,6 +10,7 @@ import json
 import os
 import select
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -436,3 +437,39 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
     """The value of sample ``name`` with exactly ``labels`` in a :func:`scrape`, or None."""
     return samples.get((name, frozenset(labels.items())))
+
+
+# ---------------------------------------------------------------------- trees on disk
+
+
+def contents(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything under ``root``, not following symlinks: path -> (type, permission bits, content)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st_ = os.lstat(full)
+            if stat.S_ISLNK(st_.st_mode):
+                out[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st_.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st_.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st_.st_mode), Path(full).read_bytes())
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    """path -> (inode, mtime_ns, size, mode, content or link target) of everything under ``root``."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            full = os.path.normpath(os.path.join(dirpath, name))
+            st_ = os.lstat(full)
+            body: bytes | str | None = None
+            if stat.S_ISLNK(st_.st_mode):
+                body = os.readlink(full)
+            elif stat.S_ISREG(st_.st_mode):
+                body = Path(full).read_bytes()
+            out[os.path.relpath(full, root)] = (st_.st_ino, st_.st_mtime_ns, st_.st_size, st_.st_mode, body)
+    return out
