@@ -13,22 +13,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from coordinator.exceptions import BuildError
-from coordinator.hooks import OUTPUT_LINES, HookContext, run_command
+from coordinator.hooks import OUTPUT_LINES, HookContext, run_in_release
 
 __all__ = ["OUTPUT_LINES", "run_build"]
 
 
 async def run_build(command: str, ctx: HookContext, limit_s: float, extra_env: Mapping[str, str]) -> None:
     """Run ``command`` in ``ctx.release_dir``; raise BuildError on a non-zero exit or a timeout."""
-    assert ctx.release_dir is not None
-    result = await run_command(command, ctx, cwd=ctx.release_dir, limit_s=limit_s, extra_env=extra_env)
-    if result.ok:
-        return
-    raise BuildError(
-        result.describe("build command", limit_s),
-        fix="make the build faster or raise --build-timeout"
-        if result.timed_out
-        else "see the output in the log; current is unchanged",
-        output=result.output,
-        rc=result.returncode,
+    await run_in_release(
+        command,
+        ctx,
+        limit_s,
+        extra_env,
+        what="build command",
+        error=BuildError,
+        fix="see the output in the log; current is unchanged",
+        timeout_fix="make the build faster or raise --build-timeout",
     )

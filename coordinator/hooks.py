@@ -12,8 +12,9 @@ Every command:
   and the last :data:`OUTPUT_LINES` lines, at most :data:`OUTPUT_CHARS` characters, reach the log and
   the status file (:func:`run_command`).
 
-The pre-swap command (:func:`run_pre_swap`) runs in the release directory before every swap a marker
-request makes; a non-zero exit or a timeout raises :class:`~coordinator.exceptions.PreSwapError`.
+The build and pre-swap commands run in the release directory (:func:`run_in_release`), a non-zero
+exit or a timeout raising the caller's error. The pre-swap command (:func:`run_pre_swap`) runs before
+every swap a marker request makes and raises :class:`~coordinator.exceptions.PreSwapError`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from coordinator.exceptions import PreSwapError
+from coordinator.exceptions import CoordinatorError, PreSwapError
 from coordinator.proc import run_in_group
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "command_argv",
     "needs_shell",
     "run_command",
+    "run_in_release",
     "run_pre_swap",
 ]
 
@@ -189,18 +192,44 @@ async def run_command(
     return HookResult(None if result.timed_out else result.returncode, result.timed_out, tail(result.stdout))
 
 
-async def run_pre_swap(cmd: str, ctx: HookContext, limit_s: float, extra_env: Mapping[str, str]) -> None:
-    """Run ``--pre-swap-command`` in ``ctx.release_dir``; raise PreSwapError if it fails or times out."""
+async def run_in_release(
+    cmd: str,
+    ctx: HookContext,
+    limit_s: float,
+    extra_env: Mapping[str, str],
+    *,
+    what: str,
+    error: type[CoordinatorError],
+    fix: str,
+    timeout_fix: str,
+    **fields: Any,
+) -> None:
+    """Run ``cmd`` in ``ctx.release_dir``; on a non-zero exit, a timeout or a failed start raise
+    ``error`` saying why ``what`` failed, with ``timeout_fix`` or ``fix``, the output's last lines,
+    the exit code and ``fields``."""
     assert ctx.release_dir is not None
     result = await run_command(cmd, ctx, cwd=ctx.release_dir, limit_s=limit_s, extra_env=extra_env)
     if result.ok:
         return
-    raise PreSwapError(
-        result.describe("pre-swap command", limit_s),
-        fix="see the output; current is unchanged. Fix the cause, then deploy again (the marker must change)"
-        if not result.timed_out
-        else "make the command faster or raise --pre-swap-timeout; then deploy again",
+    raise error(
+        result.describe(what, limit_s),
+        fix=timeout_fix if result.timed_out else fix,
         output=result.output,
         rc=result.returncode,
+        **fields,
+    )
+
+
+async def run_pre_swap(cmd: str, ctx: HookContext, limit_s: float, extra_env: Mapping[str, str]) -> None:
+    """Run ``--pre-swap-command`` in ``ctx.release_dir``; raise PreSwapError if it fails or times out."""
+    await run_in_release(
+        cmd,
+        ctx,
+        limit_s,
+        extra_env,
+        what="pre-swap command",
+        error=PreSwapError,
+        fix="see the output; current is unchanged. Fix the cause, then deploy again (the marker must change)",
+        timeout_fix="make the command faster or raise --pre-swap-timeout; then deploy again",
         release=ctx.release,
     )

@@ -10,17 +10,21 @@ import json
 import os
 import select
 import signal
+import stat
 import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.config import Config
 from coordinator.daemon import run_argv
@@ -391,3 +395,81 @@ async def wait_for_workspace(root: Path) -> None:
     """Until a release is being built: a hidden workspace appears in ``root/releases``."""
     while not any(n.startswith(".") for n in os.listdir(root / "releases")):
         await anyio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------- the daemon's HTTP endpoints
+
+
+def http_port(d: Daemon) -> int:
+    """The port a daemon started with ``--http-bind 127.0.0.1:0`` listens on (from its log)."""
+    events = wait_until(lambda: [e for e in d.events() if e.get("event") == "http_listening"])
+    return int(events[0]["port"])
+
+
+def fetch(port: int, path: str) -> tuple[int, str, bytes]:
+    """GET ``path`` on 127.0.0.1: the status code, the Content-Type and the body (error answers too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return int(r.status), str(r.headers["Content-Type"]), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, str(e.headers["Content-Type"]), e.read()
+
+
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    """/readyz: the status code and the JSON body."""
+    code, _, body = fetch(port, "/readyz")
+    obj = json.loads(body)
+    assert isinstance(obj, dict)
+    return code, obj
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics, parsed: (sample name, labels) -> value."""
+    code, content_type, body = fetch(port, "/metrics")
+    assert code == 200 and content_type.startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a :func:`scrape`, or None."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+# ---------------------------------------------------------------------- trees on disk
+
+
+def contents(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything under ``root``, not following symlinks: path -> (type, permission bits, content)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st_ = os.lstat(full)
+            if stat.S_ISLNK(st_.st_mode):
+                out[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st_.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st_.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st_.st_mode), Path(full).read_bytes())
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    """path -> (inode, mtime_ns, size, mode, content or link target) of everything under ``root``."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            full = os.path.normpath(os.path.join(dirpath, name))
+            st_ = os.lstat(full)
+            body: bytes | str | None = None
+            if stat.S_ISLNK(st_.st_mode):
+                body = os.readlink(full)
+            elif stat.S_ISREG(st_.st_mode):
+                body = Path(full).read_bytes()
+            out[os.path.relpath(full, root)] = (st_.st_ino, st_.st_mtime_ns, st_.st_size, st_.st_mode, body)
+    return out

@@ -27,8 +27,8 @@ from coordinator.check import (
     raise_if_failed,
     run_all,
     run_checks,
-    same_filesystem,
 )
+from coordinator.checks import same_filesystem
 from coordinator.config import Config
 from coordinator.display import Style
 from coordinator.exceptions import CheckFailed, ConfigError

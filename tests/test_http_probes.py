@@ -14,11 +14,8 @@ import os
 import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -34,7 +31,19 @@ from coordinator.layout import Layout
 from coordinator.metrics import Metrics
 from coordinator.probes import Liveness, ProbeServer
 from coordinator.state import write_json
-from tests.helpers import Daemon, GitRepo, deployed, read_status, wait_until, write_marker
+from tests.helpers import (
+    Daemon,
+    GitRepo,
+    deployed,
+    fetch,
+    http_port,
+    read_status,
+    readyz,
+    sample,
+    scrape,
+    wait_until,
+    write_marker,
+)
 
 # ---------------------------------------------------------------------- in-process server
 
@@ -271,40 +280,6 @@ async def wait_for(pred: Callable[[], bool]) -> None:
 
 
 # ---------------------------------------------------------------------- the real daemon
-
-
-def http_port(d: Daemon) -> int:
-    events = wait_until(lambda: [e for e in d.events() if e.get("event") == "http_listening"])
-    return int(events[0]["port"])
-
-
-def fetch(port: int, path: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return int(r.status), str(r.headers["Content-Type"]), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, str(e.headers["Content-Type"]), e.read()
-
-
-def readyz(port: int) -> tuple[int, dict[str, Any]]:
-    code, _, body = fetch(port, "/readyz")
-    obj = json.loads(body)
-    assert isinstance(obj, dict)
-    return code, obj
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    code, content_type, body = fetch(port, "/metrics")
-    assert code == 200 and content_type.startswith("text/plain; version=0.0.4")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-    }
-
-
-def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def test_daemon_readyz_is_503_before_the_first_deploy_and_200_after(root: Path, repo: GitRepo) -> None:

@@ -34,14 +34,17 @@ from tests.helpers import (
     cli,
     current_release,
     deployed,
+    http_port,
     read_status,
+    readyz,
     run_once,
+    sample,
+    scrape,
     started_deployer,
     wait_for_workspace,
     wait_until,
     write_marker,
 )
-from tests.test_http_probes import http_port, readyz, sample, scrape
 
 
 def pause_file(root: Path) -> Path:

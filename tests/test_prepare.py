@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from coordinator import prepare as prepare_module
+from coordinator import incremental as prepare_module
 from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.git import GitCache
 from coordinator.layout import Layout
 from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
 from coordinator.releases import load_previous
-from tests.helpers import GitRepo, read_status
+from tests.helpers import GitRepo, contents, read_status, snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -83,39 +83,6 @@ def commit_tree(repo: GitRepo, tree: Tree, tag: str) -> str:
     repo.git("commit", "-q", "--allow-empty", "-m", tag)
     repo.git("tag", "-f", tag)
     return repo.git("rev-parse", "HEAD")
-
-
-def contents(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything under ``root``, not following symlinks: path -> (type, permission bits, content)."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            st_ = os.lstat(full)
-            if stat.S_ISLNK(st_.st_mode):
-                out[rel] = ("link", os.readlink(full))
-            elif stat.S_ISDIR(st_.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st_.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st_.st_mode), Path(full).read_bytes())
-    return out
-
-
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """path -> (inode, mtime_ns, size, mode, content or link target) of everything under ``root``."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            full = os.path.normpath(os.path.join(dirpath, name))
-            st_ = os.lstat(full)
-            body: bytes | str | None = None
-            if stat.S_ISLNK(st_.st_mode):
-                body = os.readlink(full)
-            elif stat.S_ISREG(st_.st_mode):
-                body = Path(full).read_bytes()
-            out[os.path.relpath(full, root)] = (st_.st_ino, st_.st_mtime_ns, st_.st_size, st_.st_mode, body)
-    return out
 
 
 def inodes(root: Path) -> dict[str, int]:

@@ -18,8 +18,7 @@ from coordinator.exceptions import BuildError, SharedPathError
 from coordinator.layout import Layout
 from coordinator.shared import SharedPaths, link_target
 from coordinator.state import read_release_meta
-from tests.helpers import GitRepo, read_status, started_deployer, write_marker
-from tests.test_prepare import contents, snapshot
+from tests.helpers import GitRepo, contents, read_status, snapshot, started_deployer, write_marker
 
 pytestmark = pytest.mark.anyio
 
