@@ -320,7 +320,7 @@ def offline_key(tmp_path: Path) -> Path:
 
 def test_ssh_command_names_only_the_paths_quoted(tmp_path: Path) -> None:
     """GIT_SSH_COMMAND, split as git's shell splits it: the key, IdentitiesOnly, BatchMode, the
-    known-hosts file in ssh's quotes and strict checking; only the key without a known-hosts file."""
+    known-hosts file in ssh's quotes and strict checking; each part only when its file is given."""
     key, kh = tmp_path / "a b" / "key", tmp_path / "a b" / "known'hosts"
     assert shlex.split(ssh_command(key, kh)) == [
         "ssh",
@@ -328,6 +328,15 @@ def test_ssh_command_names_only_the_paths_quoted(tmp_path: Path) -> None:
         str(key),
         "-o",
         "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f'UserKnownHostsFile="{kh}"',
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ]
+    assert shlex.split(ssh_command(None, kh)) == [
+        "ssh",
         "-o",
         "BatchMode=yes",
         "-o",
