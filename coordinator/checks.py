@@ -30,6 +30,7 @@ from coordinator.config import Config
 from coordinator.exceptions import CoordinatorError, GitError, LayoutError
 from coordinator.fsutil import describe_os_error, file_kind, is_real_dir
 from coordinator.git import GitCache, redact
+from coordinator.gitssh import ssh_files_check
 from coordinator.health import expected_text, probe
 from coordinator.hooks import needs_shell
 from coordinator.layout import Layout, read_current
@@ -201,6 +202,12 @@ async def check_tag_pattern(name: str, remote: RemoteTags, pattern: str) -> Chec
             "fix --tag-pattern (a glob on the whole tag name, e.g. 'v*'), or push a matching tag",
         )
     return passed(name, f"{pattern!r} matches {len(matching)} of {_tags(len(tags))}, e.g. {matching[-1]}")
+
+
+async def check_ssh_files(name: str, config: Config) -> CheckResult:
+    """--ssh-key-file and --ssh-known-hosts-file: ssh installed, the key usable, the server known."""
+    check = partial(ssh_files_check, config.repo, config.ssh_key_file, config.ssh_known_hosts_file)
+    return CheckResult(name, *await _in_thread(check))
 
 
 def _tags(n: int) -> str:
@@ -424,6 +431,8 @@ def checks_for(config: Config) -> list[Check]:
         Check("layout", partial(_in_thread, partial(_layout, "layout", layout))),
         Check("repository", partial(check_repository, "repository", remote), git_limit),
     ]
+    if config.ssh_key_file is not None or config.ssh_known_hosts_file is not None:
+        checks.append(Check("ssh files", partial(check_ssh_files, "ssh files", config)))
     if config.tag_pattern is not None:
         checks.append(
             Check("tag pattern", partial(check_tag_pattern, "tag pattern", remote, config.tag_pattern), git_limit)

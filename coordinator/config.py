@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.exceptions import ConfigError
-from coordinator.gitenv import check_password_file, is_http_repo
+from coordinator.gitenv import check_password_file, is_http_repo, is_ssh_repo
+from coordinator.gitssh import key_file_problem, known_hosts_problem, path_problem
 from coordinator.layout import Layout
 from coordinator.options import OPTIONS, bad_value, in_range
 from coordinator.shared import check_shared_paths, shared_path
@@ -75,6 +77,8 @@ class Config:
     depth: int = 1
     username: str | None = None
     password_file: Path | None = None
+    ssh_key_file: Path | None = None
+    ssh_known_hosts_file: Path | None = None
     resync_interval: float = 30.0
     follow: str | None = None
     period: float = 60.0
@@ -123,6 +127,7 @@ class Config:
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
         self._check_credentials()
+        self._check_ssh_files()
         strategies = [
             n
             for n, on in (
@@ -188,6 +193,36 @@ class Config:
         if problem is not None:
             raise ConfigError(problem, fix="check --password-file", option="password-file")
 
+    def _check_ssh_files(self) -> None:
+        """--ssh-key-file and --ssh-known-hosts-file: for an ssh repository, not with GIT_SSH_COMMAND or
+        GIT_SSH in the environment, the files usable by ssh (blocking)."""
+        given = [
+            (o, p)
+            for o, p in (("ssh-key-file", self.ssh_key_file), ("ssh-known-hosts-file", self.ssh_known_hosts_file))
+            if p
+        ]
+        if not given:
+            return
+        names = " and ".join(f"--{o}" for o, _ in given)
+        if not is_ssh_repo(self.repo):
+            raise ConfigError(
+                f"{names} apply to an ssh --repo only (ssh://[user@]host[:port]/path or [user@]host:path)",
+                fix="for http(s) use --username with --password-file (see Private repositories); for a path, drop them",
+                option=given[0][0],
+            )
+        for var in ("GIT_SSH_COMMAND", "GIT_SSH"):
+            if os.environ.get(var):
+                raise ConfigError(
+                    f"choose one: {var} is set in the environment and {names} given",
+                    fix=f"unset {var}, or drop {names} and name the files in {var}",
+                    option=given[0][0],
+                )
+        for option, path in given:
+            check = key_file_problem if option == "ssh-key-file" else known_hosts_problem
+            problem = path_problem(path, option) or check(path)
+            if problem is not None:
+                raise ConfigError(problem[0], fix=problem[1], option=option)
+
     @property
     def http_address(self) -> tuple[str, int] | None:
         """(host, port) of ``--http-bind`` (host without brackets), or None when not configured."""
@@ -220,6 +255,8 @@ class Config:
             depth=opts.get("depth", 1),
             username=opts.get("username"),
             password_file=opts.get("password_file"),
+            ssh_key_file=opts.get("ssh_key_file"),
+            ssh_known_hosts_file=opts.get("ssh_known_hosts_file"),
             resync_interval=opts.get("resync_interval", 30.0),
             follow=opts.get("follow"),
             period=opts.get("period", 60.0),

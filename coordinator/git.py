@@ -59,12 +59,21 @@ class GitCache:
         username: str | None = None,
         password_file: Path | None = None,
         env_dir: Path | None = None,
+        ssh_key_file: Path | None = None,
+        ssh_known_hosts_file: Path | None = None,
     ) -> None:
         self.git_dir = git_dir
         self.repo = repo
         self.timeout = timeout
         self.depth = depth
-        self.remote_env = GitEnv(repo, username, password_file, env_dir)
+        self.remote_env = GitEnv(
+            repo,
+            username,
+            password_file,
+            env_dir,
+            ssh_key_file=ssh_key_file,
+            ssh_known_hosts_file=ssh_known_hosts_file,
+        )
         self._gc_baseline_kib: int | None = None  # the cache's size after the last gc (None: none yet)
         # tag -> commit, as last resolved or fetched. The cache only changes through fetch_tag, so
         # remembering it is exact, and saves a git process on every deploy of a release on disk.
@@ -83,6 +92,8 @@ class GitCache:
             username=config.username,
             password_file=config.password_file,
             env_dir=config.layout.state_dir / "gitenv" if writes_state else None,
+            ssh_key_file=config.ssh_key_file,
+            ssh_known_hosts_file=config.ssh_known_hosts_file,
         )
 
     async def _git(
@@ -124,14 +135,19 @@ class GitCache:
         rc = result.returncode if result.returncode is not None else -1
         log.debug("git", cmd=name, rc=rc, duration_ms=round((time.monotonic() - started) * 1000, 1))
         if check and rc != 0:
-            err = redact(_last_line(result.stderr))
-            raise GitError(
-                f"git {name} failed: {err}",
-                fix=_volume_fix(result.stderr, self.git_dir) or "check --repo and that the repository is reachable",
-                repo=redact(self.repo),
-                rc=rc,
-            )
+            message, fix = self._failure(name, result.stderr)
+            raise GitError(message, fix=fix, repo=redact(self.repo), rc=rc)
         return result
+
+    def _failure(self, name: str, stderr: bytes) -> tuple[str, str]:
+        """The message and fix for git ``name`` that failed with ``stderr``: ssh's cause when ssh
+        failed, else git's most useful line."""
+        ssh = self.remote_env.ssh_failure(stderr)
+        if ssh is not None:
+            return f"git {name} failed: {redact(ssh[0])}", ssh[1]
+        err = redact(_last_line(stderr))
+        fix = _volume_fix(stderr, self.git_dir) or "check --repo and that the repository is reachable"
+        return f"git {name} failed: {err}", fix
 
     async def ensure(self) -> None:
         """Create the bare cache repository if it does not exist yet; remove the temporary files and
@@ -190,12 +206,8 @@ class GitCache:
                     tag=tag,
                     repo=redact(self.repo),
                 )
-            raise GitError(
-                f"git fetch failed: {err}",
-                fix=_volume_fix(result.stderr, self.git_dir) or "check --repo and that the repository is reachable",
-                repo=redact(self.repo),
-                tag=tag,
-            )
+            message, fix = self._failure("fetch", result.stderr)
+            raise GitError(message, fix=fix, repo=redact(self.repo), tag=tag)
         after = await self.resolve(tag)
         if after is None:
             raise GitError(f"tag {tag!r} was fetched but does not point to a commit", fix="tag a commit", tag=tag)

@@ -9,6 +9,9 @@ to read a local repository owned by another user.
   command line, an environment variable, a message or a file coordinator writes. Credential helpers
   configured for the user are switched off for these calls (``credential.helper=``), so git never
   stores the password either.
+* **ssh key and known-hosts files** (``--ssh-key-file``, ``--ssh-known-hosts-file``, ssh repositories
+  only): ``GIT_SSH_COMMAND`` names them (see :mod:`coordinator.gitssh`); the key is checked before
+  each fetch, so a removed or unprotected key is a clear error rather than ssh's.
 * **Local repository of another owner**: git refuses to read it ("detected dubious ownership") unless
   ``safe.directory`` names it, and before git 2.46 only a global or system config can say so (not
   ``-c``). The git calls that read the repository run with ``GIT_CONFIG_GLOBAL`` set to a file in the
@@ -30,8 +33,9 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from coordinator.exceptions import GitError
+from coordinator.gitssh import Problem, key_file_problem, known_hosts_problem, ssh_command, ssh_failure, ssh_host
 
-__all__ = ["GitEnv", "check_password_file", "is_http_repo", "local_repo_path"]
+__all__ = ["GitEnv", "check_password_file", "is_http_repo", "is_ssh_repo", "local_repo_path"]
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -51,6 +55,13 @@ esac
 def is_http_repo(repo: str) -> bool:
     """True for an ``http://`` or ``https://`` repository URL."""
     return repo.lower().startswith(("http://", "https://"))
+
+
+def is_ssh_repo(repo: str) -> bool:
+    """True for an ssh repository: ``ssh://`` (or ``git+ssh://``, ``ssh+git://``) or ``[user@]host:path``."""
+    if repo.lower().startswith(("ssh://", "git+ssh://", "ssh+git://")):
+        return True
+    return not _SCHEME_RE.match(repo) and local_repo_path(repo) is None
 
 
 def local_repo_path(repo: str) -> Path | None:
@@ -87,10 +98,20 @@ class GitEnv:
     """The environment (and ``-c`` options) for the git calls that read the repository."""
 
     def __init__(
-        self, repo: str, username: str | None = None, password_file: Path | None = None, home: Path | None = None
+        self,
+        repo: str,
+        username: str | None = None,
+        password_file: Path | None = None,
+        home: Path | None = None,
+        *,
+        ssh_key_file: Path | None = None,
+        ssh_known_hosts_file: Path | None = None,
     ) -> None:
         self.username = username
         self.password_file = password_file
+        self.ssh_key_file = ssh_key_file
+        self.ssh_known_hosts_file = ssh_known_hosts_file
+        self.ssh_host = ssh_host(repo) if is_ssh_repo(repo) else None
         self.local = local_repo_path(repo)
         #: where the askpass script and the config file go: the daemon's ``ROOT/.coordinator/gitenv``
         #: (nothing is written outside ROOT); None: a private temporary directory removed at exit
@@ -100,13 +121,22 @@ class GitEnv:
 
     @property
     def needed(self) -> bool:
+        """Whether files must be written (the askpass script, the safe.directory config)."""
         return self.password_file is not None or self.local is not None
+
+    @property
+    def uses_ssh_files(self) -> bool:
+        return self.ssh_key_file is not None or self.ssh_known_hosts_file is not None
 
     async def remote(self) -> tuple[list[str], dict[str, str]]:
         """The ``-c`` options and environment for a fetch or ls-remote (files written on first use);
-        GitError when the password file cannot be read."""
+        GitError when the password file or an ssh file cannot be read."""
+        env: dict[str, str] = {}
+        if self.uses_ssh_files:
+            await anyio.to_thread.run_sync(self._check_ssh_files)
+            env["GIT_SSH_COMMAND"] = ssh_command(self.ssh_key_file, self.ssh_known_hosts_file)
         if not self.needed:
-            return [], {}
+            return [], env
         if self.password_file is not None:
             await anyio.to_thread.run_sync(_check_password_file, self.password_file)
         if self._dir is None:
@@ -118,7 +148,6 @@ class GitEnv:
                     fix="check that ROOT is writable",
                 ) from e
         opts: list[str] = []
-        env: dict[str, str] = {}
         if self.password_file is not None:
             opts += ["-c", "credential.helper="]
             env |= {
@@ -129,6 +158,20 @@ class GitEnv:
         if self.local is not None:
             env["GIT_CONFIG_GLOBAL"] = str(self._dir / "gitconfig")
         return opts, env
+
+    def ssh_failure(self, stderr: bytes) -> Problem | None:
+        """What went wrong, when ssh failed (per git's error output ``stderr``), with the fix."""
+        if self.ssh_host is None:
+            return None
+        return ssh_failure(stderr, self.ssh_key_file, self.ssh_known_hosts_file, self.ssh_host)
+
+    def _check_ssh_files(self) -> None:
+        """GitError when the key or the known-hosts file is gone or unusable (blocking)."""
+        problem = (self.ssh_key_file and key_file_problem(self.ssh_key_file)) or (
+            self.ssh_known_hosts_file and known_hosts_problem(self.ssh_known_hosts_file)
+        )
+        if problem:
+            raise GitError(problem[0], fix=problem[1])
 
     def _write_files(self) -> Path:
         """Create the private directory with the askpass script and the config file (blocking)."""

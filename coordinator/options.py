@@ -103,6 +103,8 @@ OPTIONS: dict[str, Option] = {
         Option("depth", "int", 1, "commits of history fetched per tag into the git cache (0: all)", low=0),
         Option("username", "str", None, "user name for an http(s) --repo (with --password-file)"),
         Option("password-file", "path", None, "file whose first line is the http(s) password, read at each fetch"),
+        Option("ssh-key-file", "path", None, "private key for an ssh --repo (a deploy key), read at each fetch"),
+        Option("ssh-known-hosts-file", "path", None, "known_hosts file for an ssh --repo: the only host keys trusted"),
         Option("resync-interval", "float", 30.0, "seconds between periodic re-reads of the marker"),
         Option("follow", "str", None, "without a marker, deploy the newest tag matching this glob, e.g. 'v*'"),
         Option("period", "float", 60.0, "seconds between two looks at the repository's tags with --follow"),
