@@ -112,11 +112,13 @@ def _pdeathsig() -> Callable[[], None] | None:
 
 
 def _daemon_env() -> dict[str, str]:
-    """The benchmark's environment minus anything that would change the daemon's configuration."""
+    """The benchmark's environment minus anything that would change the daemon's configuration,
+    except ``COORDINATOR_TEST_WATCHER=watchfiles`` (measures the watchfiles back-end on Linux)."""
     return {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("COORDINATOR_", "WATCHFILES_")) and not k.startswith("GIT_")
+        if k == "COORDINATOR_TEST_WATCHER"
+        or (not k.startswith(("COORDINATOR_", "WATCHFILES_")) and not k.startswith("GIT_"))
     }
 
 

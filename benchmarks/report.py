@@ -335,7 +335,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"- {m['nproc']} CPUs (`nproc`), {m['cpu_model']}; Linux {m['kernel']}; {m['fs_type']} at the work dir"
         + _journal(m),
-        f"- Python {m['python']}; {m['git']}; watchfiles {m['watchfiles']}; coordinator at {m['coordinator_rev']}"
+        f"- Python {m['python']}; {m['git']}; watchfiles {m['watchfiles']}; watcher {m.get('watcher', '?')}; "
+        f"coordinator at {m['coordinator_rev']}"
         + (f" plus uncommitted changes in {', '.join(m['coordinator_dirty'])}" if m["coordinator_dirty"] else ""),
         f"- load average at start {m['loadavg_start']}, at end {m['loadavg_end']}; whole-machine CPU busy "
         f"during the idle windows {_f(r['system']['busy_pct_during_idle'], 1)} % of all cores, of which the daemon "

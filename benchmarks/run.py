@@ -150,6 +150,7 @@ def machine_info(work: Path) -> dict[str, Any]:
         "python_executable": sys.executable,
         "git": cmd_out(["git", "--version"]),
         "watchfiles": importlib.metadata.version("watchfiles"),
+        "watcher": os.environ.get("COORDINATOR_TEST_WATCHER") or "default (inotify on Linux)",
         "fs_type": fs_type,
         "fs_options": fs_options,
         "ext4_journal": _ext4_journal(work),

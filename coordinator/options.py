@@ -117,7 +117,12 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("poll", "bool", False, "poll the marker directory instead of inotify (NFS, EFS, SMB)"),
         Option(
-            "watch-step-ms", "int", 3, "watcher batching step in ms: lower reacts faster, costs CPU", low=1, high=1000
+            "watch-step-ms",
+            "int",
+            3,
+            "watchfiles batching step in ms (--poll, non-Linux): lower reacts faster, costs CPU",
+            low=1,
+            high=1000,
         ),
         Option("reload-fifo", "path", None, "uWSGI master FIFO to write the reload command to (instead of touch)"),
         Option("reload-fifo-command", "str", "r", "command written to the FIFO: r graceful, c chain (lazy-apps), w"),
