@@ -1,0 +1,51 @@
+"""Unit tests for benchmarks.targets: each issue target is judged from the run's own figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.targets import evaluate
+
+
+def _result(p50: float, p99: float, cpu: float, wakeups: float, large_ratio: float | None) -> dict[str, Any]:
+    """The least of a run's results that evaluate() reads."""
+    cells = [{"changed": 10, "prepare_ms": {"p50": 60.0}, "checkout_f_ms": {"p50": 60.0 / (large_ratio or 1)}}]
+    if large_ratio is not None:
+        cells[0]["ratio_prepare_to_checkout"] = large_ratio
+    return {
+        "warm": {"metrics": {"ext_touch_seen": {"p50": p50, "p99": p99, "n": 40}}, "phases": {}},
+        "idle_long": {
+            "idle_cpu_pct": cpu,
+            "idle_cpu_pct_threads": cpu,
+            "rss_mib": 40.0,
+            "wall_s": 60.0,
+            "wakeups_per_s": wakeups,
+        },
+        "newtag": {"sizes": [{"files": 50000, "first": {}, "cells": cells}]},
+    }
+
+
+def _met(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
+    return {row["id"]: row["met"] for row in rows}
+
+
+def test_the_issue_14_targets_are_met_within_bounds() -> None:
+    """p50 3 ms, p99 6 ms, 0.05 % CPU, 2 wake-ups/s and 1 x at 50k files are met."""
+    met = _met(evaluate(_result(3.0, 6.0, 0.05, 2.0, 1.0)))
+    assert met["ondisk_p50_rename"] and met["ondisk_p99_rename"]
+    assert met["idle_cpu"] and met["idle_wakeups"] and met["prepare_vs_checkout_large"]
+
+
+def test_the_issue_14_targets_are_missed_beyond_bounds() -> None:
+    """Just above each bound, the target is reported not met."""
+    met = _met(evaluate(_result(3.1, 6.1, 0.06, 2.1, 1.01)))
+    assert met["ondisk_p50_rename"] is False and met["ondisk_p99_rename"] is False
+    assert met["idle_cpu"] is False and met["idle_wakeups"] is False
+    assert met["prepare_vs_checkout_large"] is False
+
+
+def test_a_size_not_measured_is_reported_as_such() -> None:
+    """Without the 50k-file ratio the large-tree target is 'not measured', neither met nor missed."""
+    rows = {row["id"]: row for row in evaluate(_result(1.0, 2.0, 0.01, 0.5, None))}
+    assert rows["prepare_vs_checkout_large"]["met"] is None
+    assert rows["prepare_vs_checkout_large"]["figure"] == "not measured"
