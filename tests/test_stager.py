@@ -237,7 +237,8 @@ async def test_a_marker_change_cancels_a_stage_in_flight_and_the_stage_resumes(r
     attempt = await d.reconcile()
     assert attempt is not None and attempt.tag == "v3" and attempt.result == "success"
     await d.reconcile()
-    assert d.stager.last_attempt is not cancelled and d.stager.last_attempt.result == "success"
+    resumed = d.stager.last_attempt
+    assert resumed is not None and resumed is not cancelled and resumed.result == "success"
     journal = read_journal(Layout.for_root(root).journal, 10)
     assert [(e["action"], e["tag"], e["result"]) for e in journal][1:] == [
         ("stage", "v2", "cancelled"),
