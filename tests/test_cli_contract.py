@@ -70,7 +70,7 @@ def test_an_unknown_command_names_the_closest_one() -> None:
     assert out.stderr.splitlines()[-1] == "coordinator: fix: did you mean deploy? see `coordinator --help`"
 
 
-@pytest.mark.parametrize("command", [["deploy", "v1"], ["rollback"]])
+@pytest.mark.parametrize("command", [["deploy", "v1"], ["rollback"], ["stage", "v1"]])
 def test_timeout_without_wait_is_a_usage_error(root: Path, command: list[str]) -> None:
     """`--timeout` does nothing without `--wait`: exit 2, and nothing is requested."""
     out = cli(*command, "--root", str(root), "--timeout", "5")
@@ -103,7 +103,7 @@ def test_help_lists_exit_code_five() -> None:
     out = cli("--help")
     assert out.returncode == 0
     assert "exit codes:" in out.stdout
-    assert "  5    deploy --wait / rollback --wait: no coordinator is running on ROOT" in out.stdout
+    assert "  5    deploy --wait / rollback --wait / stage --wait: no coordinator is running on ROOT" in out.stdout
 
 
 # ---------------------------------------------------------------------------------------------- user errors
@@ -380,8 +380,9 @@ async def test_a_deploy_logs_one_info_line_per_phase_and_no_none(root: Path, rep
 
 def test_stage_wait_stages_without_serving_and_a_deploy_then_only_swaps(root: Path, repo: GitRepo) -> None:
     """`stage v2 --wait` against a running daemon: exit 0 once staged, v1 still served; `deploy v2`
-    then swaps to that very release without preparing it; `history` shows the stage."""
-    with Daemon(root, repo.path):
+    then swaps to that very release without preparing it; `history` shows the stage. No resync in
+    the test's time: the daemon sees the stage request through its watch."""
+    with Daemon(root, repo.path, "--resync-interval", "3600"):
         assert cli("deploy", "v1", "--root", str(root), "--wait", "--timeout", "30").returncode == 0
         out = cli("stage", "v2", "--root", str(root), "--wait", "--timeout", "30")
         assert out.returncode == 0, out.stderr
