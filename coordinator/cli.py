@@ -10,9 +10,9 @@ code meaning
      command error (e.g. a ROOT coordinator has never run on)
 2    bad usage, option, config file or volume layout (e.g. ROOT not writable)
 3    another coordinator already holds the lock on this ROOT
-4    ``deploy --wait`` / ``rollback --wait`` timed out
-5    ``deploy --wait`` / ``rollback --wait``: no coordinator is running on ROOT (the request stays
-     saved and is deployed when one starts)
+4    ``deploy --wait`` / ``rollback --wait`` / ``stage --wait`` timed out
+5    ``deploy --wait`` / ``rollback --wait`` / ``stage --wait``: no coordinator is running on ROOT
+     (the request stays saved and is handled when one starts)
 6    ``deploy --wait`` / ``rollback --wait`` / ``run --once``: deploys are paused on ROOT
      (``coordinator pause``; the request stays saved and is deployed after ``coordinator resume``)
 130  interrupted (Ctrl-C; a ``--wait``-ed request stays pending)
@@ -55,14 +55,14 @@ _CLIENT_OPTIONS = ["root", "marker", "status-file", "log-format", "log-level"]
 #: the exit codes, as listed in ``coordinator --help`` (and in this module's docstring)
 EXIT_CODES = """exit codes:
   0    success (deploy --wait: the tag is current and its reload requested; with a
-       health check configured on the daemon: serving, verified)
-  1    the deploy failed, check found a problem, or another command error (e.g. a ROOT
-       coordinator never ran on)
+       health check configured on the daemon: serving, verified; stage --wait: staged)
+  1    the deploy (or stage) failed, check found a problem, or another command error
+       (e.g. a ROOT coordinator never ran on)
   2    bad usage, option, config file or volume layout (e.g. ROOT not writable)
   3    another coordinator already holds the lock on this ROOT
-  4    deploy --wait / rollback --wait timed out
-  5    deploy --wait / rollback --wait: no coordinator is running on ROOT (the request
-       stays saved and is deployed when one starts)
+  4    deploy --wait / rollback --wait / stage --wait timed out
+  5    deploy --wait / rollback --wait / stage --wait: no coordinator is running on ROOT
+       (the request stays saved and is handled when one starts)
   6    deploy --wait / rollback --wait / run --once: deploys are paused on ROOT (the
        request stays saved and is deployed after coordinator resume)
   130  interrupted (Ctrl-C; a --wait-ed request stays pending)"""
@@ -160,6 +160,22 @@ def build_parser() -> _Parser:
     deploy.add_argument("--wait", action="store_true", help=wait_help)
     deploy.add_argument("--timeout", type=_seconds, default=None, help="seconds to wait, with --wait (default 600)")
     _add_options(deploy, _CLIENT_OPTIONS)
+
+    stage = sub.add_parser(
+        "stage",
+        help="request a release built and published without swapping it in (write ROOT/stage.request); "
+        "a later deploy of the tag only swaps and reloads",
+        epilog=EXIT_CODES,
+    )
+    stage.add_argument("tag")
+    stage.add_argument("--sha", default=None, help="commit the tag must point to")
+    stage.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the release is staged (or already current); exit 5 when no coordinator runs on ROOT",
+    )
+    stage.add_argument("--timeout", type=_seconds, default=None, help="seconds to wait, with --wait (default 600)")
+    _add_options(stage, _CLIENT_OPTIONS)
 
     status = sub.add_parser("status", help="show the status file and whether a coordinator runs on ROOT")
     status.add_argument("--json", action="store_true", help="print the status JSON (plus daemon_running)")
@@ -266,6 +282,17 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
         if args.wait:
             await _wait(layout, req, args.timeout, style)
         return 0
+    if args.command == "stage":
+        req = await commands.request_stage(layout, args.tag, args.sha)
+        pending.append((layout, req))  # for the Ctrl-C message
+        style = display.style_for(
+            os.environ, sys.stdout.isatty(), sys.stdout.encoding, shutil.get_terminal_size().columns
+        )
+        if not (args.wait and style.live):
+            _print(f"requested stage of {req.tag}{' @ ' + req.sha if req.sha else ''} (id {req.request_id})")
+        if args.wait:
+            await _wait(layout, req, args.timeout, style, stage=True)
+        return 0
     if args.command in ("pause", "resume"):
         _print(await _pause_or_resume(layout, args))
         return 0
@@ -324,15 +351,19 @@ async def _pause_or_resume(layout: Layout, args: argparse.Namespace) -> str:
     return f"deploys on {layout.root} resumed (were {display.describe_pause(removed, now)})"
 
 
-async def _wait(layout: Layout, req: DeployRequest, seconds: float, style: display.Style) -> None:
-    """``--wait``: follow the deploy on stdout (live on a terminal, else plain lines)."""
+async def _wait(
+    layout: Layout, req: DeployRequest, seconds: float, style: display.Style, *, stage: bool = False
+) -> None:
+    """``--wait``: follow the deploy (or the stage) on stdout (live on a terminal, else plain lines)."""
     from coordinator import commands
-    from coordinator.progress import DeployProgress
+    from coordinator.progress import DeployProgress, StageProgress
 
-    progress = DeployProgress(sys.stdout, style, req.tag, req.request_id or "", time.time())
+    kind = StageProgress if stage else DeployProgress
+    progress = kind(sys.stdout, style, req.tag, req.request_id or "", time.time())
+    wait = commands.wait_for_stage if stage else commands.wait_for
     status: StatusRecord | None = None
     try:
-        status = await commands.wait_for(
+        status = await wait(
             layout,
             req,
             seconds,
@@ -360,9 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if pending and getattr(args, "wait", False):
             layout, req = pending[-1]
+            does = "stages" if args.command == "stage" else "deploys"
             sys.stderr.write(
                 f"coordinator: interrupted; the request for {req.tag} (id {req.request_id}) stays pending: the "
-                f"coordinator on {layout.root} deploys it, or the next one to start -- follow it with "
+                f"coordinator on {layout.root} {does} it, or the next one to start -- follow it with "
                 f"`coordinator status --root {layout.root}`\n"
             )
         return 130

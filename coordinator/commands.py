@@ -1,4 +1,4 @@
-"""What the client commands do (deploy, wait, status, releases, rollback, history, pause, resume), as
+"""What the client commands do (deploy, stage, wait, status, releases, rollback, history, pause, resume), as
 plain functions that return data; :mod:`coordinator.cli` only parses arguments and prints."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -28,7 +29,15 @@ from coordinator.lock import lock_holder
 from coordinator.marker import DeployRequest, new_request_id, validate_sha, validate_tag
 from coordinator.pause import new_pause, remove_pause, write_pause
 from coordinator.pause import read_pause as read_pause_file
-from coordinator.records import AttemptResult, PauseRecord, StatusRecord, StatusState, as_status
+from coordinator.records import (
+    AttemptAction,
+    AttemptResult,
+    PauseRecord,
+    StageState,
+    StatusRecord,
+    StatusState,
+    as_status,
+)
 from coordinator.state import load_state, parse_iso, read_journal, read_json
 
 __all__ = [
@@ -44,9 +53,11 @@ __all__ = [
     "read_status",
     "request_deploy",
     "request_rollback",
+    "request_stage",
     "require_known_root",
     "resume",
     "wait_for",
+    "wait_for_stage",
 ]
 
 #: ``--wait`` gives up (exit 5) once no coordinator has held ROOT's lock for this many seconds
@@ -55,21 +66,27 @@ NO_DAEMON_GRACE = 5.0
 
 async def request_deploy(layout: Layout, tag: str, sha: str | None = None) -> DeployRequest:
     """Write the marker atomically (temp + rename) for ``tag`` with a fresh request id."""
+    return await _write_request(layout.marker, "the marker", "check --root / --marker", tag, sha)
+
+
+async def request_stage(layout: Layout, tag: str, sha: str | None = None) -> DeployRequest:
+    """Write the stage request ``ROOT/stage.request`` as :func:`request_deploy` writes the marker."""
+    return await _write_request(layout.stage_marker, "the stage request", "check --root", tag, sha)
+
+
+async def _write_request(path: Path, what: str, fix: str, tag: str, sha: str | None) -> DeployRequest:
     req = DeployRequest(
         tag=validate_tag(tag),
         sha=validate_sha(sha) if sha else None,
         request_id=new_request_id(),
     )
-    if not await anyio.Path(layout.marker.parent).is_dir():
-        raise CoordinatorError(
-            f"the marker's directory {layout.marker.parent} does not exist",
-            fix="check --root / --marker",
-        )
+    if not await anyio.Path(path.parent).is_dir():
+        raise CoordinatorError(f"the directory of {what}, {path.parent}, does not exist", fix=fix)
     try:
-        await anyio.to_thread.run_sync(atomic_write, layout.marker, req.to_json().encode())
+        await anyio.to_thread.run_sync(atomic_write, path, req.to_json().encode())
     except OSError as e:  # a read-only or unwritable ROOT: one line with the fix, exit 2
         err = describe_os_error(e, retried=False)
-        raise LayoutError(f"cannot write the marker: {err['message']}", fix=err.get("fix")) from e
+        raise LayoutError(f"cannot write {what}: {err['message']}", fix=err.get("fix")) from e
     return req
 
 
@@ -166,13 +183,79 @@ async def wait_for(
 
     ``on_progress`` gets every new status read; ``on_poll`` is called after every read without news
     (every ``interval`` seconds), e.g. to redraw elapsed times."""
+    paused = await read_pause(layout)
+    if paused is not None:
+        raise paused_error(layout, req, paused)
+
+    async def decide(status: StatusRecord) -> bool:
+        done = _outcome(status, req)
+        if done == "ok":
+            return True
+        if done is not None:
+            message, fix = done
+            raise DeployFailed(message, fix=fix or "see `coordinator status` and the daemon's log")
+        if StatusState.parse(status.get("state")) is StatusState.PAUSED:
+            paused = await read_pause(layout)  # the file too: a status left from before a resume does not count
+            if paused is not None:
+                raise paused_error(layout, req, paused)
+        return False
+
+    return await _poll_status(
+        layout,
+        seconds,
+        decide,
+        on_progress,
+        interval,
+        on_poll,
+        no_daemon_grace,
+        f"{req.tag} was not deployed",
+        "deployed",
+    )
+
+
+async def wait_for_stage(
+    layout: Layout,
+    req: DeployRequest,
+    seconds: float,
+    on_progress: Callable[[StatusRecord], None] | None = None,
+    interval: float = 0.01,
+    *,
+    on_poll: Callable[[], None] | None = None,
+    no_daemon_grace: float = NO_DAEMON_GRACE,
+) -> StatusRecord:
+    """Wait until the stage request ``req`` is staged (or its release is already current); raise
+    DeployFailed when its stage failed or it was refused, WaitTimeoutError and NoDaemonError as
+    :func:`wait_for` does. A pause does not stop a stage (it changes nothing served)."""
+
+    async def decide(status: StatusRecord) -> bool:
+        done = _stage_outcome(status, req)
+        if done is not None and done != "ok":
+            message, fix = done
+            raise DeployFailed(message, fix=fix or "see `coordinator status` and the daemon's log")
+        return done == "ok"
+
+    return await _poll_status(
+        layout, seconds, decide, on_progress, interval, on_poll, no_daemon_grace, f"{req.tag} was not staged", "staged"
+    )
+
+
+async def _poll_status(
+    layout: Layout,
+    seconds: float,
+    decide: Callable[[StatusRecord], Awaitable[bool]],
+    on_progress: Callable[[StatusRecord], None] | None,
+    interval: float,
+    on_poll: Callable[[], None] | None,
+    no_daemon_grace: float,
+    not_done: str,
+    verb: str,
+) -> StatusRecord:
+    """Read the status file every ``interval`` until ``decide`` says done (or raises), ``seconds``
+    pass (WaitTimeoutError) or no coordinator held ROOT's lock for ``no_daemon_grace`` (NoDaemonError)."""
     deadline = time.monotonic() + seconds
     last: StatusRecord | None = None
     lock_free_since: float | None = None
     next_lock_check = 0.0
-    paused = await read_pause(layout)
-    if paused is not None:
-        raise paused_error(layout, req, paused)
     while time.monotonic() < deadline:
         now = time.monotonic()
         if now >= next_lock_check:  # a few times a second: the probe opens the lock file
@@ -183,7 +266,7 @@ async def wait_for(
                 lock_free_since = now
             elif now - lock_free_since >= no_daemon_grace:
                 raise NoDaemonError(
-                    f"no coordinator is running on {layout.root}; the request is saved and will be deployed "
+                    f"no coordinator is running on {layout.root}; the request is saved and will be {verb} "
                     "when one starts",
                     fix=f"start one (`coordinator run --root {layout.root} --repo URL`); follow it with "
                     f"`coordinator status --root {layout.root}`",
@@ -193,23 +276,35 @@ async def wait_for(
             last = status
             if on_progress is not None:
                 on_progress(status)
-            done = _outcome(status, req)
-            if done == "ok":
+            if await decide(status):
                 return status
-            if done is not None:
-                message, fix = done
-                raise DeployFailed(message, fix=fix or "see `coordinator status` and the daemon's log")
-            if StatusState.parse(status.get("state")) is StatusState.PAUSED:
-                paused = await read_pause(layout)  # the file too: a status left from before a resume does not count
-                if paused is not None:
-                    raise paused_error(layout, req, paused)
         elif on_poll is not None:
             on_poll()
         await anyio.sleep(interval)
     raise WaitTimeoutError(
-        f"{req.tag} was not deployed within {seconds:g} s",
+        f"{not_done} within {seconds:g} s",
         fix=f"the request stays saved; follow it with `coordinator status --root {layout.root}`",
     )
+
+
+def _stage_outcome(status: StatusRecord, req: DeployRequest) -> Literal["ok"] | tuple[str, str | None] | None:
+    """'ok' (staged, or already current), an error message with its fix, or None while undecided."""
+    stage = status.get("stage")
+    if not isinstance(stage, dict):
+        return None
+    desired = stage.get("desired")
+    state = StageState.parse(stage.get("state"))
+    err = stage.get("error")
+    if not isinstance(desired, dict) or desired.get("id") != req.request_id:
+        ours = hashlib.sha256(req.to_json().encode()).hexdigest()
+        if state is StageState.INVALID and stage.get("digest") == ours:
+            return f"the stage request was refused: {_message(err, 'invalid')}", _fix(err)
+        return None
+    if state in (StageState.STAGED, StageState.CURRENT):
+        return "ok"
+    if state is StageState.FAILED:
+        return f"stage of {req.tag} failed: {_message(err, 'unknown error')}", _fix(err)
+    return None
 
 
 def _outcome(status: StatusRecord, req: DeployRequest) -> Literal["ok"] | tuple[str, str | None] | None:
@@ -262,6 +357,7 @@ class ReleaseRow:
     created: float | None
     current: bool
     previous: bool
+    staged: bool = False  # built and published by `coordinator stage`, not deployed yet
 
 
 def _list_releases(layout: Layout) -> list[ReleaseRow]:
@@ -278,6 +374,7 @@ def _list_releases(layout: Layout) -> list[ReleaseRow]:
             created=r.created if r.known else None,
             current=r.name == current,
             previous=r.name == state.previous,
+            staged=state.staged is not None and r.name == state.staged.release,
         )
         for r in list_releases_on_disk(layout)
     ]
@@ -286,7 +383,7 @@ def _list_releases(layout: Layout) -> list[ReleaseRow]:
 
 
 async def list_releases(layout: Layout) -> list[ReleaseRow]:
-    """Releases on disk, newest first, with current and previous marked."""
+    """Releases on disk, newest first, with current, previous and staged marked."""
     return await anyio.to_thread.run_sync(_list_releases, layout)
 
 
@@ -318,6 +415,7 @@ class HistoryEntry:
     request_id: str | None
     error: str | None  # "kind: message"
     raw: dict[str, Any]
+    action: AttemptAction = AttemptAction.DEPLOY  # a line written before stages existed: a deploy
 
     @classmethod
     def from_journal(cls, raw: dict[str, Any]) -> HistoryEntry:
@@ -351,6 +449,7 @@ class HistoryEntry:
             request_id=text("id"),
             error=error,
             raw=raw,
+            action=AttemptAction.parse(raw.get("action")) or AttemptAction.DEPLOY,
         )
 
 

@@ -3,7 +3,8 @@
 Hints coalesce: while a deploy runs, any number of marker changes only mark the daemon dirty, and
 the next reconcile reads the marker once, so the latest request wins. A hint during the
 cancellable part of a deploy (before the swap) also checks whether the marker now asks for another
-release, or deploys were paused (``ROOT/deploy.pause`` is watched too), and if so cancels it.
+release, or deploys were paused (``ROOT/deploy.pause`` is watched too), and if so cancels it; a hint
+while a stage builds (``ROOT/stage.request`` is watched too) cancels it when the marker changed.
 SIGTERM and SIGINT stop the daemon after any swap in progress has been reloaded, and after the queued
 notifications (:mod:`coordinator.notify`) had ``--hook-timeout``.
 """
@@ -188,7 +189,7 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                     poll=config.poll,
                     step_ms=config.watch_step_ms,
                     stop_event=stop,
-                    also=(config.layout.pause_file,),
+                    also=(config.layout.pause_file, config.layout.stage_marker),
                 )
 
         async def follow(follower: Follower) -> None:

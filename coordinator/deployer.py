@@ -12,7 +12,8 @@ Steps before the swap are cancellable (by SIGTERM, or when a newer marker supers
 deploys are paused: :meth:`Deployer.check_superseded`) and leave nothing behind; the swap, reload
 and rollback are not. The pre-swap command (:mod:`coordinator.hooks`) runs between publish and swap:
 SIGTERM stops it, a newer marker does not; a pause seen before or after it stops the deploy before the
-swap. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`.
+swap. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`. Once the
+marker's request is converged, the :class:`~coordinator.stager.Stager` handles the stage request.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from coordinator.records import AttemptResult, PauseRecord, PendingVerify, State
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
+from coordinator.stager import Stager
 from coordinator.state import iso, load_state
 
 __all__ = ["Deployer"]
@@ -79,6 +81,9 @@ class Deployer:
         self.follower = Follower(config, self.git) if config.follow else None
         self.fetch_backoff = Backoff()  # a fetch that failed waits before the same request fetches again
         self.on_fetch_failure: Callable[[str], None] | None = None  # called with "fetch" (the metric)
+        self.stager = Stager(
+            config, self.git, self.reporter, self.state, self.activator.save_state, self._build_release, self._prune
+        )
 
     # ------------------------------------------------------------------ start-up
 
@@ -154,6 +159,7 @@ class Deployer:
             return await self._resume_verify(reading, obs.resume_verify)
         if p.action in (Action.NOOP, Action.WAIT, Action.RELOAD, Action.PAUSED, Action.BACKOFF):
             await self._settle(obs, p, reading)
+            await self.stager.reconcile(p.action, reading.digest, obs.current, obs.releases)
             return None
         assert req is not None
         return await self._attempt(obs, p, reading, req)
@@ -308,7 +314,8 @@ class Deployer:
         never changes the result of a deploy that is already served."""
         async with self.reporter.phase(attempt, Step.PRUNE):
             try:
-                await self.store.prune(self.state.previous)
+                staged = self.state.staged
+                await self.store.prune(self.state.previous, staged.release if staged is not None else None)
             except OSError as e:
                 log.warning("prune_failed", **present(**describe_os_error(e), tag=attempt.tag))
             await self._tidy_git()
@@ -373,6 +380,7 @@ class Deployer:
             self.state.failed_error = None
             await self.activator.save_state()
         current = await self.store.current()
+        await self.stager.forget_staged(current)  # deployed: staged no more
         await self.reporter.publish(attempt.result.status_state, reading, current)
 
     # ------------------------------------------------------------------ superseding
@@ -394,6 +402,9 @@ class Deployer:
     async def check_superseded(self) -> None:
         """Called on every watch event: cancel a deploy not yet swapped if the marker asks for another,
         or if deploys were paused meanwhile (it starts again after ``resume``)."""
+        if self.stager.staging:  # a marker change cancels a stage (deploys come first)
+            await self.stager.check_superseded((await self.read_marker()).digest)
+            return
         scope, inflight = self._supersede_scope, self._inflight
         if scope is None or inflight is None:
             return

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from coordinator.plan import Step
-from coordinator.records import AttemptRecord, PauseRecord, StatusRecord, StatusState
+from coordinator.records import AttemptAction, AttemptRecord, PauseRecord, StatusRecord, StatusState
 from coordinator.state import parse_iso
 
 if TYPE_CHECKING:
@@ -228,6 +228,7 @@ def format_status(status: StatusRecord, now: float, *, daemon_running: bool | No
         if label == "current" and release:
             text += "  (reloaded)" if reloaded == release else "  (reload pending)"
         rows.append((label, text))
+    rows.extend(_stage_rows(status, now))
     phase = status.get("phase")
     if isinstance(phase, Mapping) and phase.get("name"):
         since = parse_iso(phase.get("started_at"))
@@ -267,6 +268,33 @@ def format_status(status: StatusRecord, now: float, *, daemon_running: bool | No
     return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows)
 
 
+def _stage_rows(status: StatusRecord, now: float) -> list[tuple[str, str]]:
+    """``staged`` (the release kept staged) and ``stage`` (the stage request and where it stands)."""
+    rows: list[tuple[str, str]] = []
+    staged = status.get("staged")
+    if isinstance(staged, Mapping) and staged.get("release"):
+        text = f"{_str(staged.get('tag')) or '?'}  {staged['release']}  sha {short_sha(staged.get('sha'))}"
+        at = parse_iso(staged.get("at"))
+        if at is not None:
+            text += f"  (staged {fmt_ago(max(0.0, now - at))})"
+        rows.append(("staged", text))
+    stage = status.get("stage")
+    if isinstance(stage, Mapping):
+        desired = stage.get("desired")
+        text = (_str(desired.get("tag")) or "?") if isinstance(desired, Mapping) else "(refused)"
+        if isinstance(desired, Mapping) and desired.get("id"):
+            text += f" (id {desired['id']})"
+        rows.append(("stage", f"{text}: {_str(stage.get('state')) or '?'}"))
+        phase = stage.get("phase")
+        if isinstance(phase, Mapping) and phase.get("name"):
+            rows.append(("  phase", str(phase["name"])))
+        err = stage.get("error")
+        if isinstance(err, Mapping):
+            kind = _str(err.get("kind"))
+            rows.append(("  error", (f"{kind}: " if kind else "") + (_str(err.get("message")) or "?")))
+    return rows
+
+
 def _attempt_text(attempt: AttemptRecord) -> str:
     parts = [_str(attempt.get("tag")) or "?", _str(attempt.get("result")) or "?"]
     if _num(attempt.get("duration_ms")) is not None:
@@ -285,23 +313,25 @@ def _attempt_text(attempt: AttemptRecord) -> str:
 
 
 def format_releases(rows: Sequence[ReleaseRow], now: float) -> str:
-    """Releases newest first (as given), ``*`` current and ``-`` previous."""
+    """Releases newest first (as given), ``*`` current, ``-`` previous and ``s`` staged."""
     if not rows:
         return "no releases yet"
     body = []
     for r in rows:
-        mark = "*" if r.current else ("-" if r.previous else "")
+        mark = ("*" if r.current else "") + ("-" if r.previous and not r.current else "") + ("s" if r.staged else "")
         created = f"{fmt_time(r.created)} ({fmt_ago(max(0.0, now - r.created))})" if r.created else "?"
         body.append([mark, r.name, r.tag or "?", short_sha(r.sha), created])
     lines = table(["", "RELEASE", "TAG", "SHA", "CREATED (UTC)"], body)
-    return "\n".join([*lines, "(* current, - previous)"])
+    legend = "(* current, - previous, s staged)" if any(r.staged for r in rows) else "(* current, - previous)"
+    return "\n".join([*lines, legend])
 
 
 # ---------------------------------------------------------------------------------------------- history
 
 
 def format_history(entries: Sequence[HistoryEntry]) -> str:
-    """Past deploys, as given (newest first): one row each, an error on an indented line below."""
+    """Past deploys and stages, as given (newest first): one row each (a stage's result reads
+    ``stage success``, ``stage failed`` or ``stage cancelled``), an error on an indented line below."""
     if not entries:
         return "no deploys recorded yet"
     body: list[list[str]] = []
@@ -312,7 +342,7 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
                 fmt_time(e.started),
                 e.tag or "?",
                 short_sha(e.sha, 8),
-                e.result or "?",
+                (f"stage {e.result or '?'}" if e.action is AttemptAction.STAGE else e.result or "?"),
                 fmt_ms(e.duration_ms),
                 e.request_id or "-",
                 fmt_phases(e.phases_ms),

@@ -9,6 +9,7 @@ The layout is a contract (see the README)::
       releases/<name>/                  one immutable directory per release
       releases/<name>.json              its app-facing metadata
       deploy.request                    the marker (default; --marker)
+      stage.request                     the stage request (coordinator stage): built, not swapped in
       deploy.status.json                the status file (default; --status-file)
       reload.touch                      the touch-reload file (default; --reload-file)
       deploy.pause                      present while deploys are paused (coordinator pause)
@@ -79,6 +80,11 @@ class Layout:
     def pause_file(self) -> Path:
         """Written by ``coordinator pause``, removed by ``resume``: while it exists nothing deploys."""
         return self.root / "deploy.pause"
+
+    @property
+    def stage_marker(self) -> Path:
+        """Written by ``coordinator stage``: a release to build and publish without swapping it in."""
+        return self.root / "stage.request"
 
     @property
     def state_dir(self) -> Path:

@@ -23,15 +23,26 @@ from prometheus_client.exposition import choose_encoder
 
 from coordinator import __version__
 from coordinator.plan import Step
-from coordinator.records import AttemptResult
+from coordinator.records import AttemptAction, AttemptResult
 from coordinator.report import Attempt
 
-__all__ = ["DEPLOY_BUCKETS", "FETCH_COMMANDS", "HOOKS", "PHASES", "PHASE_BUCKETS", "RESULTS", "Metrics"]
+__all__ = [
+    "DEPLOY_BUCKETS",
+    "FETCH_COMMANDS",
+    "HOOKS",
+    "PHASES",
+    "PHASE_BUCKETS",
+    "RESULTS",
+    "STAGE_RESULTS",
+    "Metrics",
+]
 
 log = structlog.get_logger("coordinator")
 
 #: attempt results, as in the status file's ``last_attempt.result`` (every final AttemptResult)
 RESULTS = tuple(r.value for r in AttemptResult if r.final)
+#: stage attempt results (a stage is never swapped in, so never rolled back)
+STAGE_RESULTS = tuple(r for r in RESULTS if r != AttemptResult.ROLLED_BACK)
 #: phase names, as in the logs and the status file's ``phases_ms``
 PHASES = tuple(s.value for s in Step)
 #: notification hooks whose failures are counted
@@ -79,6 +90,13 @@ class Metrics:
         self.deploys = Counter(
             "coordinator_deploys",
             "Deploy attempts by result: success, failed, rolled_back (health check failed) or cancelled (superseded)",
+            ["result"],
+            registry=r,
+        )
+        self.stages = Counter(
+            "coordinator_stages",
+            "Stage attempts (coordinator stage: built and published, not swapped in) by result: success, "
+            "failed or cancelled (a deploy came first)",
             ["result"],
             registry=r,
         )
@@ -144,6 +162,8 @@ class Metrics:
             self.fetch_failures.labels(command)
         for result in RESULTS:
             self.deploys.labels(result)
+        for result in STAGE_RESULTS:
+            self.stages.labels(result)
         for hook in HOOKS:
             self.hook_failures.labels(hook)
         for phase in PHASES:
@@ -166,6 +186,10 @@ class Metrics:
         self._safely(self._attempt_changed, attempt)
 
     def _attempt_changed(self, attempt: Attempt) -> None:
+        if attempt.action is AttemptAction.STAGE:  # builds a release, serves nothing: counted apart
+            if attempt.result.final:
+                self.stages.labels(attempt.result.value).inc()
+            return
         if not attempt.result.final:
             self.in_progress.set(1)
             return

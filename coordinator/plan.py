@@ -14,7 +14,9 @@ here too:
 * a request whose last fetch failed waits out its back-off (:attr:`Action.BACKOFF`, the observed
   :attr:`Observation.retry_in`) instead of fetching again;
 * :func:`settled_state` and :func:`status_error`: what the status file says when nothing is deploying;
-* :func:`plan_prune`: which releases to delete.
+* :func:`plan_prune`: which releases to delete (the staged one is kept);
+* :func:`plan_stage`: what to do about the stage request (``ROOT/stage.request``), once deploys are
+  converged; :func:`staged_after`: whether the staged release is still staged.
 """
 
 from __future__ import annotations
@@ -24,22 +26,36 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from coordinator.marker import DeployRequest, release_name
-from coordinator.records import ErrorInfo, PendingReload, PendingVerify, State, StatusState
+from coordinator.records import (
+    ErrorInfo,
+    PendingReload,
+    PendingVerify,
+    StageDone,
+    StagedRelease,
+    StageState,
+    State,
+    StatusState,
+)
 
 __all__ = [
     "Action",
     "Observation",
     "Plan",
     "ReleaseInfo",
+    "StageAction",
+    "StageObservation",
+    "StagePlan",
     "Step",
     "failure_blocks_marker",
     "plan",
     "plan_prune",
+    "plan_stage",
     "recover_reload",
     "reload_to_confirm",
     "resume_verify",
     "rollback_target",
     "settled_state",
+    "staged_after",
     "status_error",
 ]
 
@@ -175,14 +191,17 @@ def plan_prune(
     previous: str | None,
     keep: int,
     protected: Sequence[str] = (),
+    *,
+    staged: str | None = None,
 ) -> list[str]:
     """The release names to delete.
 
-    Rules: `current`, `previous` and `protected` are never deleted; releases without metadata (not
-    made by coordinator) are never deleted; failed releases do not count toward ``keep`` and are
-    deleted; of the successful ones, the newest ``keep`` (counting current and previous) are kept.
+    Rules: `current`, `previous`, `staged` and `protected` are never deleted; releases without
+    metadata (not made by coordinator) are never deleted; failed releases do not count toward
+    ``keep`` and are deleted; of the successful ones, the newest ``keep`` (counting current, previous
+    and staged) are kept. A release staged before the one staged now is an ordinary release.
     """
-    always = {n for n in (current, previous, *protected) if n}
+    always = {n for n in (current, previous, staged, *protected) if n}
     items = sorted(releases, key=lambda r: (r.created, r.name), reverse=True)
     kept_ok = sum(1 for r in items if r.name in always and r.ok and r.known)
     delete: list[str] = []
@@ -278,3 +297,109 @@ def status_error(
     if state.failed:
         return attempt_error or failed_error
     return None
+
+
+# ------------------------------------------------------------------ staging
+
+
+class StageAction(StrEnum):
+    NONE = "none"  # no stage request
+    INVALID = "invalid"  # the stage request was refused
+    DONE = "done"  # these stage request bytes were handled for good (staged, current or failed)
+    PENDING = "pending"  # deploys come first: the marker's request is not converged
+    FETCH = "fetch"  # the tag (or the requested sha) is not in the cache yet
+    ERROR = "error"  # the request cannot be satisfied (tag not found, sha mismatch after a fetch)
+    CURRENT = "current"  # its release is current: nothing to stage
+    STAGE = "stage"  # make `target` the staged release (building it unless it is on disk)
+
+
+#: the deploy plans that leave the daemon free to stage: converged, waiting on a failed marker or on
+#: a fetch's back-off, or paused (a stage changes nothing served, so it works while paused)
+_STAGE_WHEN = frozenset({Action.NOOP, Action.WAIT, Action.PAUSED, Action.BACKOFF})
+
+
+@dataclass(frozen=True, slots=True)
+class StageObservation:
+    """What :func:`plan_stage` needs: the stage request, the deploy plan of this reconcile, the disk."""
+
+    request: DeployRequest | None
+    digest: str | None = None  # sha256 of the stage request bytes (None: no stage request)
+    invalid: bool = False
+    deploy_action: Action = Action.NOOP
+    done: StageDone | None = None
+    current: str | None = None
+    releases: frozenset[str] = frozenset()
+    cached_sha: str | None = None
+    fetched: bool = False
+    has_build: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    action: StageAction
+    steps: tuple[Step, ...] = ()
+    target: str | None = None
+    sha: str | None = None
+    reason: str = ""
+
+    @property
+    def state(self) -> StageState | None:
+        """The stage state this plan shows before anything runs (None: no stage request, or it depends
+        on what was handled before: :attr:`StageAction.DONE`)."""
+        return _STAGE_STATE.get(self.action)
+
+
+_STAGE_STATE = {
+    StageAction.INVALID: StageState.INVALID,
+    StageAction.PENDING: StageState.PENDING,
+    StageAction.FETCH: StageState.STAGING,
+    StageAction.ERROR: StageState.FAILED,
+    StageAction.CURRENT: StageState.CURRENT,
+    StageAction.STAGE: StageState.STAGING,
+}
+
+
+def plan_stage(obs: StageObservation) -> StagePlan:
+    """Decide what to do about the stage request. Deploys come first: a stage request waits while the
+    marker's request needs work (:attr:`StageAction.PENDING`). A request whose bytes were handled
+    (staged, already current, or failed for good) is not handled again until they change, so a staged
+    release that was deployed and later pruned is not built again. The release is named by tag and
+    commit, like a deploy's: a later ``deploy`` of the staged tag at the same commit finds it on disk
+    and only swaps; a tag that moved meanwhile names another release, which the deploy builds.
+    """
+    req = obs.request
+    if req is None:
+        return StagePlan(StageAction.INVALID if obs.invalid else StageAction.NONE)
+    if obs.done is not None and obs.done.digest == obs.digest:
+        return StagePlan(StageAction.DONE, reason=f"this stage request was handled: {obs.done.state}")
+    if obs.deploy_action not in _STAGE_WHEN:
+        return StagePlan(StageAction.PENDING, reason="deploys come first")
+    sha = obs.cached_sha
+    if sha is None or not req.matches(sha):
+        if not obs.fetched:
+            why = "tag not in cache" if sha is None else "cached tag does not match the requested sha"
+            return StagePlan(StageAction.FETCH, (Step.FETCH,), reason=why)
+        if sha is None:
+            return StagePlan(StageAction.ERROR, reason=f"tag {req.tag!r} not found after fetching")
+        return StagePlan(
+            StageAction.ERROR, sha=sha, reason=f"tag {req.tag!r} points to {sha[:12]}, not the requested {req.sha}"
+        )
+    target = release_name(req.tag, sha)
+    if target == obs.current:
+        return StagePlan(StageAction.CURRENT, target=target, sha=sha, reason="already current")
+    if target in obs.releases:
+        return StagePlan(StageAction.STAGE, (), target, sha, reason="already on disk")
+    build = (Step.BUILD,) if obs.has_build else ()
+    return StagePlan(StageAction.STAGE, (Step.PREPARE, *build, Step.PUBLISH), target, sha, reason="stage")
+
+
+def staged_after(
+    staged: StagedRelease | None, current: str | None, on_disk: Iterable[str] | None = None
+) -> StagedRelease | None:
+    """The staged release, unless it is staged no more: deployed (it is current) or, when ``on_disk``
+    is given, gone from disk (removed by hand)."""
+    if staged is None or staged.release == current:
+        return None
+    if on_disk is not None and staged.release not in set(on_disk):
+        return None
+    return staged

@@ -1,7 +1,7 @@
-"""The progress of ``deploy --wait``, drawn from the status file as the daemon rewrites it: a live
-display on a terminal (phases done with their durations, the running one with a spinner), plain
-lines otherwise (a pipe, CI). Pure formatting except :class:`DeployProgress`, which writes to the
-stream it is given; the clock is always passed in.
+"""The progress of ``deploy --wait`` (and of ``stage --wait``: :class:`StageProgress`), drawn from the
+status file as the daemon rewrites it: a live display on a terminal (phases done with their
+durations, the running one with a spinner), plain lines otherwise (a pipe, CI). Pure formatting
+except :class:`DeployProgress`, which writes to the stream it is given; the clock is always passed in.
 """
 
 from __future__ import annotations
@@ -12,10 +12,20 @@ from typing import Protocol
 
 from coordinator.display import PHASES, Style, fmt_elapsed, fmt_ms, phases_in_order, short_sha
 from coordinator.plan import Step
-from coordinator.records import AttemptResult, StatusRecord
+from coordinator.records import AttemptResult, StageState, StatusRecord, as_status
 from coordinator.state import parse_iso
 
-__all__ = ["DeployProgress", "Progress", "frame", "plain_line", "render_live", "summary_line"]
+__all__ = [
+    "DeployProgress",
+    "Progress",
+    "StageProgress",
+    "frame",
+    "plain_line",
+    "render_live",
+    "stage_summary_line",
+    "stage_view",
+    "summary_line",
+]
 
 
 @dataclass(slots=True)
@@ -32,6 +42,7 @@ class Progress:
     release: str | None = None
     sha: str | None = None
     error: str | None = None
+    verb: str = "deploying"  # the live display's heading
 
     def update(self, status: StatusRecord) -> list[tuple[str, float | None]]:
         """Take in a status; return what changed, in order: ``(phase, None)`` when a phase starts
@@ -86,7 +97,7 @@ def plain_line(phase: str, ms: float | None, failed: bool = False) -> str:
 def render_live(progress: Progress, style: Style, now: float, waited_s: float, tick: int) -> list[str]:
     """The live display's lines: a heading, one line per phase done, the running phase (or what the
     display is waiting for) with its elapsed time."""
-    lines = [f"deploying {progress.tag} (id {progress.request_id})"]
+    lines = [f"{progress.verb} {progress.tag} (id {progress.request_id})"]
     bad = progress.failed_phase()
     for name in sorted(progress.done, key=PHASES.index):
         mark = style.bad if name == bad else style.ok
@@ -118,6 +129,29 @@ def summary_line(progress: Progress, status: StatusRecord, waited_s: float) -> s
     else:  # a daemon of a version that does not say
         known = "reload requested (not verified as served)"
     return f"{progress.tag} is current; {known}: release {release}, sha {sha}, {fmt_ms(waited_s * 1000)}{note}"
+
+
+def stage_view(status: StatusRecord) -> StatusRecord:
+    """The status as :meth:`Progress.update` reads it, for a stage: the stage's attempt and phase."""
+    stage = status.get("stage")
+    if not isinstance(stage, Mapping):
+        return as_status({})
+    return as_status({"last_attempt": stage.get("attempt"), "phase": stage.get("phase")})
+
+
+def stage_summary_line(progress: Progress, status: StatusRecord, waited_s: float) -> str:
+    """What ``stage --wait`` knows: ``v2 is staged (not served): release v2-3f9c2a1b7d4e, sha
+    3f9c2a1b7d4e, 2.45 s``; or ``v2 is already current: nothing to stage, 0.12 s``."""
+    stage = status.get("stage")
+    state = StageState.parse(stage.get("state")) if isinstance(stage, Mapping) else None
+    waited = fmt_ms(waited_s * 1000)
+    if state is StageState.CURRENT:
+        return f"{progress.tag} is already current: nothing to stage, {waited}"
+    staged = status.get("staged")
+    release = (_str(staged.get("release")) if isinstance(staged, Mapping) else None) or progress.release or "?"
+    sha = short_sha((staged.get("sha") if isinstance(staged, Mapping) else None) or progress.sha)
+    note = "" if progress.done else " (already on disk)"
+    return f"{progress.tag} is staged (not served): release {release}, sha {sha}, {waited}{note}"
 
 
 def frame(lines: Sequence[str], previous: int, width: int) -> str:
@@ -209,5 +243,22 @@ class DeployProgress:
             self._draw(now)
         self.closed = True
         if status is not None:
-            line = summary_line(self.progress, status, now - self.started)
+            line = self.summary(status, now - self.started)
             self._write((f"{self.style.ok} " if self.style.live else "") + line + "\n")
+
+    def summary(self, status: StatusRecord, waited_s: float) -> str:
+        return summary_line(self.progress, status, waited_s)
+
+
+class StageProgress(DeployProgress):
+    """The progress of ``stage --wait``: the status's ``stage`` drawn as a deploy's progress is."""
+
+    def __init__(self, stream: _Stream, style: Style, tag: str, request_id: str, started: float) -> None:
+        super().__init__(stream, style, tag, request_id, started)
+        self.progress.verb = "staging"
+
+    def update(self, status: StatusRecord, now: float) -> None:
+        super().update(stage_view(status), now)
+
+    def summary(self, status: StatusRecord, waited_s: float) -> str:
+        return stage_summary_line(self.progress, status, waited_s)

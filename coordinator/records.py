@@ -27,6 +27,7 @@ from typing import Any, Literal, Required, TypedDict, cast
 
 __all__ = [
     "STATUS_VERSION",
+    "AttemptAction",
     "AttemptRecord",
     "AttemptResult",
     "DesiredRef",
@@ -39,6 +40,11 @@ __all__ = [
     "PhaseInfo",
     "ReleaseMeta",
     "ReleaseRef",
+    "StageDone",
+    "StageRecord",
+    "StageState",
+    "StagedRecord",
+    "StagedRelease",
     "State",
     "StatusRecord",
     "StatusState",
@@ -74,6 +80,33 @@ class AttemptResult(StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> AttemptResult | None:
+        return cls(value) if isinstance(value, str) and value in cls._value2member_map_ else None
+
+
+class AttemptAction(StrEnum):
+    """What an attempt did: a deploy (the marker), or a stage (``ROOT/stage.request``: built and
+    published, never swapped). Journal lines written before stages existed have none: a deploy."""
+
+    DEPLOY = "deploy"
+    STAGE = "stage"
+
+    @classmethod
+    def parse(cls, value: object) -> AttemptAction | None:
+        return cls(value) if isinstance(value, str) and value in cls._value2member_map_ else None
+
+
+class StageState(StrEnum):
+    """Where the stage request (``ROOT/stage.request``) stands, as the status file's ``stage.state``."""
+
+    PENDING = "pending"  # deploys come first: waits until the marker's request is converged
+    STAGING = "staging"  # being fetched, prepared, built and published
+    STAGED = "staged"  # its release was staged (and may have been deployed since)
+    CURRENT = "current"  # its release was already current: nothing to stage
+    FAILED = "failed"  # the last attempt for this request failed
+    INVALID = "invalid"  # the stage request was refused
+
+    @classmethod
+    def parse(cls, value: object) -> StageState | None:
         return cls(value) if isinstance(value, str) and value in cls._value2member_map_ else None
 
 
@@ -168,8 +201,10 @@ class PhaseInfo(TypedDict):
 
 
 class AttemptRecord(TypedDict):
-    """One deploy attempt (status ``last_attempt``/``last_success``; a journal line adds ``event``)."""
+    """One deploy attempt (status ``last_attempt``/``last_success``; a journal line adds ``event``),
+    or one stage attempt (status ``stage.attempt``; ``action`` says which)."""
 
+    action: str  # an AttemptAction value (absent from lines written before stages: a deploy)
     tag: str
     id: str | None
     sha: str | None
@@ -214,6 +249,27 @@ class FollowingRecord(TypedDict):
     error: ErrorInfo | None
 
 
+class StagedRecord(TypedDict):
+    """The status file's ``staged``: the release kept staged (built and published, not current)."""
+
+    tag: str
+    release: str
+    sha: str
+    request_id: str | None
+    at: str  # when it was staged
+
+
+class StageRecord(TypedDict):
+    """The status file's ``stage``: what ``ROOT/stage.request`` asks for and where it stands."""
+
+    desired: DesiredRef | None  # None: the stage request was refused
+    digest: str  # sha256 of its bytes (lets `stage --wait` match a refused request of its own)
+    state: str  # a StageState value
+    attempt: AttemptRecord | None  # the last stage attempt (running while staging)
+    phase: PhaseInfo | None  # the phase running while staging
+    error: ErrorInfo | None
+
+
 class StatusRecord(TypedDict, total=False):
     """The status file. Every key is written each time (``updated_at`` by the writer, last)."""
 
@@ -233,6 +289,8 @@ class StatusRecord(TypedDict, total=False):
     verify: bool  # the daemon checks a health URL after each reload (``deploy --wait`` then means served)
     paused: PauseRecord | None  # deploys are paused (ROOT/deploy.pause): by whom, when, why
     following: FollowingRecord | None  # --follow: the glob and the tag it chose (None: not following)
+    stage: StageRecord | None  # ROOT/stage.request and where it stands (None: no stage request)
+    staged: StagedRecord | None  # the release kept staged (None: none)
     updated_at: str
 
 
@@ -312,6 +370,50 @@ class PendingVerify:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class StagedRelease:
+    """The release kept staged (retention keeps it until it is current or another one is staged)."""
+
+    tag: str
+    release: str
+    sha: str
+    request_id: str | None
+    at: str
+
+    def to_json(self) -> StagedRecord:
+        return {"tag": self.tag, "release": self.release, "sha": self.sha, "request_id": self.request_id, "at": self.at}
+
+    @classmethod
+    def from_json(cls, raw: object) -> StagedRelease | None:
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("tag", "release", "sha", "at")):
+            return None
+        rid = raw.get("request_id")
+        return cls(raw["tag"], raw["release"], raw["sha"], rid if isinstance(rid, str) else None, raw["at"])
+
+
+@dataclass(frozen=True, slots=True)
+class StageDone:
+    """The stage request whose bytes (``digest``) were handled for good: staged, already current, or
+    failed permanently (``error``). It is not handled again until its bytes change."""
+
+    digest: str
+    state: StageState
+    error: ErrorInfo | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "state": self.state.value, "error": self.error}
+
+    @classmethod
+    def from_json(cls, raw: object) -> StageDone | None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("digest"), str):
+            return None
+        state = StageState.parse(raw.get("state"))
+        if state not in (StageState.STAGED, StageState.CURRENT, StageState.FAILED):
+            return None
+        error = raw.get("error")
+        return cls(raw["digest"], state, cast(ErrorInfo, error) if isinstance(error, dict) else None)
+
+
 @dataclass(slots=True)
 class State:
     """``state.json``: what the daemon must remember across restarts.
@@ -327,6 +429,8 @@ class State:
     failed_error: ErrorInfo | None = None
     last_reload_mtime: int | None = None
     verify: PendingVerify | None = None
+    staged: StagedRelease | None = None  # the release kept staged
+    stage_done: StageDone | None = None  # the stage request handled for good
     extra: dict[str, Any] = field(default_factory=dict)
 
     def assign(self, other: State) -> None:
@@ -345,6 +449,8 @@ class State:
             "failed_marker": self.failed_marker,
             "failed_error": self.failed_error,
             "last_reload_mtime": self.last_reload_mtime,
+            "staged": None if self.staged is None else self.staged.to_json(),
+            "stage_done": None if self.stage_done is None else self.stage_done.to_json(),
             "extra": extra,
         }
 
@@ -365,6 +471,8 @@ class State:
             failed_error=cast(ErrorInfo, failed_error) if isinstance(failed_error, dict) else None,
             last_reload_mtime=mtime if isinstance(mtime, int) and not isinstance(mtime, bool) else None,
             verify=PendingVerify.from_json(extra.pop("verify", None)),
+            staged=StagedRelease.from_json(raw.get("staged")),
+            stage_done=StageDone.from_json(raw.get("stage_done")),
             extra=extra,
         )
 

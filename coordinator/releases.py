@@ -185,14 +185,15 @@ class ReleaseStore:
 
     # ------------------------------------------------------------------ pruning
 
-    async def prune(self, previous: str | None) -> list[str]:
+    async def prune(self, previous: str | None, staged: str | None = None) -> list[str]:
         """Delete the releases :func:`coordinator.plan.plan_prune` picks; return their names."""
         lay, keep = self.layout, self.config.keep
 
         def prune() -> list[str]:
             releases = list_releases(lay)
             current = read_current(lay.root)
-            doomed = plan_prune(releases, current, previous, keep, sorted(releases_in_use(lay.releases)))
+            in_use = sorted(releases_in_use(lay.releases))
+            doomed = plan_prune(releases, current, previous, keep, in_use, staged=staged)
             for name in doomed:
                 remove_tree(lay.releases / name)
                 (lay.meta_dir / f"{name}.json").unlink(missing_ok=True)

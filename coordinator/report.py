@@ -28,6 +28,7 @@ from coordinator.marker import MarkerReading
 from coordinator.plan import Step, status_error
 from coordinator.records import (
     STATUS_VERSION,
+    AttemptAction,
     AttemptRecord,
     AttemptResult,
     DesiredRef,
@@ -35,7 +36,9 @@ from coordinator.records import (
     FollowingRecord,
     JournalEntry,
     PauseRecord,
+    PhaseInfo,
     ReleaseRef,
+    StageRecord,
     State,
     StatusRecord,
     StatusState,
@@ -52,7 +55,7 @@ _UNANNOUNCED_PHASES = frozenset({Step.SWAP, Step.RELOAD, Step.PRUNE})
 
 @dataclass(slots=True)
 class Attempt:
-    """One deploy attempt, as journaled and shown in the status file."""
+    """One deploy (or stage) attempt, as journaled and shown in the status file."""
 
     tag: str
     request_id: str | None
@@ -63,6 +66,7 @@ class Attempt:
     result: AttemptResult = AttemptResult.RUNNING
     error: ErrorInfo | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    action: AttemptAction = AttemptAction.DEPLOY
 
     @property
     def duration_ms(self) -> float | None:
@@ -70,6 +74,7 @@ class Attempt:
 
     def record(self) -> AttemptRecord:
         return {
+            "action": self.action.value,
             "tag": self.tag,
             "id": self.request_id,
             "sha": self.sha,
@@ -101,6 +106,7 @@ class Reporter:
         self.on_attempt: Callable[[Attempt], None] | None = None
         self.paused: PauseRecord | None = None  # the pause in effect, as last read (the status's `paused`)
         self.following: FollowingRecord | None = None  # --follow: the status's `following`
+        self.stage: StageRecord | None = None  # the stage request and where it stands: the status's `stage`
         self._status: StatusRecord = {}
 
     async def load(self) -> None:
@@ -109,14 +115,15 @@ class Reporter:
 
     def _last_journal_success(self) -> AttemptRecord | None:
         for entry in reversed(read_journal(self.layout.journal, 200)):
-            if entry.get("result") == AttemptResult.SUCCESS:
+            if entry.get("result") == AttemptResult.SUCCESS and entry.get("action", "deploy") == AttemptAction.DEPLOY:
                 return cast(AttemptRecord, entry)  # as record() wrote it; shown as read
         return None
 
     # ------------------------------------------------------------------ attempts
 
     def start(self, attempt: Attempt) -> Attempt:
-        self.last_attempt = attempt
+        if attempt.action is AttemptAction.DEPLOY:  # a stage attempt is shown in the status's `stage`
+            self.last_attempt = attempt
         if self.on_attempt is not None:
             self.on_attempt(attempt)
         return attempt
@@ -134,7 +141,7 @@ class Reporter:
             if self.on_attempt is not None:
                 self.on_attempt(attempt)
         failpoint("after-journal")
-        if attempt.result is AttemptResult.SUCCESS:
+        if attempt.result is AttemptResult.SUCCESS and attempt.action is AttemptAction.DEPLOY:
             self.last_success = attempt.record()
 
     # ------------------------------------------------------------------ phases
@@ -145,7 +152,10 @@ class Reporter:
         started = time.monotonic()
         try:
             if self._status and step not in _UNANNOUNCED_PHASES:
-                await self._announce_phase(attempt, step)
+                if attempt.action is AttemptAction.STAGE:
+                    await self._announce_stage_phase(attempt, step)
+                else:
+                    await self._announce_phase(attempt, step)
                 started = time.monotonic()
             yield
         finally:
@@ -153,6 +163,9 @@ class Reporter:
             attempt.phases[step.value] = ms
             if self._status.get("phase") is not None:
                 self._status = {**self._status, "phase": None}
+            if self.stage is not None and self.stage["phase"] is not None:
+                self.stage = {**self.stage, "phase": None}
+                self._status = {**self._status, "stage": self.stage}
             log.info(step.value, **present(duration_ms=ms, tag=attempt.tag, release=attempt.release))
             if self.on_phase is not None:
                 self.on_phase(step.value, ms)
@@ -188,6 +201,22 @@ class Reporter:
             return live
 
         self._status = await anyio.to_thread.run_sync(write)
+
+    async def _announce_stage_phase(self, attempt: Attempt, step: Step) -> None:
+        """Show the running phase of a stage attempt in the status's ``stage`` (for `stage --wait`),
+        written without fsync, like a deploy's."""
+        if self.stage is None:
+            return
+        phase: PhaseInfo = {"name": step.value, "tag": attempt.tag, "id": attempt.request_id, "started_at": iso()}
+        self.stage = {**self.stage, "attempt": attempt.record(), "phase": phase}
+        live: StatusRecord = {**self._status, "stage": self.stage}
+        self._status = live
+
+        def write() -> None:
+            with contextlib.suppress(OSError):  # a hint only: the final status write reports errors
+                write_json(self.layout.status_file, {**live, "updated_at": iso()}, durable=False)
+
+        await anyio.to_thread.run_sync(write)
 
     # ------------------------------------------------------------------ the status file
 
@@ -252,6 +281,8 @@ class Reporter:
             "verify": self.verify,
             "paused": self.paused,
             "following": self.following,
+            "stage": self.stage,
+            "staged": self.state.staged.to_json() if self.state.staged is not None else None,
         }
         if status == self._status:
             return
@@ -259,6 +290,20 @@ class Reporter:
         failpoint("before-status")
         await anyio.to_thread.run_sync(write_json, self.layout.status_file, {**status, "updated_at": iso()})
         failpoint("after-status")
+
+    async def publish_stage(self, *, durable: bool = True) -> None:
+        """Rewrite the last status with the stage request's progress (``stage``) and the staged release
+        (``staged``), if they changed; nothing before the first status write."""
+        if not self._status:
+            return
+        staged = self.state.staged.to_json() if self.state.staged is not None else None
+        status: StatusRecord = {**self._status, "stage": self.stage, "staged": staged}
+        if status == self._status:
+            return
+        self._status = status
+        await anyio.to_thread.run_sync(
+            lambda: write_json(self.layout.status_file, {**status, "updated_at": iso()}, durable=durable)
+        )
 
     async def publish_stopped(self) -> None:
         if self._status:

@@ -70,7 +70,7 @@ def test_an_unknown_command_names_the_closest_one() -> None:
     assert out.stderr.splitlines()[-1] == "coordinator: fix: did you mean deploy? see `coordinator --help`"
 
 
-@pytest.mark.parametrize("command", [["deploy", "v1"], ["rollback"]])
+@pytest.mark.parametrize("command", [["deploy", "v1"], ["rollback"], ["stage", "v1"]])
 def test_timeout_without_wait_is_a_usage_error(root: Path, command: list[str]) -> None:
     """`--timeout` does nothing without `--wait`: exit 2, and nothing is requested."""
     out = cli(*command, "--root", str(root), "--timeout", "5")
@@ -103,7 +103,7 @@ def test_help_lists_exit_code_five() -> None:
     out = cli("--help")
     assert out.returncode == 0
     assert "exit codes:" in out.stdout
-    assert "  5    deploy --wait / rollback --wait: no coordinator is running on ROOT" in out.stdout
+    assert "  5    deploy --wait / rollback --wait / stage --wait: no coordinator is running on ROOT" in out.stdout
 
 
 # ---------------------------------------------------------------------------------------------- user errors
@@ -373,3 +373,53 @@ async def test_a_deploy_logs_one_info_line_per_phase_and_no_none(root: Path, rep
     nones = [e for e in events if any(v is None for v in e.values())]
     assert nones == []
     assert any(e["event"] == "reloaded" and e["log_level"] == "debug" for e in events)
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def test_stage_wait_stages_without_serving_and_a_deploy_then_only_swaps(root: Path, repo: GitRepo) -> None:
+    """`stage v2 --wait` against a running daemon: exit 0 once staged, v1 still served; `deploy v2`
+    then swaps to that very release without preparing it; `history` shows the stage. No resync in
+    the test's time: the daemon sees the stage request through its watch."""
+    with Daemon(root, repo.path, "--resync-interval", "3600"):
+        assert cli("deploy", "v1", "--root", str(root), "--wait", "--timeout", "30").returncode == 0
+        out = cli("stage", "v2", "--root", str(root), "--wait", "--timeout", "30")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0].startswith("requested stage of v2 (id ")
+        assert re.match(r"v2 is staged \(not served\): release v2-[0-9a-f]{12}, sha ", out.stdout.splitlines()[-1])
+        st = read_status(root) or {}
+        staged = st["staged"]["release"]
+        assert st["current"]["tag"] == "v1" and str(current_release(root)).startswith("releases/v1-")
+        out = cli("deploy", "v2", "--root", str(root), "--wait", "--timeout", "30")
+        assert out.returncode == 0, out.stderr
+        st = read_status(root) or {}
+        assert st["current"]["release"] == staged and st["staged"] is None
+        assert set(st["last_attempt"]["phases_ms"]) == {"swap", "reload", "prune"}
+    history = cli("history", "--root", str(root))
+    assert history.returncode == 0
+    assert "stage success" in history.stdout and "v2" in history.stdout
+
+
+def test_stage_wait_of_a_missing_tag_exits_1_with_the_error(root: Path, repo: GitRepo) -> None:
+    """`stage --wait` of a tag the repository lacks: exit 1 naming the stage and the missing tag."""
+    with Daemon(root, repo.path):
+        out = cli("stage", "v9", "--root", str(root), "--wait", "--timeout", "30")
+    assert out.returncode == 1, out.stderr
+    assert one_line(out.stderr).startswith("coordinator: stage of v9 failed: ")
+    assert "v9" in (read_status(root) or {})["stage"]["error"]["message"]
+
+
+def test_stage_wait_without_a_daemon_exits_5_and_the_stage_happens_later(root: Path, repo: GitRepo) -> None:
+    """No coordinator holds the lock: `stage --wait` exits 5 within 15 s, the stage request stays, and a
+    coordinator started later stages it."""
+    started = time.monotonic()
+    out = cli("stage", "v2", "--root", str(root), "--wait")
+    assert time.monotonic() - started < 15
+    assert out.returncode == 5
+    no_daemon = NO_DAEMON.format(root=root).replace("will be deployed", "will be staged")
+    assert one_line(out.stderr).startswith(f"coordinator: {no_daemon} -- ")
+    assert '"tag": "v2"' in (root / "stage.request").read_text()
+    with Daemon(root, repo.path):
+        wait_until(lambda: ((read_status(root) or {}).get("stage") or {}).get("state") == "staged")
+    assert current_release(root) is None

@@ -723,7 +723,7 @@ async def test_a_sigterm_during_prune_keeps_the_deploy_a_success(
     d = await started_deployer(root, repo)
     pruning = anyio.Event()
 
-    async def hanging_prune(previous: str | None) -> list[str]:
+    async def hanging_prune(previous: str | None, staged: str | None = None) -> list[str]:
         pruning.set()
         await anyio.sleep_forever()
         return []
@@ -746,7 +746,7 @@ async def test_a_failed_prune_is_logged_and_the_deploy_stays_a_success(
     """An I/O error while pruning is a prune_failed warning, not a failed deploy."""
     d = await started_deployer(root, repo)
 
-    async def broken_prune(previous: str | None) -> list[str]:
+    async def broken_prune(previous: str | None, staged: str | None = None) -> list[str]:
         raise PermissionError(13, "Permission denied", str(root / "releases" / "old"))
 
     monkeypatch.setattr(d.store, "prune", broken_prune)

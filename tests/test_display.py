@@ -160,3 +160,45 @@ def test_an_unreadable_pause_file_is_shown_with_why() -> None:
     paused = {"reason": "unreadable pause file", "by": None, "pid": None, "at": None, "unreadable": "not valid JSON"}
     text = format_status(as_status({"state": "paused", "paused": paused}), NOW)
     assert "\npaused    unreadable pause file (not valid JSON)\n" in text
+
+
+def test_releases_table_marks_the_staged_release() -> None:
+    """releases: the staged release is marked `s`, and the legend names it."""
+    rows = [
+        ReleaseRow("v3-aaaaaaaaaaaa", "v3", "a" * 40, NOW - 60, current=False, previous=False, staged=True),
+        ReleaseRow("v2-3f9c2a1b7d4e", "v2", "3f9c2a1b7d4e" + "0" * 28, NOW - 120, current=True, previous=False),
+    ]
+    lines = format_releases(rows, NOW).splitlines()
+    assert lines[1].startswith("s  v3-aaaaaaaaaaaa") and lines[2].startswith("*  v2-3f9c2a1b7d4e")
+    assert lines[-1] == "(* current, - previous, s staged)"
+
+
+def test_history_table_says_which_attempts_were_stages() -> None:
+    """history: a stage attempt's result reads `stage success`; a line without action is a deploy."""
+    staged = HistoryEntry.from_journal(
+        {"action": "stage", "tag": "v3", "id": "s1", "result": "success", "started_at": NOW_ISO}
+    )
+    old = HistoryEntry.from_journal({"tag": "v1", "id": "r1", "result": "success", "started_at": NOW_ISO})
+    rows = format_history([staged, old]).splitlines()
+    assert "  stage success  " in rows[1] and "  success  " in rows[2] and "stage" not in rows[2]
+
+
+def test_status_table_shows_the_staged_release_and_the_stage_request() -> None:
+    """status: a `staged` row (tag, release, sha, when) and a `stage` row (tag, id, state) with its error."""
+    st = {
+        "state": "idle",
+        "desired": {"tag": "v2", "sha": None, "id": ID},
+        "staged": {"tag": "v3", "release": "v3-aaaaaaaaaaaa", "sha": "a" * 40, "request_id": "s1", "at": NOW_ISO},
+        "stage": {
+            "desired": {"tag": "v4", "sha": None, "id": "s2"},
+            "digest": "d",
+            "state": "failed",
+            "attempt": None,
+            "phase": None,
+            "error": {"kind": "build", "message": "build command failed with exit code 3"},
+        },
+    }
+    lines = format_status(as_status(st), NOW + 60).splitlines()
+    assert "staged    v3  v3-aaaaaaaaaaaa  sha aaaaaaaaaaaa  (staged 1 min ago)" in lines
+    assert "stage     v4 (id s2): failed" in lines
+    assert "  error   build: build command failed with exit code 3" in lines

@@ -21,7 +21,7 @@ from coordinator.marker import DeployRequest, MarkerReading
 from coordinator.metrics import PHASES, RESULTS, Metrics
 from coordinator.options import resolve_options
 from coordinator.probes import Liveness, check_ready
-from coordinator.records import AttemptResult, StatusRecord, as_status
+from coordinator.records import AttemptAction, AttemptResult, StatusRecord, as_status
 from coordinator.report import Attempt
 
 # ---------------------------------------------------------------------- metrics
@@ -389,3 +389,15 @@ async def test_not_alive_once_stopping() -> None:
         assert live.check()[0]
         stop.set()
         assert live.check() == (False, {**live.check()[1], "reason": "stopping"})
+
+
+def test_stage_attempts_are_counted_apart_from_deploys() -> None:
+    """A stage attempt counts in coordinator_stages_total only: no deploy, no current release, no in-progress."""
+    m = Metrics()
+    stage = finished("success", release="v2-abc")
+    stage.action = AttemptAction.STAGE
+    m.attempt_changed(stage)
+    assert value(m, "coordinator_stages_total", result="success") == 1
+    assert value(m, "coordinator_deploys_total", result="success") == 0
+    assert value(m, "coordinator_deploy_in_progress") == 0
+    assert not [s for s in info_samples(m) if s.labels.get("release") == "v2-abc"]

@@ -15,18 +15,32 @@ from coordinator.plan import (
     Observation,
     Plan,
     ReleaseInfo,
+    StageAction,
+    StageObservation,
     Step,
     failure_blocks_marker,
     plan,
     plan_prune,
+    plan_stage,
     recover_reload,
     reload_to_confirm,
     resume_verify,
     rollback_target,
     settled_state,
+    staged_after,
     status_error,
 )
-from coordinator.records import AttemptResult, ErrorInfo, PendingReload, PendingVerify, State, StatusState
+from coordinator.records import (
+    AttemptResult,
+    ErrorInfo,
+    PendingReload,
+    PendingVerify,
+    StageDone,
+    StagedRelease,
+    StageState,
+    State,
+    StatusState,
+)
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
@@ -711,3 +725,112 @@ def test_the_status_shows_one_error_in_order_of_precedence() -> None:
     assert status_error(StatusState.FAILED, attempt_error=ERR_C, failed_error=ERR_A) == ERR_C
     assert status_error(StatusState.ROLLED_BACK, failed_error=ERR_A) == ERR_A
     assert status_error(StatusState.IDLE, attempt_error=ERR_C, failed_error=ERR_A) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# staging: plan_stage, staged_after, and retention of the staged release
+
+STAGE_REQ = DeployRequest(tag="v2", request_id="stage-1")
+
+
+def _stage_obs(**kw: Any) -> StageObservation:
+    base: dict[str, Any] = {"request": STAGE_REQ, "digest": "d1", "cached_sha": SHA, "current": OLD}
+    return StageObservation(**{**base, **kw})
+
+
+def test_stage_builds_a_release_not_on_disk_without_any_swap() -> None:
+    """A stage of a tag in the cache prepares and publishes its release: no swap, reload or prune."""
+    p = plan_stage(_stage_obs())
+    assert (p.action, p.steps, p.target, p.sha) == (StageAction.STAGE, (Step.PREPARE, Step.PUBLISH), TARGET, SHA)
+
+
+def test_stage_runs_the_build_command_when_there_is_one() -> None:
+    """With a build command the stage builds between prepare and publish."""
+    assert plan_stage(_stage_obs(has_build=True)).steps == (Step.PREPARE, Step.BUILD, Step.PUBLISH)
+
+
+def test_stage_of_a_release_on_disk_only_records_it() -> None:
+    """A stage of a release already on disk builds nothing: it is only recorded as staged."""
+    p = plan_stage(_stage_obs(releases=frozenset({TARGET, OLD})))
+    assert (p.action, p.steps, p.target) == (StageAction.STAGE, (), TARGET)
+
+
+def test_stage_of_the_current_release_has_nothing_to_do() -> None:
+    """A stage of the release already current stages nothing."""
+    p = plan_stage(_stage_obs(current=TARGET, releases=frozenset({TARGET})))
+    assert (p.action, p.state) == (StageAction.CURRENT, StageState.CURRENT)
+
+
+def test_no_stage_request_plans_nothing() -> None:
+    """Without a stage request nothing is staged; a refused one is invalid."""
+    assert plan_stage(_stage_obs(request=None, digest=None)).action is StageAction.NONE
+    assert plan_stage(_stage_obs(request=None, invalid=True)).action is StageAction.INVALID
+
+
+@pytest.mark.parametrize("action", [Action.FETCH, Action.DEPLOY, Action.RELOAD, Action.RESUME_VERIFY, Action.ERROR])
+def test_deploys_come_first(action: Action) -> None:
+    """While the marker's request needs work, the stage request waits (pending)."""
+    p = plan_stage(_stage_obs(deploy_action=action))
+    assert (p.action, p.state) == (StageAction.PENDING, StageState.PENDING)
+
+
+@pytest.mark.parametrize("action", [Action.NOOP, Action.WAIT, Action.PAUSED, Action.BACKOFF])
+def test_a_converged_failed_or_paused_marker_lets_the_stage_run(action: Action) -> None:
+    """Converged, waiting on a failed marker or a back-off, or paused: the stage runs (it serves nothing)."""
+    assert plan_stage(_stage_obs(deploy_action=action)).action is StageAction.STAGE
+
+
+def test_a_handled_stage_request_is_not_handled_again() -> None:
+    """Stage request bytes staged, current or failed for good are not handled again until they change."""
+    for state in (StageState.STAGED, StageState.CURRENT, StageState.FAILED):
+        done = StageDone("d1", state)
+        assert plan_stage(_stage_obs(done=done, deploy_action=Action.DEPLOY)).action is StageAction.DONE
+        assert plan_stage(_stage_obs(done=done, digest="d2")).action is StageAction.STAGE
+
+
+def test_a_stage_of_a_tag_not_in_the_cache_fetches() -> None:
+    """An unknown tag, or a cached tag at another commit than requested, is fetched first."""
+    assert plan_stage(_stage_obs(cached_sha=None)).action is StageAction.FETCH
+    pinned = DeployRequest(tag="v2", sha=SHA[:8])
+    assert plan_stage(_stage_obs(request=pinned, cached_sha=OTHER_SHA)).action is StageAction.FETCH
+
+
+def test_a_stage_whose_sha_does_not_match_after_a_fetch_is_an_error() -> None:
+    """After a fetch, a missing tag or a tag at another commit is an error."""
+    pinned = DeployRequest(tag="v2", sha=SHA[:8])
+    assert plan_stage(_stage_obs(cached_sha=None, fetched=True)).action is StageAction.ERROR
+    p = plan_stage(_stage_obs(request=pinned, cached_sha=OTHER_SHA, fetched=True))
+    assert (p.action, p.state) == (StageAction.ERROR, StageState.FAILED)
+
+
+def test_a_moved_tag_names_another_release_than_the_staged_one() -> None:
+    """A deploy of the staged tag at another commit (the tag moved) plans a full build, not a swap."""
+    staged = release_name("v2", SHA)
+    moved = plan(
+        Observation(request=DeployRequest("v2", sha=OTHER_SHA), cached_sha=OTHER_SHA, releases=frozenset({staged}))
+    )
+    assert moved.target != staged and moved.steps == FULL_DEPLOY
+    same = plan(Observation(request=DeployRequest("v2"), cached_sha=SHA, releases=frozenset({staged})))
+    assert (same.target, same.steps) == (staged, SWAP_ONLY)
+
+
+def test_the_staged_release_stays_staged_until_current_or_gone() -> None:
+    """staged_after keeps the staged release until it is current (deployed) or gone from disk."""
+    s = StagedRelease("v2", TARGET, SHA, "stage-1", "2026-11-28T00:00:00.000+00:00")
+    assert staged_after(s, OLD, {TARGET, OLD}) == s
+    assert staged_after(s, OLD) == s
+    assert staged_after(s, TARGET, {TARGET}) is None
+    assert staged_after(s, OLD, {OLD}) is None
+    assert staged_after(None, OLD) is None
+
+
+def test_prune_keeps_the_staged_release() -> None:
+    """The staged release is never pruned, and counts toward keep like current and previous."""
+    assert sorted(plan_prune(FIVE, "r5", "r4", keep=2, staged="r1")) == ["r2", "r3"]
+    assert sorted(plan_prune(FIVE, "r5", "r4", keep=3, staged="r1")) == ["r2", "r3"]
+    assert sorted(plan_prune(FIVE, "r5", "r4", keep=4, staged="r1")) == ["r2"]
+
+
+def test_a_release_staged_before_is_pruned_as_an_ordinary_one() -> None:
+    """Once another release is staged, the one staged before is an ordinary release to retention."""
+    assert "r2" in plan_prune(FIVE, "r5", "r4", keep=3, staged="r1")

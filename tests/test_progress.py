@@ -8,7 +8,7 @@ import re
 import pytest
 
 from coordinator.display import Style
-from coordinator.progress import DeployProgress, Progress, frame, plain_line, render_live, summary_line
+from coordinator.progress import DeployProgress, Progress, StageProgress, frame, plain_line, render_live, summary_line
 from coordinator.records import as_status
 from tests.helpers import DISPLAY_ID as ID
 from tests.helpers import DISPLAY_NOW as NOW
@@ -148,3 +148,29 @@ def test_summary_says_what_the_wait_knows(verify: bool, said: str) -> None:
     progress = Progress("v2", ID)
     progress.update(final)
     assert summary_line(progress, final, 0.024) == f"{said}release v2-3f9c2a1b7d4e, sha 3f9c2a1b7d4e, 24 ms"
+
+
+def test_stage_progress_follows_the_stage_and_ends_with_the_staged_release() -> None:
+    """stage --wait: the phases come from the status's `stage`; the summary names the staged release."""
+    out = io.StringIO()
+    progress = StageProgress(out, Style(live=False), "v3", "s1", NOW)
+    attempt = {
+        "action": "stage",
+        "id": "s1",
+        "tag": "v3",
+        "result": "success",
+        "phases_ms": {"fetch": 20.0, "prepare": 5.0, "publish": 3.0},
+    }
+    final = as_status(
+        {
+            "last_attempt": {"id": "other", "tag": "v1", "result": "success", "phases_ms": {"swap": 1.0}},
+            "stage": {"desired": {"tag": "v3", "sha": None, "id": "s1"}, "digest": "d", "state": "staged",
+                      "attempt": attempt, "phase": None, "error": None},
+            "staged": {"tag": "v3", "release": "v3-aaaaaaaaaaaa", "sha": "a" * 40, "request_id": "s1", "at": "x"},
+        }
+    )  # fmt: skip
+    progress.update(final, NOW + 1)
+    progress.finish(final, NOW + 1.31)
+    lines = out.getvalue().splitlines()
+    assert [ln.split()[0] for ln in lines[:3]] == ["fetch", "prepare", "publish"]
+    assert lines[-1] == "v3 is staged (not served): release v3-aaaaaaaaaaaa, sha aaaaaaaaaaaa, 1.31 s"
