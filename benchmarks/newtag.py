@@ -235,8 +235,8 @@ def run_size(
             if k == 1 or count != repo.chain[k - 1][1]:
                 progress(f"{size} files: new tags changing {count} files ({opt.reps} deploys)")
             link = _chain_step(drv, clone, tag, count, k, opt.timeout_s)
-            if link["prepare"].get("mode") != "incremental":
-                notes.append(f"{size} files, {tag}: prepared as {link['prepare']} (expected incremental)")
+            if link["prepare"].get("mode") not in ("recycled", "incremental"):
+                notes.append(f"{size} files, {tag}: prepared as {link['prepare']} (expected recycled or incremental)")
             chain.append(link)
         assert session is not None
         current = session.root / "current"

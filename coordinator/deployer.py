@@ -293,7 +293,7 @@ class Deployer:
         try:
             async with self.reporter.phase(attempt, Step.PREPARE):
                 await self.store.shared.ensure()  # a missing shared file fails before anything is checked out
-                stats = await self.store.prepare(tmp, sha, previous_current)
+                stats = await self.store.prepare(tmp, sha, previous_current, name=name, previous=self.state.previous)
                 log.debug(
                     "prepare_stats", **present(tag=tag, release=name, previous=previous_current, **stats.as_log())
                 )

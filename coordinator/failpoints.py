@@ -11,7 +11,9 @@ Points in the deploy path, in order: ``before-deploying-status`` (a new tag's de
 ``after-fetch``, ``during-prepare``, ``before-publish``,
 ``after-release-fsync``, ``after-release-rename``, ``after-temp-link``, ``after-swap``,
 ``after-swap-fsync``, ``before-reload``, ``after-reload``, ``after-reload-recorded``,
-``before-journal``, ``after-journal``, ``before-status``, ``after-status``.
+``before-journal``, ``after-journal``, ``before-status``, ``after-status``. Reached only when a
+retired release is recycled (:mod:`coordinator.recycle`, so not by every deploy): ``during-recycle``
+(the release renamed to the workspace and its metadata removed, nothing checked or applied yet).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import errno
 import os
 import signal
 
-__all__ = ["POINTS", "failpoint"]
+__all__ = ["POINTS", "RECYCLE_POINTS", "failpoint"]
 
 POINTS = (
     "before-deploying-status",
@@ -40,6 +42,8 @@ POINTS = (
     "before-status",
     "after-status",
 )
+#: points reached only when a deploy recycles a retired release
+RECYCLE_POINTS = ("during-recycle",)
 
 _ENV = "COORDINATOR_FAILPOINTS"
 _hits: dict[str, int] = {}

@@ -275,14 +275,21 @@ class GitCache:
         except ValueError:
             return 0
 
-    async def checkout(self, sha: str, dest: Path, index_file: Path) -> None:
-        """Write exactly the tracked files of ``sha`` into the empty directory ``dest`` (no ``.git``)."""
+    async def checkout(self, sha: str, dest: Path, index_file: Path, *, keep_index: bool = False) -> None:
+        """Write exactly the tracked files of ``sha`` into the empty directory ``dest`` (no ``.git``).
+
+        ``keep_index``: leave ``index_file`` behind, holding the stat data of every file written (the
+        manifest :mod:`coordinator.recycle` checks a release against); else it is removed."""
+        ok = False
         try:
             await self.read_tree(sha, dest, index_file)
-            await self._git([*_work_tree(dest), "checkout-index", "-a", "-f"], env=_index(index_file))
+            update = ["-u"] if keep_index else []
+            await self._git([*_work_tree(dest), "checkout-index", "-a", "-f", *update], env=_index(index_file))
+            ok = True
         finally:  # also the lock of a git killed mid-write (a timeout, a cancelled deploy)
             with anyio.CancelScope(shield=True):
-                for f in (index_file, index_file.with_name(index_file.name + ".lock")):
+                doomed = [index_file.with_name(index_file.name + ".lock")]
+                for f in doomed if ok and keep_index else [index_file, *doomed]:
                     await anyio.Path(f).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ for incremental preparation
@@ -291,9 +298,53 @@ class GitCache:
         """Build the index ``index_file`` of ``sha`` for the work tree ``dest`` (nothing written there)."""
         await self._git([*_work_tree(dest), "read-tree", "--end-of-options", sha], env=_index(index_file))
 
-    async def checkout_paths(self, dest: Path, index_file: Path, paths: Sequence[str]) -> None:
-        """Write ``paths`` (repository-relative) from the index ``index_file`` into ``dest``."""
-        await self._git([*_work_tree(dest), "checkout-index", "-f", "--", *paths], env=_index(index_file))
+    async def checkout_paths(
+        self, dest: Path, index_file: Path, paths: Sequence[str], *, update_stat: bool = False
+    ) -> None:
+        """Write ``paths`` (repository-relative) from the index ``index_file`` into ``dest``
+        (``update_stat``: and record their stat data in the index)."""
+        update = ["-u"] if update_stat else []
+        await self._git([*_work_tree(dest), "checkout-index", "-f", *update, "--", *paths], env=_index(index_file))
+
+    # ------------------------------------------------------------------ for recycling (coordinator.recycle)
+
+    async def merge_trees(self, old: str, new: str, dest: Path, index_file: Path, *, update: bool) -> None:
+        """``git read-tree -m [-u] OLD NEW``: turn the index ``index_file`` of ``old`` into one of ``new``,
+        keeping the stat data of unchanged entries; with ``update`` also the work tree ``dest`` (changed
+        files are unlinked and written anew, deleted ones unlinked, emptied directories removed), else
+        the index alone (``-i``: ``dest`` is neither checked nor written)."""
+        args = ["read-tree", "-m", "-u" if update else "-i", "--end-of-options", old, new]
+        await self._git([*_work_tree(dest), *_STAT_CHECK, *args], env=_index(index_file))
+
+    async def refresh(self, dest: Path, index_file: Path) -> str | None:
+        """Check ``dest`` against the stat data (and, where that differs, the content) the index
+        ``index_file`` records: None when every entry matches, else git's first complaint
+        (``path: needs update`` for a modified, missing or retyped entry)."""
+        result = await self._git(
+            [*_work_tree(dest), *_STAT_CHECK, "update-index", "--refresh"], env=_index(index_file), check=False
+        )
+        if result.returncode == 0:
+            return None
+        return _first_line(result.stdout) or _last_line(result.stderr)
+
+    async def untracked(self, dest: Path, index_file: Path) -> str | None:
+        """The first path in ``dest`` that the index ``index_file`` does not track (untracked files,
+        and directories shown once, empty ones too), or None when there is none."""
+        result = await self._git(
+            [*_work_tree(dest), *_STAT_CHECK, "ls-files", "-z", "--others", "--directory"],
+            env=_index(index_file),
+            max_output=4096,
+        )
+        first = result.stdout.split(b"\0", 1)[0]
+        return os.fsdecode(first) if first else None
+
+    async def tracked_under(self, dest: Path, index_file: Path, paths: Sequence[str]) -> list[str]:
+        """The entries of the index ``index_file`` at or under ``paths`` (literal pathspecs)."""
+        specs = [f":(literal){p}" for p in paths]
+        result = await self._git(
+            [*_work_tree(dest), "ls-files", "-z", "--", *specs], env=_index(index_file), max_output=16 * 1024 * 1024
+        )
+        return [os.fsdecode(p) for p in result.stdout.split(b"\0") if p]
 
     async def diff_tree(self, old: str | None, new: str, output: Path) -> str | None:
         """Write ``git diff-tree -r -z --raw`` of the commits ``old`` -> ``new`` to ``output`` (``old``
@@ -324,6 +375,26 @@ _DIFF_TREE = ("diff-tree", "-r", "-z", "--raw", "--no-renames", "--ignore-submod
 def _work_tree(dest: Path) -> list[str]:
     """Options for a checkout into ``dest``: no line-ending conversion, symlinks as symlinks."""
     return [f"--work-tree={dest}", "-c", "core.autocrlf=false", "-c", "core.symlinks=true"]
+
+
+#: how an index is compared with a work tree: every stat field but ctime, which link(2) changes (a
+#: release whose files other releases hard-link keeps its mtime, size, inode, uid and gid), and no
+#: cache or monitor a user's configuration could enable
+_STAT_CHECK = (
+    "-c",
+    "core.trustctime=false",
+    "-c",
+    "core.checkStat=default",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "core.fsmonitor=false",
+)
+
+
+def _first_line(out: bytes) -> str | None:
+    line = out.split(b"\n", 1)[0].strip()
+    return line.decode("utf-8", "replace")[:300] if line else None
 
 
 def _index(index_file: Path) -> dict[str, str]:

@@ -14,7 +14,13 @@ previous one, so that the files written follow the size of the change, not of th
   a symlink too;
 * every other file (added, modified, mode or type changed) is written by ``git checkout-index`` from
   an index of the new tree, into a path where nothing exists yet, so it is always a new inode;
-* submodules (gitlinks) become empty directories, as ``checkout-index -a`` makes them.
+* submodules (gitlinks) become empty directories, as ``checkout-index -a`` makes them;
+* the index used to write is left behind as the new release's manifest (the stat data of every file,
+  which :mod:`coordinator.recycle` checks a retired release against): built from the previous
+  release's manifest by ``git read-tree -i -m OLD NEW`` (a linked file is the same inode, so its stat
+  data carries over; ctime aside, which the check ignores), the written files' stat data recorded by
+  ``checkout-index -u``. Without a previous manifest (a release published before coordinator
+  recorded them) the index is refreshed once instead, which reads every file.
 
 The result holds exactly the new tree: nothing is copied from the previous release that the new
 tree does not list (deleted paths, and files an app wrote into its release such as ``__pycache__``,
@@ -33,6 +39,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,12 +48,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from coordinator.exceptions import GitError
 from coordinator.git import EMPTY_TREE, GitCache
 
 if TYPE_CHECKING:
     from coordinator.prepare import PreviousRelease
 
-__all__ = ["SHA_RE", "Abandoned", "Incremental", "prepare_incremental"]
+__all__ = ["SHA_RE", "Abandoned", "Incremental", "parse_raw", "prepare_incremental"]
 
 #: a full commit id (SHA-1 or SHA-256)
 SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -68,6 +76,7 @@ class Incremental:
     written: int  # files and symlinks written as new inodes
     deleted: int  # paths of the previous commit that the new one no longer has
     rewritten: int  # of ``written``: unchanged paths whose previous copy failed the check
+    manifest: bool = False  # ``index_file`` was left behind with the stat data of every file
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +101,8 @@ async def prepare_incremental(
 ) -> Incremental | Abandoned:
     """Fill the empty directory ``dest`` with the tree of ``sha``, sharing the unchanged files of
     ``previous`` (whose ``sha`` and ``created`` are known); :class:`Abandoned` when it cannot be
-    exact. ``index_file`` (and files named after it) are temporary and removed."""
+    exact. Files named after ``index_file`` are temporary and removed; ``index_file`` itself is left
+    behind as the release's manifest when :attr:`Incremental.manifest` says so."""
     try:
         return await _incremental(git, sha, dest, index_file, previous)
     except _Fallback as fb:
@@ -106,6 +116,7 @@ async def _incremental(git: GitCache, sha: str, dest: Path, index_file: Path, pr
     listing_file = index_file.with_name(index_file.name + ".tree")
     diff_file = index_file.with_name(index_file.name + ".diff")
     old_missing: list[str] = []
+    manifest = False
 
     async def list_new_tree() -> None:
         await git.diff_tree(None, sha, listing_file)
@@ -115,7 +126,17 @@ async def _incremental(git: GitCache, sha: str, dest: Path, index_file: Path, pr
         if error is not None:
             old_missing.append(error)
 
+    carried: list[bool] = []  # the index was merged from the previous release's manifest
+
     async def read_tree() -> None:
+        if previous.manifest is not None:
+            try:
+                await anyio.to_thread.run_sync(shutil.copy2, previous.manifest, index_file)  # its mtime too
+                await git.merge_trees(str(previous.sha), sha, dest, index_file, update=False)
+                carried.append(True)
+                return
+            except (OSError, GitError):  # gone meanwhile, or unreadable: a fresh index, refreshed at the end
+                pass
         await git.read_tree(sha, dest, index_file)
 
     created_ns = int(previous.created * 1_000_000_000)
@@ -132,26 +153,23 @@ async def _incremental(git: GitCache, sha: str, dest: Path, index_file: Path, pr
         plan = await anyio.to_thread.run_sync(_read_plan, listing_file, diff_file)
         if plan.attributes_changed:
             raise _Fallback("gitattributes_changed")
-        if plan.changed:
-            await _concurrently(link, read_tree)  # the index is only needed to write: build it meanwhile
-        else:
-            await link()
-            if done[0].to_write:
-                await read_tree()
+        await _concurrently(link, read_tree)  # the index (to write, and the manifest): built meanwhile
         linked = done[0]
         for chunk in _chunks(linked.to_write):
-            await git.checkout_paths(dest, index_file, chunk)
+            await git.checkout_paths(dest, index_file, chunk, update_stat=True)
+        manifest = bool(carried) or await git.refresh(dest, index_file) is None
     finally:
         with anyio.CancelScope(shield=True):
             # index.lock too: a read-tree cancelled because a sibling step failed was killed mid-write
             lock = index_file.with_name(index_file.name + ".lock")
-            for f in (index_file, lock, listing_file, diff_file):
+            for f in (lock, listing_file, diff_file) if manifest else (index_file, lock, listing_file, diff_file):
                 await anyio.Path(f).unlink(missing_ok=True)
     return Incremental(
         linked=linked.count,
         written=len(linked.to_write),
         deleted=plan.deleted,
         rewritten=linked.rewritten,
+        manifest=manifest,
     )
 
 
@@ -170,7 +188,7 @@ class _Linked:
     rewritten: int
 
 
-def _parse_raw(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+def parse_raw(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
     """``diff-tree -r -z --raw --no-renames`` output as (new mode, status, path) records."""
     out = []
     tokens = data.split(b"\0")
@@ -187,11 +205,11 @@ def _parse_raw(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
 
 def _read_plan(listing_file: Path, diff_file: Path) -> _Plan:
     """What to link and what to write, from the two diff-tree outputs (blocking)."""
-    entries = sorted((path, mode) for mode, _status, path in _parse_raw(listing_file.read_bytes()))
+    entries = sorted((path, mode) for mode, _status, path in parse_raw(listing_file.read_bytes()))
     changed: set[bytes] = set()
     gone: set[bytes] = set()
     attributes = False
-    for _mode, status, path in _parse_raw(diff_file.read_bytes()):
+    for _mode, status, path in parse_raw(diff_file.read_bytes()):
         (gone if status == b"D" else changed).add(path)
         attributes = attributes or path.rsplit(b"/", 1)[-1] == b".gitattributes"
     deleted = len(gone - changed) if gone else 0

@@ -1,4 +1,13 @@
-"""Preparing a release directory: incrementally from the previous release, or by a full checkout.
+"""Preparing a release directory: by recycling a retired release, incrementally from the previous
+release, or by a full checkout.
+
+When retention is about to delete a release anyway, :func:`prepare_release` first recycles it
+(:mod:`coordinator.recycle`): it is renamed to the workspace's hidden name, checked against the
+manifest recorded when it was published (the git index with the stat data of its files), and git
+applies only the difference between its commit and the new one, writing each changed file as a new
+inode. That costs one ``lstat`` per file (in git, on both cores) plus the change: no file is linked or
+written for an unchanged path. When it cannot be recycled (see that module for the reasons, logged as
+``prepare_fallback`` with ``retired``), the workspace is emptied and the release prepared as below.
 
 A full checkout (:meth:`coordinator.git.GitCache.checkout`) writes every file of the tag, so its cost
 follows the size of the repository. :func:`prepare_release` instead builds the new release from the
@@ -47,6 +56,7 @@ from coordinator.exceptions import GitError
 from coordinator.fsutil import is_real_dir, remove_tree
 from coordinator.git import GitCache
 from coordinator.incremental import SHA_RE, Incremental, prepare_incremental
+from coordinator.recycle import Recycled, Retired, recycle
 
 __all__ = ["PrepareStats", "PreviousRelease", "prepare_release"]
 
@@ -62,23 +72,29 @@ class PreviousRelease:
     created: float | None = None  # when it was published (its files are not newer)
     built: bool | None = None  # a build command ran in it; None: unknown (metadata of coordinator < 0.2)
     shared: frozenset[str] = frozenset()  # its shared paths: links into ROOT/shared, never the tag's files
+    manifest: Path | None = None  # its git index with the stat data of its files as published, if kept
 
 
 @dataclass(frozen=True, slots=True)
 class PrepareStats:
     """How a release was prepared. ``written``/``deleted`` are None for a full checkout (not counted)."""
 
-    mode: str  # "incremental" | "full"
+    mode: str  # "recycled" | "incremental" | "full"
     linked: int = 0  # files and symlinks hard-linked from the previous release
     written: int | None = None  # files and symlinks written as new inodes
-    deleted: int | None = None  # paths of the previous commit that the new one no longer has
+    deleted: int | None = None  # paths of the previous (or recycled) commit that the new one no longer has
     rewritten: int = 0  # of ``written``: unchanged paths whose previous copy failed the check
     fallback: str | None = None  # why a full checkout was done
     detail: str | None = field(default=None, compare=False)  # e.g. the OSError text of a failed link
+    recycled: str | None = None  # the retired release recycled (mode "recycled") or tried (then abandoned)
+    recycle_fallback: str | None = None  # why that retired release was not recycled
+    restored: int | None = None  # recycled: tag files its shared links had replaced, written back
+    #: the release's manifest (its git index with stat data), to keep at publication; None: none
+    manifest: Path | None = field(default=None, compare=False, repr=False)
 
     def as_log(self) -> dict[str, Any]:
-        """The stats as log fields (None values dropped)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The stats as log fields (None values dropped; not the manifest's path)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "manifest"}
 
 
 def _refusal(previous: PreviousRelease | None, build_command: bool) -> str | None:
@@ -106,16 +122,35 @@ async def prepare_release(
     previous: PreviousRelease | None,
     *,
     build_command: bool = False,
+    retired: Retired | None = None,
 ) -> PrepareStats:
     """Fill the empty directory ``dest`` with exactly the tracked files of commit ``sha``.
 
-    Incrementally from ``previous`` (sharing unchanged files by hard links) when that is safe, else
-    by a full checkout; the returned stats say which, and why. ``index_file`` (and files named after
-    it) are temporary and removed. Pass ``build_command=True`` when a build will run in ``dest``:
-    a build may modify files in place, which must never reach an inode shared with a published
-    release, so the release is then always a full checkout.
+    By recycling ``retired`` (a release retention would delete next, see :mod:`coordinator.recycle`),
+    else incrementally from ``previous`` (sharing unchanged files by hard links) when that is safe,
+    else by a full checkout; the returned stats say which, and why. Files named after ``index_file``
+    are temporary and removed; ``index_file`` itself is left behind as the release's manifest when
+    :attr:`PrepareStats.manifest` names it (the caller keeps it at publication, or removes it). Pass
+    ``build_command=True`` when a build will run in ``dest``: a build may modify files in place, which
+    must never reach an inode shared with a published release, so the release is then always a full
+    checkout (and nothing is recycled).
     """
     try:
+        recycled: str | None = None
+        recycle_reason: str | None = None
+        if retired is not None and not build_command:
+            outcome_r = await recycle(git, retired, sha, dest, index_file)
+            if isinstance(outcome_r, Recycled):
+                return PrepareStats(
+                    mode="recycled",
+                    written=outcome_r.written,
+                    deleted=outcome_r.deleted,
+                    recycled=retired.name,
+                    restored=outcome_r.restored,
+                    manifest=index_file,
+                )
+            recycled, recycle_reason = retired.name, outcome_r.reason
+            log.warning("prepare_fallback", reason=recycle_reason, detail=outcome_r.detail, retired=retired.name)
         reason = await anyio.to_thread.run_sync(_refusal, previous, build_command)
         detail: str | None = None
         if reason is None:
@@ -128,12 +163,22 @@ async def prepare_release(
                     written=outcome.written,
                     deleted=outcome.deleted,
                     rewritten=outcome.rewritten,
+                    recycled=recycled,
+                    recycle_fallback=recycle_reason,
+                    manifest=index_file if outcome.manifest else None,
                 )
             reason, detail = outcome.reason, outcome.detail
             log.warning("prepare_fallback", reason=reason, detail=detail, previous=previous.path.name)
             await anyio.to_thread.run_sync(_empty_dir, dest)
-        await git.checkout(sha, dest, index_file)
-        return PrepareStats(mode="full", fallback=reason, detail=detail)
+        await git.checkout(sha, dest, index_file, keep_index=not build_command)
+        return PrepareStats(
+            mode="full",
+            fallback=reason,
+            detail=detail,
+            recycled=recycled,
+            recycle_fallback=recycle_reason,
+            manifest=None if build_command else index_file,
+        )
     except GitError as e:
         # git says only "unable to write file X" when the volume is full: tell the user what happened
         full = await anyio.to_thread.run_sync(_volume_full, dest)

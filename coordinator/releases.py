@@ -6,11 +6,13 @@ to its final name, fsync ``releases/``), and prunes old ones. A release that has
 complete and never modified again, except that a release which failed its health check is marked so
 in its (coordinator-side) metadata.
 
-Preparation is incremental when it is safe (hard links from the release ``current`` names, see
+Preparation recycles the release retention would delete next when it can (:mod:`coordinator.recycle`),
+else is incremental when it is safe (hard links from the release ``current`` names, see
 :mod:`coordinator.prepare`), else a full checkout; always a full checkout when a build command runs:
 a build could modify a file in place and so write through an inode shared with a published release.
 The shared paths are linked in after preparation (:mod:`coordinator.shared`) and recorded in the
-release's metadata.
+release's metadata; the release's manifest (the git index preparation leaves, with the stat data of
+its files) is kept next to its metadata as ``<name>.index``, for a later recycling to check against.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from coordinator.build import run_build
 from coordinator.config import Config
 from coordinator.exceptions import LayoutError
 from coordinator.failpoints import failpoint
-from coordinator.fsutil import fsync_dir, remove_tree, sync_tree, temp_name
+from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, sync_tree, temp_name
 from coordinator.git import GitCache
 from coordinator.hooks import HookContext
 from coordinator.inuse import releases_in_use
@@ -36,6 +39,7 @@ from coordinator.layout import Layout, list_releases, read_current
 from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
 from coordinator.records import ReleaseMeta
+from coordinator.recycle import Retired, manifest_path, pick_retired
 from coordinator.shared import SharedPaths
 from coordinator.state import read_release_meta, write_release_meta
 
@@ -52,6 +56,7 @@ class ReleaseStore:
         self.layout = config.layout
         self.git = git
         self.shared = SharedPaths(self.layout, config.shared_paths)
+        self._manifests: dict[Path, Path] = {}  # workspace -> the manifest its preparation left
 
     # ------------------------------------------------------------------ start-up
 
@@ -87,6 +92,7 @@ class ReleaseStore:
                     removed.append(
                         str(Path(entry.path).relative_to(root)) if d != lay.status_file.parent else entry.path
                     )
+        removed += _remove_orphaned_metadata(lay)
         if removed:
             log.info("leftovers_removed", paths=sorted(removed))
 
@@ -113,20 +119,48 @@ class ReleaseStore:
     async def discard(self, tmp: Path) -> None:
         """Remove an unpublished workspace (shielded: also when the deploy was cancelled)."""
         with anyio.CancelScope(shield=True):
+            manifest = self._manifests.pop(tmp, None)
+            if manifest is not None:
+                await anyio.Path(manifest).unlink(missing_ok=True)
             await anyio.to_thread.run_sync(remove_tree, tmp)
 
-    async def prepare(self, tmp: Path, sha: str, previous_current: str | None) -> PrepareStats:
-        """Fill ``tmp`` with the tracked files of ``sha`` (incrementally from ``previous_current``
-        when that is safe; see :mod:`coordinator.prepare`)."""
-        previous = await anyio.to_thread.run_sync(load_previous, self.layout, previous_current)
-        return await prepare_release(
+    async def prepare(
+        self,
+        tmp: Path,
+        sha: str,
+        previous_current: str | None,
+        *,
+        name: str | None = None,
+        previous: str | None = None,
+        protected: Collection[str] = (),
+    ) -> PrepareStats:
+        """Fill ``tmp`` with the tracked files of ``sha``: by recycling the release retention would
+        delete next once release ``name`` is published (never ``previous_current``, ``previous``, a
+        release in use or one in ``protected``), else incrementally from ``previous_current`` when that
+        is safe, else by a full checkout (see :mod:`coordinator.prepare`). Without ``name`` nothing is
+        recycled."""
+        build = bool(self.config.build_command)
+
+        def gather() -> tuple[PreviousRelease | None, Retired | None]:
+            prev = load_previous(self.layout, previous_current)
+            if build or name is None:
+                return prev, None
+            retired = pick_retired(self.layout, previous_current, previous, self.config.keep, name, protected)
+            return prev, retired
+
+        prev, retired = await anyio.to_thread.run_sync(gather)
+        stats = await prepare_release(
             self.git,
             sha,
             tmp,
             self.layout.tmp_dir / temp_name("index"),
-            previous,
-            build_command=bool(self.config.build_command),
+            prev,
+            build_command=build,
+            retired=retired,
         )
+        if stats.manifest is not None:
+            self._manifests[tmp] = stats.manifest
+        return stats
 
     async def build(
         self, tmp: Path, name: str, tag: str, sha: str, previous_current: str | None, request_id: str | None = None
@@ -162,8 +196,14 @@ class ReleaseStore:
         lay = self.layout
         os.chmod(tmp, 0o755)
         failpoint("before-publish")
-        sync_tree(tmp)
+        sync_tree(tmp)  # syncfs: the manifest (on the same volume) too
         failpoint("after-release-fsync")
+        manifest = self._manifests.pop(tmp, None)
+        if manifest is not None:
+            if self.config.build_command:  # a built release is never recycled: its manifest is useless
+                manifest.unlink(missing_ok=True)
+            else:
+                os.replace(manifest, manifest_path(lay, name))
         # created after the flush: no file of the release is newer (incremental preparation relies on it)
         meta = ReleaseMeta(name, tag, sha, time.time(), built=bool(self.config.build_command), shared=self.shared.names)
         write_release_meta(lay.meta_dir, meta)
@@ -197,6 +237,7 @@ class ReleaseStore:
             for name in doomed:
                 remove_tree(lay.releases / name)
                 (lay.meta_dir / f"{name}.json").unlink(missing_ok=True)
+                manifest_path(lay, name).unlink(missing_ok=True)
                 (lay.releases / f"{name}.json").unlink(missing_ok=True)
             return doomed
 
@@ -221,4 +262,25 @@ def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
         created=meta.created if meta else None,
         built=meta.built if meta else None,
         shared=frozenset(meta.shared) if meta else frozenset(),
+        manifest=manifest if meta and os.path.isfile(manifest := manifest_path(layout, name)) else None,
     )
+
+
+def _remove_orphaned_metadata(lay: Layout) -> list[str]:
+    """Remove the metadata and manifests of releases whose directory is gone (a crash between
+    recycling or pruning a release and removing its metadata); their paths, relative (blocking)."""
+    removed: list[str] = []
+    for d, suffixes in ((lay.meta_dir, (".json", ".index")), (lay.releases, (".json",))):
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for entry in entries:
+            stem, dot, suffix = entry.name.rpartition(".")
+            if entry.name.startswith(".") or not dot or f".{suffix}" not in suffixes:
+                continue
+            if not entry.is_file(follow_symlinks=False) or is_real_dir(lay.releases / stem):
+                continue
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(str(Path(entry.path).relative_to(lay.root)))
+    return removed

@@ -1005,11 +1005,26 @@ class Harness:
             rest = rest[5:]
             if rest[:2] == ["read-tree", "--end-of-options"] and len(rest) == 3:
                 return None if rest[2] in self.info.commits else "read-tree of an unknown commit"
-            if rest == ["checkout-index", "-a", "-f"]:
+            if rest in (["checkout-index", "-a", "-f"], ["checkout-index", "-a", "-f", "-u"]):
                 return None
-            if rest[:3] == ["checkout-index", "-f", "--"] and len(rest) > 3:
-                bad = [p for p in rest[3:] if p not in self.info.paths]
-                return f"checkout-index of unknown paths {bad}" if bad else None
+            for head in (["checkout-index", "-f", "--"], ["checkout-index", "-f", "-u", "--"]):
+                if rest[: len(head)] == head and len(rest) > len(head):
+                    bad = [p for p in rest[len(head) :] if p not in self.info.paths]
+                    return f"checkout-index of unknown paths {bad}" if bad else None
+            if rest[:2] == ["ls-files", "-z"] and rest[2:3] == ["--"] and len(rest) > 3:  # a shared path's entries
+                return None if all(a.startswith(":(literal)") for a in rest[3:]) else "ls-files of a non-literal path"
+            stat_check = [
+                *("-c", "core.trustctime=false", "-c", "core.checkStat=default"),
+                *("-c", "core.untrackedCache=false", "-c", "core.fsmonitor=false"),
+            ]
+            if rest[:8] != stat_check:
+                return "unknown work-tree command"
+            rest = rest[8:]
+            if rest in (["update-index", "--refresh"], ["ls-files", "-z", "--others", "--directory"]):
+                return None
+            if rest[:2] == ["read-tree", "-m"] and rest[2:3] in (["-i"], ["-u"]) and rest[3:4] == ["--end-of-options"]:
+                unknown = [c for c in rest[4:] if c not in self.info.commits]
+                return "read-tree -m of unknown commits" if unknown or len(rest) != 6 else None
             return "unknown work-tree command"
         if rest[:4] == ["rev-parse", "-q", "--verify", "--end-of-options"] and len(rest) == 5:
             m = re.fullmatch(r"refs/tags/(.+)\^\{commit\}", rest[4])

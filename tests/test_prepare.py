@@ -120,9 +120,11 @@ class Transition:
         await self.cache.checkout(self.new_sha, out, self.base / "index-full")
         return out
 
-    async def prepare(self, previous: PreviousRelease | None = None, **kw: bool) -> PrepareStats:
+    async def prepare(self, previous: PreviousRelease | None = None, *, build_command: bool = False) -> PrepareStats:
         prev = self.previous if previous is None else previous
-        self.stats = await prepare_release(self.cache, self.new_sha, self.dest, self.base / "index", prev, **kw)
+        self.stats = await prepare_release(
+            self.cache, self.new_sha, self.dest, self.base / "index", prev, build_command=build_command
+        )
         return self.stats
 
 
@@ -250,9 +252,10 @@ async def test_stats_count_linked_written_and_deleted_files(tmp_path: Path) -> N
 
 
 async def test_index_and_listing_files_are_removed(tmp_path: Path) -> None:
-    """No temporary index or git output file is left next to the index path."""
-    await prepared(tmp_path, {**BASE, "a": F("1")}, {**BASE, "a": F("2")})
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("index")) == []
+    """No temporary git output file is left next to the index path: only the index, as the manifest."""
+    t = await prepared(tmp_path, {**BASE, "a": F("1")}, {**BASE, "a": F("2")})
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("index")) == ["index"]
+    assert t.stats is not None and t.stats.manifest == tmp_path / "index"
 
 
 async def test_files_an_app_wrote_into_the_previous_release_are_not_copied(tmp_path: Path) -> None:

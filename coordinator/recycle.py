@@ -1,0 +1,277 @@
+"""Recycling a retired release: a new release made from the one retention would delete next, so that
+preparing it costs the change, not the tree (:func:`coordinator.prepare.prepare_release` tries this
+first).
+
+**Which release** (:func:`pick_retired`): one that the prune after this deploy would delete anyway
+(:func:`coordinator.plan.plan_prune` with the new release counted as kept): never ``current``, the
+previous release, a release a live process uses (:mod:`coordinator.inuse`) or one in ``protected``
+(staged releases); only a pristine one (its metadata says no build command ran in it, as the
+incremental path requires) that has a manifest. Of several, the newest (the smallest change, usually).
+
+**The manifest** is the git index of the release's tree with the stat data of every file as it was
+published (``ROOT/.coordinator/releases/<name>.index``, next to ``<name>.json``): a full checkout
+writes it with ``checkout-index -u``, the incremental path merges it from the previous release's
+(:mod:`coordinator.incremental`), recycling with ``read-tree -m -u``. A git index rather than a
+manifest of our own, because git compares it with the tree in C on both cores (``update-index
+--refresh``: one ``lstat`` per file, no read unless the stat data differs, then the content decides),
+and because ``read-tree -m -u`` needs exactly that index to apply the change. The comparison ignores
+ctime (hard links from newer releases change it: ``core.trustctime=false``) and checks everything else
+git records: mtime to the nanosecond, size, inode, uid, gid, mode (``core.checkStat=default``). A change
+that keeps all of those (a rewrite of the same size with its mtime restored, in place) is not seen;
+directory permission bits are not checked.
+
+**How** (:func:`recycle`), in the order a crash leaves safe:
+
+1. ``git diff-tree OLD NEW``: a retired commit missing from the cache, or a changed ``.gitattributes``
+   (which can change how unchanged files are checked out), gives up before anything is touched;
+2. the release directory is renamed over the empty workspace (the hidden temporary name
+   :meth:`coordinator.releases.ReleaseStore.new_workspace` made: a crash from here on leaves a
+   leftover that start-up removes), ``releases/`` fsynced, then its metadata and manifest taken away
+   (the manifest becomes the working index): it is no longer a published release;
+3. its shared links (recorded in its metadata) are removed, each only if it is still the symlink
+   :mod:`coordinator.shared` made, with the parent directories they leave empty; the tag's files they
+   had replaced are written back (``checkout-index -u``);
+4. the check: ``update-index --refresh`` (every tracked file as published) and ``ls-files --others
+   --directory`` (nothing untracked: no ``__pycache__``, log or empty directory); any mismatch gives up;
+5. ``git read-tree -m -u OLD NEW`` applies the difference: removed files unlinked and the directories
+   they empty removed, changed and added files (content, mode, type, file <-> directory) unlinked and
+   written anew, so a file another release hard-links is never written: every written file is a new
+   inode. The index is then the new release's manifest.
+
+Giving up (:class:`~coordinator.incremental.Abandoned`) after step 2 empties the workspace; the caller
+then prepares incrementally from ``current`` (or by a full checkout), as without a retired release.
+The reasons: ``retired_commit_missing``, ``gitattributes_changed``, ``retired_shared_link_changed``,
+``retired_changed`` (a tracked file modified, missing or of another type; or an unreadable manifest),
+``retired_untracked`` (a path the manifest does not list), ``recycle_failed`` (git refused the merge).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import stat
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from coordinator.exceptions import GitError
+from coordinator.failpoints import failpoint
+from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, temp_name
+from coordinator.git import GitCache
+from coordinator.incremental import SHA_RE, Abandoned, _chunks, _concurrently, _Fallback, parse_raw
+from coordinator.inuse import releases_in_use
+from coordinator.layout import Layout, list_releases
+from coordinator.plan import ReleaseInfo, plan_prune
+from coordinator.shared import link_target
+from coordinator.state import read_release_meta
+
+__all__ = ["Recycled", "Retired", "manifest_path", "pick_retired", "recycle"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def manifest_path(layout: Layout, name: str) -> Path:
+    """Where release ``name``'s manifest (its git index with stat data) is kept."""
+    return layout.meta_dir / f"{name}.index"
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """A published release retention would delete next, to recycle."""
+
+    name: str
+    path: Path  # releases/<name>
+    sha: str
+    manifest: Path  # its git index, with the stat data of its files as published
+    metadata: tuple[Path, ...]  # its metadata files (coordinator's and the app-facing copy)
+    shared: frozenset[str] = frozenset()  # the shared links coordinator put into it
+
+
+@dataclass(frozen=True, slots=True)
+class Recycled:
+    """What recycling did (the counts of :class:`~coordinator.prepare.PrepareStats`)."""
+
+    written: int  # files, symlinks and submodule directories added or changed
+    deleted: int  # paths of the retired commit that the new one no longer has
+    restored: int  # tag files its shared links had replaced, written back before the check
+
+
+def pick_retired(
+    layout: Layout,
+    current: str | None,
+    previous: str | None,
+    keep: int,
+    new_name: str,
+    protected: Collection[str] = (),
+) -> Retired | None:
+    """The release to recycle for the new release ``new_name``, or None (blocking; see the module)."""
+    releases = [r for r in list_releases(layout) if r.name != new_name]
+    in_use = releases_in_use(layout.releases)
+    future = [*releases, ReleaseInfo(new_name, created=math.inf)]
+    doomed = set(plan_prune(future, current, previous, keep, [*protected, *in_use, new_name]))
+    for info in sorted(releases, key=lambda r: (r.created, r.name), reverse=True):
+        if info.name not in doomed:
+            continue
+        meta = read_release_meta(layout.meta_dir, info.name)
+        manifest = manifest_path(layout, info.name)
+        if meta is None or meta.name != info.name or meta.built is not False or not SHA_RE.fullmatch(meta.sha):
+            continue
+        if not os.path.isfile(manifest) or not is_real_dir(layout.releases / info.name):
+            continue
+        metadata = (layout.meta_dir / f"{info.name}.json", layout.releases / f"{info.name}.json")
+        return Retired(info.name, layout.releases / info.name, meta.sha, manifest, metadata, frozenset(meta.shared))
+    return None
+
+
+class _GiveUp(Exception):
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+async def recycle(git: GitCache, retired: Retired, sha: str, dest: Path, index_file: Path) -> Recycled | Abandoned:
+    """Turn ``retired`` into the tree of ``sha`` in the empty workspace ``dest`` (see the module).
+    On success ``index_file`` holds the new tree's manifest; on :class:`Abandoned` ``dest`` is empty."""
+    diff_file = index_file.with_name(index_file.name + ".diff")
+    taken = False
+    try:
+        error = await git.diff_tree(retired.sha, sha, diff_file)
+        if error is not None:
+            return Abandoned("retired_commit_missing", error)
+        try:
+            written, deleted, attributes = await anyio.to_thread.run_sync(_read_changes, diff_file)
+        except ValueError as e:
+            return Abandoned("unexpected_git_output", str(e))
+        if attributes:
+            return Abandoned("gitattributes_changed")
+        taken = True
+        await anyio.to_thread.run_sync(_take, retired, dest, index_file)
+        failpoint("during-recycle")
+        restored = await _unshare(git, retired, dest, index_file)
+        await _check(git, dest, index_file)
+        try:
+            await git.merge_trees(retired.sha, sha, dest, index_file, update=True)
+        except GitError as e:
+            raise _GiveUp("recycle_failed", e.message) from e
+        return Recycled(written, deleted, restored)
+    except _GiveUp as e:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_empty_workspace, dest)
+            await anyio.Path(index_file).unlink(missing_ok=True)
+        return Abandoned(e.reason, e.detail)
+    except BaseException:
+        if taken:  # cancelled, or a git failure: the caller discards the workspace, not its index
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(index_file).unlink(missing_ok=True)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            for f in (diff_file, index_file.with_name(index_file.name + ".lock")):
+                await anyio.Path(f).unlink(missing_ok=True)
+
+
+def _read_changes(diff_file: Path) -> tuple[int, int, bool]:
+    """(paths written, paths deleted, a .gitattributes changed) from ``diff-tree OLD NEW`` (blocking)."""
+    try:
+        records = parse_raw(diff_file.read_bytes())
+    except _Fallback as e:
+        raise ValueError(e.detail or e.reason) from e
+    written = {path for _mode, status, path in records if status != b"D"}
+    gone = {path for _mode, status, path in records if status == b"D"}
+    attributes = any(path.rsplit(b"/", 1)[-1] == b".gitattributes" for _m, _s, path in records)
+    return len(written), len(gone - written), attributes
+
+
+def _take(retired: Retired, dest: Path, index_file: Path) -> None:
+    """Rename the retired release over the empty workspace ``dest``, then remove its metadata and
+    move its manifest to ``index_file`` (blocking). Its mtime moves with it (git's racy-entry check
+    compares file mtimes with the index's)."""
+    try:
+        os.rename(retired.path, dest)  # over an empty directory: atomic
+        fsync_dir(retired.path.parent)  # gone under its name before its metadata goes
+        os.replace(retired.manifest, index_file)
+        for f in retired.metadata:
+            f.unlink(missing_ok=True)
+    except OSError as e:  # gone meanwhile, or a volume error: nothing published is left half-taken
+        raise _GiveUp("recycle_failed", f"{e.strerror}: {e.filename}") from e
+
+
+async def _unshare(git: GitCache, retired: Retired, dest: Path, index_file: Path) -> int:
+    """Remove the retired release's shared links and write back the tag files they replaced; their count."""
+    if not retired.shared:
+        return 0
+    paths = sorted(retired.shared)
+    await anyio.to_thread.run_sync(_remove_links, dest, paths)
+    try:
+        tracked = await git.tracked_under(dest, index_file, paths)
+        for chunk in _chunks([os.fsencode(p) for p in tracked]):
+            await git.checkout_paths(dest, index_file, chunk, update_stat=True)
+    except GitError as e:
+        raise _GiveUp("retired_changed", e.message) from e
+    return len(tracked)
+
+
+def _remove_links(dest: Path, paths: list[str]) -> None:
+    """Unlink each shared link coordinator made at ``paths`` in ``dest``, then the parent directories
+    that leaves empty; never following a symlink (blocking). Anything else there: give up."""
+    for path in paths:
+        parts = path.split("/")
+        fds = [os.open(dest, _DIR_FLAGS)]
+        try:
+            for part in parts[:-1]:
+                fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
+            try:
+                st = os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=False)
+                target = os.readlink(parts[-1], dir_fd=fds[-1]) if stat.S_ISLNK(st.st_mode) else None
+            except OSError:
+                target = None
+            if target != link_target(path):
+                raise _GiveUp("retired_shared_link_changed", path)
+            os.unlink(parts[-1], dir_fd=fds[-1])
+            for depth in range(len(parts) - 1, 0, -1):  # parents it leaves empty, deepest first
+                try:
+                    os.rmdir(parts[depth - 1], dir_fd=fds[depth - 1])
+                except OSError as e:
+                    if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        break
+                    raise
+        except OSError as e:
+            raise _GiveUp("retired_shared_link_changed", f"{path}: {e.strerror}") from e
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+async def _check(git: GitCache, dest: Path, index_file: Path) -> None:
+    """Give up unless ``dest`` holds exactly the files the manifest lists, as published."""
+    changed: list[str | None] = []
+    extra: list[str | None] = []
+
+    async def refresh() -> None:
+        changed.append(await git.refresh(dest, index_file))
+
+    async def others() -> None:
+        extra.append(await git.untracked(dest, index_file))
+
+    try:
+        await _concurrently(refresh, others)
+    except GitError as e:
+        raise _GiveUp("retired_changed", e.message) from e
+    if changed[0] is not None:
+        raise _GiveUp("retired_changed", changed[0])
+    if extra[0] is not None:
+        raise _GiveUp("retired_untracked", extra[0])
+    if await anyio.to_thread.run_sync(os.path.lexists, dest / ".git"):  # git never lists its own name
+        raise _GiveUp("retired_untracked", ".git")
+
+
+def _empty_workspace(dest: Path) -> None:
+    """Replace the workspace ``dest`` by an empty directory of the same name (blocking)."""
+    trash = dest.parent / temp_name(f"trash-{dest.name.lstrip('.')}")
+    os.rename(dest, trash)
+    os.mkdir(dest, 0o755)
+    remove_tree(trash)
