@@ -293,7 +293,15 @@ class Deployer:
         try:
             async with self.reporter.phase(attempt, Step.PREPARE):
                 await self.store.shared.ensure()  # a missing shared file fails before anything is checked out
-                stats = await self.store.prepare(tmp, sha, previous_current, name=name, previous=self.state.previous)
+                staged = self.state.staged  # never recycled: retention keeps it too
+                stats = await self.store.prepare(
+                    tmp,
+                    sha,
+                    previous_current,
+                    name=name,
+                    previous=self.state.previous,
+                    protected=() if staged is None else (staged.release,),
+                )
                 log.debug(
                     "prepare_stats", **present(tag=tag, release=name, previous=previous_current, **stats.as_log())
                 )

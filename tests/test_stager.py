@@ -260,3 +260,22 @@ async def test_a_refused_stage_request_is_invalid_and_logged_once(root: Path, re
     assert st["state"] == "idle" and st["stage"]["state"] == "invalid" and st["stage"]["desired"] is None
     assert st["stage"]["error"]["kind"] == "marker"
     assert [e["event"] for e in logs].count("stage_request_invalid") == 1
+
+
+async def test_the_staged_release_is_never_recycled(root: Path, repo: GitRepo) -> None:
+    """A staged release is never the retired release a new one is recycled from, even the oldest."""
+    repo.commit({"app.py": "VERSION = 'v4'\n"}, tag="v4")
+    d = await started_deployer(root, repo, keep=3)
+    stage(root, "v1", "s1")
+    await d.reconcile()
+    [staged] = releases(root)
+    for tag in ("v2", "v3"):
+        write_marker(root, tag)
+        await d.reconcile()
+    write_marker(root, "v4")
+    with capture_logs() as logs:
+        await d.reconcile()
+    [stats] = [e for e in logs if e["event"] == "prepare_stats"]
+    assert stats.get("recycled") != staged
+    assert staged in releases(root)
+    assert load_state(Layout.for_root(root).state_file).staged is not None
