@@ -50,7 +50,7 @@ from coordinator.plan import (
     resume_verify,
     settled_state,
 )
-from coordinator.records import AttemptResult, PauseRecord, PendingVerify, State, StatusState
+from coordinator.records import AttemptResult, ErrorInfo, PauseRecord, PendingVerify, State, StatusState
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
@@ -80,6 +80,7 @@ class Deployer:
         self._inflight_digest: str | None = None
         self.follower = Follower(config, self.git) if config.follow else None
         self.fetch_backoff = Backoff()  # a fetch that failed waits before the same request fetches again
+        self._backoff_error: ErrorInfo | None = None  # the error of the fetch that waits out its back-off
         self.on_fetch_failure: Callable[[str], None] | None = None  # called with "fetch" (the metric)
         self.stager = Stager(
             config, self.git, self.reporter, self.state, self.activator.save_state, self._build_release, self._prune
@@ -175,7 +176,8 @@ class Deployer:
                     state = settled_state(obs, p.action, reload_failed=True)
                     await self.reporter.publish(state, reading, obs.current, error=e.as_dict())
                     return
-        await self.reporter.publish(settled_state(obs, p.action), reading, obs.current)
+        error = self._backoff_error if p.action is Action.BACKOFF else None
+        await self.reporter.publish(settled_state(obs, p.action), reading, obs.current, error=error)
 
     async def _attempt(self, obs: Observation, p: Plan, reading: MarkerReading, req: DeployRequest) -> Attempt:
         """One deploy attempt for ``req``: journaled and published however it ends."""
@@ -249,6 +251,7 @@ class Deployer:
             if e.retryable and digest is not None:
                 delay = self.fetch_backoff.failed(digest, time.monotonic(), random.random())
                 e.fields["next_retry_at"] = iso(time.time() + delay)
+                self._backoff_error = e.as_dict()  # shown while this request waits, whatever ran since
             raise
         self.fetch_backoff.succeeded()
         return sha

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from coordinator import follow
 from coordinator.config import Config
 from coordinator.daemon import run_argv
 from coordinator.deployer import Deployer
@@ -755,3 +756,26 @@ async def test_a_failed_prune_is_logged_and_the_deploy_stays_a_success(
         attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success"
     assert [e["kind"] for e in logs if e["event"] == "prune_failed"] == ["io"]
+
+
+async def test_a_request_backing_off_shows_its_fetch_error_after_other_deploys(
+    root: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A marker whose fetch failed, written again during its back-off, shows that fetch's error even when
+    another deploy succeeded in between."""
+    monkeypatch.setattr(follow, "BACKOFF_BASE", 60.0)  # every reconcile below falls within the back-off
+    d = await started_deployer(root, repo)
+    for tag in ("v1", "v2"):
+        write_marker(root, tag)
+        await d.reconcile()
+    write_marker(root, "v9")
+    failed = await d.reconcile()
+    assert failed is not None and failed.result == "failed"
+    write_marker(root, "v1")  # on disk: a swap, no fetch, so the back-off of v9 still runs
+    assert (await d.reconcile()).result == "success"  # type: ignore[union-attr]
+    write_marker(root, "v9")
+    assert await d.reconcile() is None  # backing off: not fetched again
+    status = read_status(root)
+    assert status is not None and status["state"] == "failed"
+    assert status["error"] is not None and status["error"]["kind"] == failed.error["kind"]  # type: ignore[index]
+    assert "next_retry_at" in status["error"]
