@@ -120,7 +120,7 @@ class Transition:
         await self.cache.checkout(self.new_sha, out, self.base / "index-full")
         return out
 
-    async def prepare(self, previous: PreviousRelease | None = None, **kw: bool) -> PrepareStats:
+    async def prepare(self, previous: PreviousRelease | None = None, **kw: Any) -> PrepareStats:
         prev = self.previous if previous is None else previous
         self.stats = await prepare_release(self.cache, self.new_sha, self.dest, self.base / "index", prev, **kw)
         return self.stats
@@ -583,8 +583,8 @@ async def test_deployer_status_and_journal_keep_their_shape(root: Path, repo: Gi
 
 
 async def test_deployer_with_build_command_prepares_full_checkouts(root: Path, repo: GitRepo) -> None:
-    """With --build-command every release is a full checkout, and the event says why."""
-    d = deployer(root, repo, build_command="true")
+    """With --build-command and --build-sandbox off every release is a full checkout, and the event says why."""
+    d = deployer(root, repo, build_command="true", build_sandbox="off")
     await d.startup()
     await deploy(d, root, "v1")
     events = await deploy(d, root, "v2")
@@ -592,8 +592,8 @@ async def test_deployer_with_build_command_prepares_full_checkouts(root: Path, r
 
 
 async def test_deployer_does_not_build_from_a_release_a_build_ran_in(root: Path, repo: GitRepo) -> None:
-    """After a release built with a build command, the next deploy without one is a full checkout."""
-    built = deployer(root, repo, build_command="echo changed > app.py")
+    """After a release built in place by a build command, the next deploy without one is a full checkout."""
+    built = deployer(root, repo, build_command="echo changed > app.py", build_sandbox="off")
     await built.startup()
     await deploy(built, root, "v1")
     d = deployer(root, repo)
