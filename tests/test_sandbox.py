@@ -21,7 +21,18 @@ from coordinator.exceptions import ConfigError
 from coordinator.layout import Layout
 from coordinator.sandbox import MAX_CHANGES, collapse, probe
 from coordinator.state import read_release_meta
-from tests.helpers import GitRepo, contents, snapshot
+from tests.helpers import (
+    NOBODY,
+    Daemon,
+    GitRepo,
+    chown_to_nobody,
+    contents,
+    deployed,
+    snapshot,
+    wait_until,
+    write_marker,
+)
+from tests.nobody_env import NobodyPython
 
 pytestmark = pytest.mark.anyio
 
@@ -287,3 +298,32 @@ def test_upper_entries_keep_no_overlay_attributes(tmp_path: Path) -> None:
     sandbox_module.apply_upper(upper, ws, "", changes)
     assert changes == ["d"] and sorted(os.listdir(ws / "d")) == ["new"]
     assert os.listxattr(ws / "d") == [] and stat.S_ISDIR(os.lstat(ws / "d").st_mode)
+
+
+@pytest.mark.usefixtures("sandbox_works")
+def test_the_daemon_as_nobody_builds_in_the_sandbox(world_dir: Path, nobody: NobodyPython) -> None:
+    """The daemon as nobody (no capability): v2's build appends to a hard-linked file; v2 is
+    incremental, v1 unchanged inode for inode, v2 has the appended content."""
+    r = GitRepo(world_dir / "repo")
+    for i in (1, 2):
+        r.commit({**BASE, "VERSION": f"v{i}\n"}, tag=f"v{i}", message=f"v{i}")
+    n1, n2 = name(r, "v1"), name(r, "v2")
+    chown_to_nobody(r.path)  # git refuses to fetch from a repository another user owns
+    root = world_dir / "volume"
+    root.mkdir()
+    os.chown(root, NOBODY, NOBODY)
+    build = 'test "$TAG" = v1 || echo x >> app.py'
+    with nobody.daemon(Daemon(root, r.path, "--build-command", build), world_dir):
+        write_marker(root, "v1")
+        wait_until(lambda: deployed(root, "v1"))
+        v1 = root / "releases" / n1
+        before = snapshot(v1)
+        write_marker(root, "v2")
+        wait_until(lambda: deployed(root, "v2"))
+    v2 = root / "releases" / n2
+    assert snapshot(v1) == before
+    assert (v2 / "app.py").read_text() == "APP = 1\nx\n" and (v1 / "app.py").read_text() == "APP = 1\n"
+    assert (v2 / "lib" / "util.py").stat().st_ino == (v1 / "lib" / "util.py").stat().st_ino
+    assert (v2 / "app.py").stat().st_uid == NOBODY
+    meta = read_release_meta(root / ".coordinator" / "releases", n2)
+    assert meta is not None and meta.build_changes == ("app.py",)
