@@ -150,10 +150,9 @@ class ReleaseStore:
     ) -> None:
         """Run ``--build-command`` in the workspace (BuildError when it fails): in the build sandbox
         when :meth:`prepare` found it available, else in place."""
-        assert self.config.build_command
-        ctx = self.hook_context(tag, sha, name, previous_current, request_id, release_dir=tmp)
         cfg = self.config
         assert cfg.build_command
+        ctx = self.hook_context(tag, sha, name, previous_current, request_id, release_dir=tmp)
         if not self._sandboxed.get(tmp, False):
             await run_build(cfg.build_command, ctx, cfg.build_timeout, cfg.extra_env)
             return
