@@ -164,7 +164,8 @@ class ReleaseStore:
                 if await anyio.to_thread.run_sync(lambda: sb.ready):
                     raise
                 detail = e.fields.get("output") or e.message
-                self.sandbox.disable(str(detail))  # the next release is a full checkout, built in place
+                # the next release is a full checkout, built in place
+                await anyio.to_thread.run_sync(self.sandbox.disable, str(detail))
                 raise BuildError(
                     f"the build sandbox could not be set up: {detail}",
                     fix="deploy again (the marker must change): the build then runs in place, in a full "

@@ -120,7 +120,8 @@ class BuildSandbox:
         return None if self._unavailable is None else ("build_sandbox_unavailable", self._unavailable)
 
     def disable(self, detail: str) -> None:
-        """The sandbox failed to set up for a build although the probe worked: no more sandboxed builds."""
+        """The sandbox failed to set up for a build although the probe worked: no more sandboxed builds
+        (blocking: takes the lock)."""
         with self._lock:
             self._probed, self._unavailable = True, detail
 
