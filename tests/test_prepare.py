@@ -440,6 +440,23 @@ async def test_previous_release_built_by_a_build_command_means_a_full_checkout(t
     await assert_same_as_full(t)
 
 
+async def test_previous_release_built_in_the_sandbox_is_built_from_writing_its_changes_fresh(tmp_path: Path) -> None:
+    """A previous release whose build ran in the sandbox is built from; the paths its build replaced
+    (here keep.txt, rewritten in place after publication's check would pass) are written, not linked."""
+    t = await make_transition(tmp_path, BASE, {**BASE, "a": F("1")})
+    p = t.previous
+    assert p.created is not None
+    prev_keep = p.path / "keep.txt"
+    await anyio.to_thread.run_sync(prev_keep.unlink)
+    await anyio.to_thread.run_sync(prev_keep.write_text, "the build's output\n")
+    os.utime(prev_keep, (p.created - 10, p.created - 10))  # as old as the rest: only build_changes tells
+    built = PreviousRelease(p.path, p.sha, p.created, built=True, build_changes=frozenset({"keep.txt"}))
+    stats = await t.prepare(built)
+    assert (stats.mode, stats.rewritten) == ("incremental", 1)
+    assert (t.dest / "pkg" / "mod.py").stat().st_ino == (p.path / "pkg" / "mod.py").stat().st_ino
+    await assert_same_as_full(t)
+
+
 async def test_previous_release_of_unknown_provenance_means_a_full_checkout(tmp_path: Path) -> None:
     """A previous release with no journal entry for its publication is not built from."""
     t = await make_transition(tmp_path, BASE, {**BASE, "a": F("1")})
