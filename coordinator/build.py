@@ -10,7 +10,7 @@ the tag, commit and paths arrive only as environment variables (:class:`~coordin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from coordinator.exceptions import BuildError
 from coordinator.hooks import OUTPUT_LINES, HookContext, run_in_release
@@ -18,8 +18,11 @@ from coordinator.hooks import OUTPUT_LINES, HookContext, run_in_release
 __all__ = ["OUTPUT_LINES", "run_build"]
 
 
-async def run_build(command: str, ctx: HookContext, limit_s: float, extra_env: Mapping[str, str]) -> None:
-    """Run ``command`` in ``ctx.release_dir``; raise BuildError on a non-zero exit or a timeout."""
+async def run_build(
+    command: str, ctx: HookContext, limit_s: float, extra_env: Mapping[str, str], argv_prefix: Sequence[str] = ()
+) -> None:
+    """Run ``command`` in ``ctx.release_dir`` (through ``argv_prefix``: the build sandbox, see
+    :mod:`coordinator.sandbox`); raise BuildError on a non-zero exit or a timeout."""
     await run_in_release(
         command,
         ctx,
@@ -29,4 +32,5 @@ async def run_build(command: str, ctx: HookContext, limit_s: float, extra_env: M
         error=BuildError,
         fix="see the output in the log; current is unchanged",
         timeout_fix="make the build faster or raise --build-timeout",
+        argv_prefix=argv_prefix,
     )

@@ -6,8 +6,10 @@ pattern when the repository cannot be listed) fails too.
 
 Nothing is written: no lock, no marker, no status file, no git cache. The only files created are
 the write probes of the ``root`` check (a temporary file in ROOT and in ``ROOT/.coordinator``,
-removed at once). The reload FIFO is never opened (a byte written would reload the app), the
-signal sent to the pid is 0 (existence only), and the health URL gets plain GETs.
+removed at once) and the build sandbox's probe (:func:`coordinator.sandbox.probe`: hidden temporary
+directories in ``releases/`` and ``.coordinator/tmp``, removed at once). The reload FIFO is never
+opened (a byte written would reload the app), the signal sent to the pid is 0 (existence only), and
+the health URL gets plain GETs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from coordinator.hooks import needs_shell
 from coordinator.layout import Layout, read_current
 from coordinator.pidsignal import SignalReloader
 from coordinator.records import ReleaseMeta
+from coordinator.sandbox import probe as sandbox_probe
 from coordinator.state import read_release_meta
 
 __all__ = [
@@ -385,6 +388,17 @@ async def check_command(name: str, option: str, command: str, *, in_release: boo
     return await _in_thread(partial(_program, name, option, command, hook=True, in_release=in_release))
 
 
+def _build_sandbox(name: str, layout: Layout) -> CheckResult:
+    """Whether the build runs in the build sandbox here (blocking). Never a failure: without it the
+    build runs in place, in a full checkout."""
+    if not (is_real_dir(layout.releases) and is_real_dir(layout.tmp_dir)):
+        return passed(name, "not probed: ROOT/releases does not exist yet (the daemon probes it at start)")
+    why = sandbox_probe(layout.releases, layout.tmp_dir)
+    if why is None:
+        return passed(name, "available: the build runs in an overlay, releases are prepared incrementally")
+    return passed(name, f"note: unavailable ({why}): releases are full checkouts, built in place")
+
+
 # ---------------------------------------------------------------------------------------------- health
 
 
@@ -454,4 +468,7 @@ def checks_for(config: Config) -> list[Check]:
         if command is not None:
             run = partial(check_command, label, option, command, in_release=option != "notify-command")
             checks.append(Check(label, run))
+        if option == "build-command" and command is not None and config.build_sandbox == "auto":
+            run = partial(_in_thread, partial(_build_sandbox, "build sandbox", layout))
+            checks.append(Check("build sandbox", run))
     return checks

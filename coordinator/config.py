@@ -73,6 +73,7 @@ class Config:
     tag_pattern: str | None = None
     build_command: str | None = None
     build_timeout: float = 600.0
+    build_sandbox: str = "auto"  # "auto" | "off" (coordinator.sandbox)
     git_timeout: float = 300.0
     depth: int = 1
     username: str | None = None
@@ -124,6 +125,12 @@ class Config:
             if not in_range(opt, getattr(self, name)):
                 raise bad_value(opt, getattr(self, name), f"--{opt.name}")
         self._check_follow()
+        if self.build_sandbox not in ("auto", "off"):
+            raise ConfigError(
+                f"--build-sandbox must be auto or off, got {self.build_sandbox!r}",
+                fix="use --build-sandbox auto (the default) or --build-sandbox off",
+                option="build-sandbox",
+            )
         if not self.repo:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
         self._check_credentials()
@@ -251,6 +258,7 @@ class Config:
             tag_pattern=opts.get("tag_pattern"),
             build_command=opts.get("build_command"),
             build_timeout=opts.get("build_timeout", 600.0),
+            build_sandbox=opts.get("build_sandbox") or "auto",
             git_timeout=opts.get("git_timeout", 300.0),
             depth=opts.get("depth", 1),
             username=opts.get("username"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,10 +179,12 @@ async def run_command(
     limit_s: float,
     extra_env: Mapping[str, str],
     env: Mapping[str, str] | None = None,
+    argv_prefix: Sequence[str] = (),
 ) -> HookResult:
-    """Run ``cmd`` in ``cwd`` with ``ctx``'s environment (and ``env``) in its own process group."""
+    """Run ``cmd`` in ``cwd`` with ``ctx``'s environment (and ``env``) in its own process group;
+    ``argv_prefix``, if given, is the program that runs it (the build sandbox)."""
     full_env = {**os.environ, **extra_env, **ctx.env(), **(env or {})}
-    argv = command_argv(cmd)
+    argv = [*argv_prefix, *command_argv(cmd)]
     try:
         result = await run_in_group(
             argv, limit_s=limit_s, cwd=cwd, env=full_env, merge_stderr=True, max_output=OUTPUT_BYTES
@@ -202,13 +204,16 @@ async def run_in_release(
     error: type[CoordinatorError],
     fix: str,
     timeout_fix: str,
+    argv_prefix: Sequence[str] = (),
     **fields: Any,
 ) -> None:
     """Run ``cmd`` in ``ctx.release_dir``; on a non-zero exit, a timeout or a failed start raise
     ``error`` saying why ``what`` failed, with ``timeout_fix`` or ``fix``, the output's last lines,
     the exit code and ``fields``."""
     assert ctx.release_dir is not None
-    result = await run_command(cmd, ctx, cwd=ctx.release_dir, limit_s=limit_s, extra_env=extra_env)
+    result = await run_command(
+        cmd, ctx, cwd=ctx.release_dir, limit_s=limit_s, extra_env=extra_env, argv_prefix=argv_prefix
+    )
     if result.ok:
         return
     raise error(

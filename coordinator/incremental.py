@@ -11,7 +11,8 @@ previous one, so that the files written follow the size of the change, not of th
   written fresh instead. So is every path at or under one of the previous release's shared paths
   (:attr:`~coordinator.prepare.PreviousRelease.shared`): there the previous release has a symlink
   into ``ROOT/shared`` (:mod:`coordinator.shared`), not the tag's content, even where the tag tracks
-  a symlink too;
+  a symlink too; and every path at or under one its build replaced or removed
+  (:attr:`~coordinator.prepare.PreviousRelease.build_changes`);
 * every other file (added, modified, mode or type changed) is written by ``git checkout-index`` from
   an index of the new tree, into a path where nothing exists yet, so it is always a new inode;
 * submodules (gitlinks) become empty directories, as ``checkout-index -a`` makes them;
@@ -140,7 +141,8 @@ async def _incremental(git: GitCache, sha: str, dest: Path, index_file: Path, pr
         await git.read_tree(sha, dest, index_file)
 
     created_ns = int(previous.created * 1_000_000_000)
-    shared = frozenset(os.fsencode(p) for p in previous.shared)
+    # never linked: its shared paths, and the paths its build (in the sandbox) replaced or removed
+    shared = frozenset(os.fsencode(p) for p in previous.shared | (previous.build_changes or frozenset()))
     done: list[_Linked] = []
 
     async def link() -> None:

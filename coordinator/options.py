@@ -80,6 +80,7 @@ OPTIONS: dict[str, Option] = {
         Option("tag-pattern", "str", None, "only deploy tags matching this glob, e.g. 'v*'"),
         Option("build-command", "str", None, "shell command run in a new release before the swap"),
         Option("build-timeout", "float", 600.0, "seconds before the build command's process group is killed"),
+        Option("build-sandbox", "str", "auto", "auto: build in an overlay sandbox where possible; off: in place"),
         Option(
             "shared-dirs",
             "list",

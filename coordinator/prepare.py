@@ -20,15 +20,21 @@ The full checkout stays the fallback whenever the incremental path cannot promis
 reason in :attr:`PrepareStats.fallback`:
 
 * ``no_previous_release``: nothing is current;
-* ``build_command``: a build command is configured. A build runs in the new release and could
-  modify a file in place (``>>``, an editor, a tool that rewrites its output) and so write through
-  a hard link into the previous, published release. Every release is a full checkout then;
+* ``build_command`` / ``build_sandbox_unavailable``: a build command will run in the new release
+  in place, not in the build sandbox (:mod:`coordinator.sandbox`): ``--build-sandbox off``, or the
+  sandbox's probe failed here (the detail says why: user namespaces refused, no overlay with
+  ``userxattr`` on this volume...). Such a build could modify a file in place (``>>``, an editor, a
+  tool that rewrites its output) and so write through a hard link into the previous, published
+  release. Every release is a full checkout then. A build in the sandbox cannot: the release is
+  prepared incrementally as without a build;
 * ``previous_sha_unknown``: the previous release's metadata is missing or unreadable;
 * ``previous_not_published``: the previous release is not a complete published release directory;
 * ``previous_provenance_unknown`` / ``previous_was_built``: the previous release's metadata does not
   say whether a build command ran in it (metadata written before coordinator 0.2: the first deploy
-  after an upgrade is a full checkout), or says that one did (a build configured earlier may have
-  changed tracked files, so that release is not a pristine checkout of its commit);
+  after an upgrade is a full checkout), or says that one ran in place (it may have changed tracked
+  files, so that release is not a pristine checkout of its commit). A build that ran in the sandbox
+  recorded the paths it replaced or removed (:attr:`PreviousRelease.build_changes`): everything
+  else is pristine, and those paths are written fresh instead of linked;
 * ``previous_commit_missing``: the git cache no longer has the previous release's commit;
 * ``gitattributes_changed``: a ``.gitattributes`` file changed, which can change how unchanged blobs
   are checked out (line endings, ``ident``, filters), so unchanged files cannot be shared;
@@ -73,6 +79,8 @@ class PreviousRelease:
     built: bool | None = None  # a build command ran in it; None: unknown (metadata of coordinator < 0.2)
     shared: frozenset[str] = frozenset()  # its shared paths: links into ROOT/shared, never the tag's files
     manifest: Path | None = None  # its git index with the stat data of its files as published, if kept
+    #: built in the sandbox: the paths its build replaced or removed (None: not built, or built in place)
+    build_changes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +117,7 @@ def _refusal(previous: PreviousRelease | None, build_command: bool) -> str | Non
         return "previous_not_published"
     if previous.built is None:
         return "previous_provenance_unknown"
-    if previous.built:
+    if previous.built and previous.build_changes is None:
         return "previous_was_built"
     return None
 
@@ -123,6 +131,7 @@ async def prepare_release(
     *,
     build_command: bool = False,
     retired: Retired | None = None,
+    build_fallback: tuple[str, str | None] = ("build_command", None),
 ) -> PrepareStats:
     """Fill the empty directory ``dest`` with exactly the tracked files of commit ``sha``.
 
@@ -131,7 +140,8 @@ async def prepare_release(
     else by a full checkout; the returned stats say which, and why. Files named after ``index_file``
     are temporary and removed; ``index_file`` itself is left behind as the release's manifest when
     :attr:`PrepareStats.manifest` names it (the caller keeps it at publication, or removes it). Pass
-    ``build_command=True`` when a build will run in ``dest``: a build may modify files in place, which
+    ``build_command=True`` when a build will run in ``dest`` in place (not in the build sandbox), with
+    ``build_fallback`` the reason and detail to report: such a build may modify files in place, which
     must never reach an inode shared with a published release, so the release is then always a full
     checkout (and nothing is recycled).
     """
@@ -153,6 +163,9 @@ async def prepare_release(
             log.warning("prepare_fallback", reason=recycle_reason, detail=outcome_r.detail, retired=retired.name)
         reason = await anyio.to_thread.run_sync(_refusal, previous, build_command)
         detail: str | None = None
+        if reason == "build_command":
+            reason, detail = build_fallback
+            log.info("prepare_fallback", reason=reason, detail=detail)
         if reason is None:
             assert previous is not None and previous.sha is not None and previous.created is not None
             outcome = await prepare_incremental(git, sha, dest, index_file, previous)

@@ -300,12 +300,22 @@ def as_status(raw: Mapping[str, Any]) -> StatusRecord:
     return cast(StatusRecord, raw)
 
 
+def _paths(raw: Any) -> tuple[str, ...] | None:
+    """A list of path strings as a tuple; None for anything else (an unreadable list is unknown)."""
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        return None
+    return tuple(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class ReleaseMeta:
     """What coordinator knows about a published release.
 
-    ``built``: a build command ran in it (None: unknown, written by a version before 0.2). Incremental
-    preparation shares files only with a release that was not built (see :mod:`coordinator.prepare`).
+    ``built``: a build command ran in it (None: unknown, written by a version before 0.2).
+    ``build_changes``: when the build ran in the build sandbox (:mod:`coordinator.sandbox`), the paths
+    of the release it replaced or removed (None: not built, or built in place). Incremental
+    preparation shares files only with a release that was not built or was built in the sandbox, and
+    then none at or under those paths (see :mod:`coordinator.prepare`).
     ``ok`` is False once it failed its health check (it is then pruned first and never kept).
     ``shared``: the shared paths linked into it (``--shared-dir``/``--shared-file``; empty in metadata
     written before they existed, when no release had any).
@@ -318,11 +328,12 @@ class ReleaseMeta:
     ok: bool = True
     built: bool | None = None
     shared: tuple[str, ...] = ()
+    build_changes: tuple[str, ...] | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ReleaseMeta | None:
         try:
-            built, shared = raw.get("built"), raw.get("shared")
+            built, shared, changes = raw.get("built"), raw.get("shared"), raw.get("build_changes")
             return cls(
                 name=str(raw["name"]),
                 tag=str(raw["tag"]),
@@ -331,6 +342,7 @@ class ReleaseMeta:
                 ok=bool(raw.get("ok", True)),
                 built=built if isinstance(built, bool) else None,
                 shared=tuple(p for p in shared if isinstance(p, str)) if isinstance(shared, list) else (),
+                build_changes=_paths(changes),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -6,10 +6,12 @@ to its final name, fsync ``releases/``), and prunes old ones. A release that has
 complete and never modified again, except that a release which failed its health check is marked so
 in its (coordinator-side) metadata.
 
-Preparation recycles the release retention would delete next when it can (:mod:`coordinator.recycle`),
-else is incremental when it is safe (hard links from the release ``current`` names, see
-:mod:`coordinator.prepare`), else a full checkout; always a full checkout when a build command runs:
-a build could modify a file in place and so write through an inode shared with a published release.
+Preparation recycles the release retention would delete next when it can (:mod:`coordinator.recycle`;
+never with a build command), else is incremental when it is safe (hard links from the release
+``current`` names, see :mod:`coordinator.prepare`), else a full checkout. A build command runs in the
+build sandbox (:mod:`coordinator.sandbox`), where it cannot write an inode shared with a published
+release; where the sandbox is unavailable (or ``--build-sandbox off``) it runs in place and the
+release is always a full checkout.
 The shared paths are linked in after preparation (:mod:`coordinator.shared`) and recorded in the
 release's metadata; the release's manifest (the git index preparation leaves, with the stat data of
 its files) is kept next to its metadata as ``<name>.index``, for a later recycling to check against.
@@ -29,7 +31,7 @@ import structlog
 
 from coordinator.build import run_build
 from coordinator.config import Config
-from coordinator.exceptions import LayoutError
+from coordinator.exceptions import BuildError, LayoutError
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, sync_tree, temp_name
 from coordinator.git import GitCache
@@ -40,6 +42,7 @@ from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
 from coordinator.records import ReleaseMeta
 from coordinator.recycle import Retired, manifest_path, pick_retired
+from coordinator.sandbox import BuildSandbox
 from coordinator.shared import SharedPaths
 from coordinator.state import read_release_meta, write_release_meta
 
@@ -57,6 +60,11 @@ class ReleaseStore:
         self.git = git
         self.shared = SharedPaths(self.layout, config.shared_paths)
         self._manifests: dict[Path, Path] = {}  # workspace -> the manifest its preparation left
+        self.sandbox = BuildSandbox(self.layout.releases, self.layout.tmp_dir, config.build_sandbox)
+        #: workspace -> how its build runs: in the sandbox (True) or in place (False), decided at prepare
+        self._sandboxed: dict[Path, bool] = {}
+        #: workspace -> the paths its sandboxed build replaced or removed, recorded at publish
+        self._build_changes: dict[Path, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ start-up
 
@@ -95,6 +103,8 @@ class ReleaseStore:
         removed += _remove_orphaned_metadata(lay)
         if removed:
             log.info("leftovers_removed", paths=sorted(removed))
+        if self.config.build_command:
+            self.sandbox.unavailable()  # probed once, at start (logged)
 
     # ------------------------------------------------------------------ reading
 
@@ -118,6 +128,8 @@ class ReleaseStore:
 
     async def discard(self, tmp: Path) -> None:
         """Remove an unpublished workspace (shielded: also when the deploy was cancelled)."""
+        self._sandboxed.pop(tmp, None)
+        self._build_changes.pop(tmp, None)
         with anyio.CancelScope(shield=True):
             manifest = self._manifests.pop(tmp, None)
             if manifest is not None:
@@ -137,9 +149,14 @@ class ReleaseStore:
         """Fill ``tmp`` with the tracked files of ``sha``: by recycling the release retention would
         delete next once release ``name`` is published (never ``previous_current``, ``previous``, a
         release in use or one in ``protected``), else incrementally from ``previous_current`` when that
-        is safe, else by a full checkout (see :mod:`coordinator.prepare`). Without ``name`` nothing is
-        recycled."""
+        is safe, else by a full checkout (see :mod:`coordinator.prepare`). Without ``name``, or with a
+        build command, nothing is recycled. With a build command, whether it runs in the build sandbox
+        is decided here: in place, the release is a full checkout."""
         build = bool(self.config.build_command)
+        in_place = None
+        if build:
+            in_place = await anyio.to_thread.run_sync(self.sandbox.unavailable)
+            self._sandboxed[tmp] = in_place is None
 
         def gather() -> tuple[PreviousRelease | None, Retired | None]:
             prev = load_previous(self.layout, previous_current)
@@ -155,7 +172,8 @@ class ReleaseStore:
             tmp,
             self.layout.tmp_dir / temp_name("index"),
             prev,
-            build_command=build,
+            build_command=in_place is not None,
+            build_fallback=in_place or ("build_command", None),
             retired=retired,
         )
         if stats.manifest is not None:
@@ -165,10 +183,34 @@ class ReleaseStore:
     async def build(
         self, tmp: Path, name: str, tag: str, sha: str, previous_current: str | None, request_id: str | None = None
     ) -> None:
-        """Run ``--build-command`` in the workspace (BuildError when it fails)."""
-        assert self.config.build_command
+        """Run ``--build-command`` in the workspace (BuildError when it fails): in the build sandbox
+        when :meth:`prepare` found it available, else in place."""
+        cfg = self.config
+        assert cfg.build_command
         ctx = self.hook_context(tag, sha, name, previous_current, request_id, release_dir=tmp)
-        await run_build(self.config.build_command, ctx, self.config.build_timeout, self.config.extra_env)
+        if not self._sandboxed.get(tmp, False):
+            await run_build(cfg.build_command, ctx, cfg.build_timeout, cfg.extra_env)
+            return
+        sb = await anyio.to_thread.run_sync(self.sandbox.new_dir, tmp)
+        try:
+            try:
+                await run_build(cfg.build_command, ctx, cfg.build_timeout, cfg.extra_env, self.sandbox.argv(sb))
+            except BuildError as e:
+                if await anyio.to_thread.run_sync(lambda: sb.ready):
+                    raise
+                detail = e.fields.get("output") or e.message
+                # the next release is a full checkout, built in place
+                await anyio.to_thread.run_sync(self.sandbox.disable, str(detail))
+                raise BuildError(
+                    f"the build sandbox could not be set up: {detail}",
+                    fix="deploy again (the marker must change): the build then runs in place, in a full "
+                    "checkout; or set --build-sandbox off",
+                    output=e.fields.get("output"),
+                ) from e
+            self._build_changes[tmp] = await anyio.to_thread.run_sync(self.sandbox.apply, sb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(sb.remove)
 
     def hook_context(
         self,
@@ -205,7 +247,16 @@ class ReleaseStore:
             else:
                 os.replace(manifest, manifest_path(lay, name))
         # created after the flush: no file of the release is newer (incremental preparation relies on it)
-        meta = ReleaseMeta(name, tag, sha, time.time(), built=bool(self.config.build_command), shared=self.shared.names)
+        meta = ReleaseMeta(
+            name,
+            tag,
+            sha,
+            time.time(),
+            built=bool(self.config.build_command),
+            shared=self.shared.names,
+            build_changes=self._build_changes.pop(tmp, None),
+        )
+        self._sandboxed.pop(tmp, None)
         write_release_meta(lay.meta_dir, meta)
         # the app-facing metadata, next to the release directory (never modified once published)
         write_release_meta(lay.releases, meta, app_facing=True)
@@ -263,6 +314,7 @@ def load_previous(layout: Layout, name: str | None) -> PreviousRelease | None:
         built=meta.built if meta else None,
         shared=frozenset(meta.shared) if meta else frozenset(),
         manifest=manifest if meta and os.path.isfile(manifest := manifest_path(layout, name)) else None,
+        build_changes=frozenset(meta.build_changes) if meta and meta.build_changes is not None else None,
     )
 
 

@@ -231,7 +231,7 @@ def write_release_meta(meta_dir: Path, meta: ReleaseMeta, *, app_facing: bool = 
     ``shared``)."""
     body = {**asdict(meta), "created_at": iso(meta.created)}
     if app_facing:
-        for key in ("ok", "built", "shared"):
+        for key in ("ok", "built", "shared", "build_changes"):
             body.pop(key)
     write_json(meta_dir / f"{meta.name}.json", body)
 

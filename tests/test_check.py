@@ -189,6 +189,7 @@ async def test_a_good_setup_passes_every_check(root: Path, repo: GitRepo, app_ur
         "reload",
         "health",
         "build command",
+        "build sandbox",
         "pre-swap command",
         "notify command",
     ]
@@ -207,8 +208,8 @@ def test_the_cli_passes_a_good_setup_and_writes_nothing_under_root(root: Path, r
         out = cli("check", *_good_args(root, repo, url), env={"PYTHONIOENCODING": "utf-8"})
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 13 and all(line.startswith("✓ ") for line in lines[:-1]), out.stdout
-    assert lines[-1] == "all 12 checks passed"
+    assert len(lines) == 14 and all(line.startswith("✓ ") for line in lines[:-1]), out.stdout
+    assert lines[-1] == "all 13 checks passed"
     assert _snapshot(root) == before
     assert not (root / ".coordinator" / "lock").exists() and not (root / "deploy.status.json").exists()
 
@@ -646,3 +647,25 @@ def test_format_results_shows_a_line_per_check_then_the_summary() -> None:
     with pytest.raises(CheckFailed, match="1 of 2 checks failed: repository") as info:
         raise_if_failed(results)
     assert info.value.exit_code == 1
+
+
+async def test_build_sandbox_is_probed_and_reported(root: Path, repo: GitRepo) -> None:
+    """With a build command and the layout in place, the build sandbox is probed (nothing left behind)."""
+    for d in (root / "releases", root / ".coordinator" / "tmp"):
+        d.mkdir(parents=True)
+    before = _snapshot(root)
+    result = await _one(_config(root, repo, build_command="true"), "build sandbox")
+    assert result.ok and result.detail.startswith(("available:", "note: unavailable ("))
+    assert _snapshot(root) == before
+
+
+async def test_build_sandbox_is_not_probed_before_the_layout_exists(root: Path, repo: GitRepo) -> None:
+    """Before the daemon made ROOT/releases the sandbox is not probed (and nothing is created)."""
+    result = await _one(_config(root, repo, build_command="true"), "build sandbox")
+    assert result.ok and result.detail.startswith("not probed")
+    assert not (root / "releases").exists()
+
+
+async def test_build_sandbox_off_is_not_checked(root: Path, repo: GitRepo) -> None:
+    """--build-sandbox off: no build sandbox check."""
+    assert "build sandbox" not in await _results(_config(root, repo, build_command="true", build_sandbox="off"))

@@ -120,11 +120,9 @@ class Transition:
         await self.cache.checkout(self.new_sha, out, self.base / "index-full")
         return out
 
-    async def prepare(self, previous: PreviousRelease | None = None, *, build_command: bool = False) -> PrepareStats:
+    async def prepare(self, previous: PreviousRelease | None = None, **kw: Any) -> PrepareStats:
         prev = self.previous if previous is None else previous
-        self.stats = await prepare_release(
-            self.cache, self.new_sha, self.dest, self.base / "index", prev, build_command=build_command
-        )
+        self.stats = await prepare_release(self.cache, self.new_sha, self.dest, self.base / "index", prev, **kw)
         return self.stats
 
 
@@ -443,6 +441,23 @@ async def test_previous_release_built_by_a_build_command_means_a_full_checkout(t
     await assert_same_as_full(t)
 
 
+async def test_previous_release_built_in_the_sandbox_is_built_from_writing_its_changes_fresh(tmp_path: Path) -> None:
+    """A previous release whose build ran in the sandbox is built from; the paths its build replaced
+    (here keep.txt, rewritten in place after publication's check would pass) are written, not linked."""
+    t = await make_transition(tmp_path, BASE, {**BASE, "a": F("1")})
+    p = t.previous
+    assert p.created is not None
+    prev_keep = p.path / "keep.txt"
+    await anyio.to_thread.run_sync(prev_keep.unlink)
+    await anyio.to_thread.run_sync(prev_keep.write_text, "the build's output\n")
+    os.utime(prev_keep, (p.created - 10, p.created - 10))  # as old as the rest: only build_changes tells
+    built = PreviousRelease(p.path, p.sha, p.created, built=True, build_changes=frozenset({"keep.txt"}))
+    stats = await t.prepare(built)
+    assert (stats.mode, stats.rewritten) == ("incremental", 1)
+    assert (t.dest / "pkg" / "mod.py").stat().st_ino == (p.path / "pkg" / "mod.py").stat().st_ino
+    await assert_same_as_full(t)
+
+
 async def test_previous_release_of_unknown_provenance_means_a_full_checkout(tmp_path: Path) -> None:
     """A previous release with no journal entry for its publication is not built from."""
     t = await make_transition(tmp_path, BASE, {**BASE, "a": F("1")})
@@ -586,8 +601,8 @@ async def test_deployer_status_and_journal_keep_their_shape(root: Path, repo: Gi
 
 
 async def test_deployer_with_build_command_prepares_full_checkouts(root: Path, repo: GitRepo) -> None:
-    """With --build-command every release is a full checkout, and the event says why."""
-    d = deployer(root, repo, build_command="true")
+    """With --build-command and --build-sandbox off every release is a full checkout, and the event says why."""
+    d = deployer(root, repo, build_command="true", build_sandbox="off")
     await d.startup()
     await deploy(d, root, "v1")
     events = await deploy(d, root, "v2")
@@ -595,8 +610,8 @@ async def test_deployer_with_build_command_prepares_full_checkouts(root: Path, r
 
 
 async def test_deployer_does_not_build_from_a_release_a_build_ran_in(root: Path, repo: GitRepo) -> None:
-    """After a release built with a build command, the next deploy without one is a full checkout."""
-    built = deployer(root, repo, build_command="echo changed > app.py")
+    """After a release built in place by a build command, the next deploy without one is a full checkout."""
+    built = deployer(root, repo, build_command="echo changed > app.py", build_sandbox="off")
     await built.startup()
     await deploy(built, root, "v1")
     d = deployer(root, repo)
