@@ -115,6 +115,14 @@ class BuildError(CoordinatorError):
     kind = "build"
 
 
+class SandboxError(CoordinatorError):
+    """The build sandbox worked at start but could not be set up for this build. The sandbox is then
+    switched off, so the same marker is retried on resync: a full checkout built in place."""
+
+    kind = "sandbox"
+    retryable = True
+
+
 class SharedPathError(CoordinatorError):
     """``ROOT/shared`` cannot back a shared path (a shared file is missing, a path has the wrong type,
     a symlink there points outside it). Retried on resync: the fix is to create or repair the file in

@@ -31,7 +31,7 @@ import structlog
 
 from coordinator.build import run_build
 from coordinator.config import Config
-from coordinator.exceptions import BuildError, LayoutError
+from coordinator.exceptions import BuildError, LayoutError, SandboxError
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, sync_tree, temp_name
 from coordinator.git import GitCache
@@ -201,10 +201,10 @@ class ReleaseStore:
                 detail = e.fields.get("output") or e.message
                 # the next release is a full checkout, built in place
                 await anyio.to_thread.run_sync(self.sandbox.disable, str(detail))
-                raise BuildError(
+                raise SandboxError(
                     f"the build sandbox could not be set up: {detail}",
-                    fix="deploy again (the marker must change): the build then runs in place, in a full "
-                    "checkout; or set --build-sandbox off",
+                    fix="nothing to do: the next try (on resync) builds in place, in a full checkout; "
+                    "--build-sandbox off makes that the rule",
                     output=e.fields.get("output"),
                 ) from e
             self._build_changes[tmp] = await anyio.to_thread.run_sync(self.sandbox.apply, sb)

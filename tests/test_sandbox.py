@@ -248,8 +248,8 @@ async def test_build_sandbox_off_means_a_full_checkout(root: Path, repo: GitRepo
 async def test_a_sandbox_that_fails_to_set_up_fails_the_build_and_the_next_is_in_place(
     root: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The probe worked at start but the sandbox fails at build time: the attempt fails saying so,
-    and the next release is a full checkout built in place."""
+    """The probe worked at start but the sandbox fails at build time: the attempt fails saying so
+    (retryable), and the same marker's next try is a full checkout built in place."""
     d = deployer(root, repo, build_command="echo x >> app.py")
     await d.startup()
     await deploy(d, root, "v1")
@@ -257,10 +257,13 @@ async def test_a_sandbox_that_fails_to_set_up_fails_the_build_and_the_next_is_in
     logs = await deploy(d, root, "v2")
     failed = [e for e in logs if "could not be set up" in str(e.get("message", ""))]
     assert failed, [e["event"] for e in logs]
+    assert [(e["kind"], e["retryable"]) for e in failed] == [("sandbox", True)]
     assert list((root / ".coordinator" / "tmp").iterdir()) == []
-    logs = await deploy(d, root, "v3")
+    with capture_logs() as logs:
+        attempt = await d.reconcile()  # the same marker, as a resync would
+    assert attempt is not None and attempt.result == "success"
     assert (stats(logs)["mode"], stats(logs)["fallback"]) == ("full", "build_sandbox_unavailable")
-    assert (root / "releases" / name(repo, "v3") / "app.py").read_text() == "APP = 1\nx\n"
+    assert (root / "releases" / name(repo, "v2") / "app.py").read_text() == "APP = 1\nx\n"
 
 
 def test_build_sandbox_must_be_auto_or_off(root: Path) -> None:
