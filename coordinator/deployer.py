@@ -83,7 +83,14 @@ class Deployer:
         self._backoff_error: ErrorInfo | None = None  # the error of the fetch that waits out its back-off
         self.on_fetch_failure: Callable[[str], None] | None = None  # called with "fetch" (the metric)
         self.stager = Stager(
-            config, self.git, self.reporter, self.state, self.activator.save_state, self._build_release, self._prune
+            config,
+            self.git,
+            self.reporter,
+            self.state,
+            self.activator.save_state,
+            self._build_release,
+            self._prune,
+            self._notify,
         )
 
     # ------------------------------------------------------------------ start-up
@@ -374,18 +381,20 @@ class Deployer:
             ),
         )
 
+    def _notify(self, attempt: Attempt, previous_current: str | None) -> None:
+        """Queue the notification of a finished attempt (a deploy, or a stage: its journal entry says)."""
+        ctx = self.store.hook_context(
+            attempt.tag, attempt.sha or "", attempt.release, previous_current, attempt.request_id
+        )
+        self.notifier.submit(attempt.journal_entry(), ctx)
+
     async def _finish(self, attempt: Attempt, reading: MarkerReading, previous_current: str | None) -> None:
         """Journal a finished attempt, queue its notification, forget a cleared failure, and publish
         the resulting state."""
         try:
             await self.reporter.finish(attempt)
         finally:
-            self.notifier.submit(
-                attempt.journal_entry(),
-                self.store.hook_context(
-                    attempt.tag, attempt.sha or "", attempt.release, previous_current, attempt.request_id
-                ),
-            )
+            self._notify(attempt, previous_current)
         if attempt.result is AttemptResult.SUCCESS and self.state.failed_marker is not None:
             self.state.failed_marker = None
             self.state.failed_error = None

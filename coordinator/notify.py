@@ -8,7 +8,8 @@ failure is logged (``hook_failed`` with ``hook``) and counted (``on_failure``, t
 ``coordinator_hook_failures_total``).
 
 * The command runs in ROOT with the environment of every hook (:class:`~coordinator.hooks.HookContext`)
-  plus ``RESULT`` and ``ERROR``, killed with its process group after ``--hook-timeout``.
+  plus ``ACTION`` (``deploy`` or ``stage``), ``RESULT`` and ``ERROR``, killed with its process group
+  after ``--hook-timeout``.
 * The webhook gets the journal entry as JSON in a POST, each try limited to ``--hook-timeout``; a
   connection error, a timeout or a 5xx is tried again after 1 s, then 2 s (three tries), a 4xx or a
   redirect is not. Credentials in the URL (``https://user:pass@host/``) are sent as Basic auth, never
@@ -189,7 +190,11 @@ class Notifier:
 
     async def _notify(self, cmd: str, n: Notification) -> None:
         error = n.entry.get("error")
-        env = {"RESULT": n.entry["result"], "ERROR": error.get("message", "") if error else ""}
+        env = {
+            "ACTION": n.entry.get("action") or "deploy",
+            "RESULT": n.entry["result"],
+            "ERROR": error.get("message", "") if error else "",
+        }
         limit = self.config.hook_timeout
         result = await run_command(
             cmd, n.ctx, cwd=self.config.layout.root, limit_s=limit, extra_env=self.config.extra_env, env=env

@@ -60,6 +60,7 @@ class Stager:
         save_state: Callable[[], Awaitable[None]],
         build_release: BuildRelease,
         prune: Callable[[Attempt], Awaitable[None]],
+        notify: Callable[[Attempt, str | None], None] | None = None,
     ) -> None:
         self.config = config
         self.path = config.layout.stage_marker
@@ -69,6 +70,7 @@ class Stager:
         self._save_state = save_state
         self._build_release = build_release
         self._prune = prune
+        self._notify = notify  # --notify-command and --webhook-url, as for a deploy
         self.last_attempt: Attempt | None = None
         self._scope: anyio.CancelScope | None = None
         self._inflight: tuple[DeployRequest, str | None, str | None] | None = None  # request, its digest, marker's
@@ -189,7 +191,11 @@ class Stager:
             await self._failed(attempt, describe_os_error(e), reading.digest, permanent=False)
         finally:
             with anyio.CancelScope(shield=True):
-                await self.reporter.finish(attempt)
+                try:
+                    await self.reporter.finish(attempt)
+                finally:
+                    if self._notify is not None:
+                        self._notify(attempt, obs.current)
         if attempt.result is AttemptResult.SUCCESS:
             log.info(
                 "stage_succeeded",
