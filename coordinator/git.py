@@ -327,16 +327,21 @@ class GitCache:
             return None
         return _first_line(result.stdout) or _last_line(result.stderr)
 
-    async def untracked(self, dest: Path, index_file: Path) -> str | None:
-        """The first path in ``dest`` that the index ``index_file`` does not track (untracked files,
-        and directories shown once, empty ones too), or None when there is none."""
+    async def remove_untracked(self, dest: Path, index_file: Path) -> tuple[int, str | None]:
+        """Delete from ``dest`` every file and directory the index ``index_file`` does not track
+        (``__pycache__`` an app server wrote, logs, empty directories; ignored paths too), by removing
+        names only (``git clean -ffdx``: a symlink is removed, never followed). Returns how many paths
+        went, and git's complaint when one could not be removed (else None)."""
         result = await self._git(
-            [*_work_tree(dest), *_STAT_CHECK, "ls-files", "-z", "--others", "--directory"],
+            [*_work_tree(dest), *_STAT_CHECK, "clean", "-ffdx"],
             env=_index(index_file),
-            max_output=4096,
+            check=False,
+            max_output=1024 * 1024,
         )
-        first = result.stdout.split(b"\0", 1)[0]
-        return os.fsdecode(first) if first else None
+        removed = sum(1 for line in result.stdout.splitlines() if line.startswith(b"Removing "))
+        if result.returncode != 0 or result.stderr.strip():
+            return removed, _last_line(result.stderr) or f"git clean exited {result.returncode}"
+        return removed, None
 
     async def tracked_under(self, dest: Path, index_file: Path, paths: Sequence[str]) -> list[str]:
         """The entries of the index ``index_file`` at or under ``paths`` (literal pathspecs)."""

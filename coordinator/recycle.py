@@ -31,8 +31,10 @@ directory permission bits are not checked.
 3. its shared links (recorded in its metadata) are removed, each only if it is still the symlink
    :mod:`coordinator.shared` made, with the parent directories they leave empty; the tag's files they
    had replaced are written back (``checkout-index -u``);
-4. the check: ``update-index --refresh`` (every tracked file as published) and ``ls-files --others
-   --directory`` (nothing untracked: no ``__pycache__``, log or empty directory); any mismatch gives up;
+4. the check: ``update-index --refresh`` (every tracked file as published; any mismatch gives up),
+   while ``git clean -ffdx`` removes what the manifest does not list (the ``__pycache__`` an app
+   server wrote into the release while it served, logs, empty directories: names only, never an
+   inode another release holds); a path it cannot remove, or a ``.git``, gives up;
 5. ``git read-tree -m -u OLD NEW`` applies the difference: removed files unlinked and the directories
    they empty removed, changed and added files (content, mode, type, file <-> directory) unlinked and
    written anew, so a file another release hard-links is never written: every written file is a new
@@ -42,7 +44,8 @@ Giving up (:class:`~coordinator.incremental.Abandoned`) after step 2 empties the
 then prepares incrementally from ``current`` (or by a full checkout), as without a retired release.
 The reasons: ``retired_commit_missing``, ``gitattributes_changed``, ``retired_shared_link_changed``,
 ``retired_changed`` (a tracked file modified, missing or of another type; or an unreadable manifest),
-``retired_untracked`` (a path the manifest does not list), ``recycle_failed`` (git refused the merge).
+``retired_untracked`` (a path the manifest does not list could not be removed, or a ``.git``),
+``recycle_failed`` (git refused the merge).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import structlog
 
 from coordinator.exceptions import GitError
 from coordinator.failpoints import failpoint
@@ -69,6 +73,8 @@ from coordinator.shared import link_target
 from coordinator.state import read_release_meta
 
 __all__ = ["Recycled", "Retired", "manifest_path", "pick_retired", "recycle"]
+
+log = structlog.get_logger("coordinator.recycle")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -247,15 +253,18 @@ def _remove_links(dest: Path, paths: list[str]) -> None:
 
 
 async def _check(git: GitCache, dest: Path, index_file: Path) -> None:
-    """Give up unless ``dest`` holds exactly the files the manifest lists, as published."""
+    """Give up unless ``dest`` holds the files the manifest lists, as published; what it does not
+    list (``__pycache__`` an app server wrote into the release, logs) is removed."""
+    if await anyio.to_thread.run_sync(os.path.lexists, dest / ".git"):  # git never lists its own name
+        raise _GiveUp("retired_untracked", ".git")
     changed: list[str | None] = []
-    extra: list[str | None] = []
+    extra: list[tuple[int, str | None]] = []
 
     async def refresh() -> None:
         changed.append(await git.refresh(dest, index_file))
 
     async def others() -> None:
-        extra.append(await git.untracked(dest, index_file))
+        extra.append(await git.remove_untracked(dest, index_file))
 
     try:
         await _concurrently(refresh, others)
@@ -263,10 +272,11 @@ async def _check(git: GitCache, dest: Path, index_file: Path) -> None:
         raise _GiveUp("retired_changed", e.message) from e
     if changed[0] is not None:
         raise _GiveUp("retired_changed", changed[0])
-    if extra[0] is not None:
-        raise _GiveUp("retired_untracked", extra[0])
-    if await anyio.to_thread.run_sync(os.path.lexists, dest / ".git"):  # git never lists its own name
-        raise _GiveUp("retired_untracked", ".git")
+    removed, problem = extra[0]
+    if problem is not None:
+        raise _GiveUp("retired_untracked", problem)
+    if removed:
+        log.debug("retired_untracked_removed", paths=removed)
 
 
 def _empty_workspace(dest: Path) -> None:

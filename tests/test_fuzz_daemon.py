@@ -1020,7 +1020,7 @@ class Harness:
             if rest[:8] != stat_check:
                 return "unknown work-tree command"
             rest = rest[8:]
-            if rest in (["update-index", "--refresh"], ["ls-files", "-z", "--others", "--directory"]):
+            if rest in (["update-index", "--refresh"], ["clean", "-ffdx"]):
                 return None
             if rest[:2] == ["read-tree", "-m"] and rest[2:3] in (["-i"], ["-u"]) and rest[3:4] == ["--end-of-options"]:
                 unknown = [c for c in rest[4:] if c not in self.info.commits]

@@ -191,8 +191,6 @@ CHANGES = {
         lambda r: ((r.retired.path / "keep.txt").unlink(), (r.retired.path / "keep.txt").symlink_to("x")),
         "retired_changed",
     ),
-    "untracked_file": (lambda r: (r.retired.path / "pkg" / "x.pyc").write_bytes(b"\0"), "retired_untracked"),
-    "untracked_empty_dir": (lambda r: (r.retired.path / "pkg" / "__pycache__").mkdir(), "retired_untracked"),
     "dot_git": (lambda r: (r.retired.path / ".git").mkdir(), "retired_untracked"),
 }
 
@@ -211,6 +209,28 @@ async def test_a_changed_retired_release_falls_back(tmp_path: Path, case: str) -
     assert await anyio.to_thread.run_sync(contents, r.dest) == await r.full()
     assert await anyio.to_thread.run_sync(snapshot, r.other) == r.before
     assert sorted(os.listdir(r.base / "releases")) == [".new.tmp-1-0", "other"]  # no trash left either
+
+
+def _litter(r: Recycling) -> None:
+    """What an app server leaves in a release it served: bytecode, an empty directory, a log, and a
+    symlink into the other release (removing it must not touch its target)."""
+    pycache = r.retired.path / "pkg" / "__pycache__"
+    pycache.mkdir()
+    (pycache / "mod.cpython-311.pyc").write_bytes(b"\0" * 64)
+    (r.retired.path / "empty").mkdir()
+    (r.retired.path / "app.log").write_text("served\n")
+    (r.retired.path / "link-out").symlink_to(r.other)
+
+
+async def test_untracked_paths_in_a_retired_release_are_removed_and_it_is_recycled(tmp_path: Path) -> None:
+    """__pycache__, logs and empty directories an app wrote into a retired release go (names only);
+    the release is still recycled, exactly, and the other release is untouched."""
+    r = await make_recycling(tmp_path, BASE, {**BASE, "a": F("new\n")})
+    await anyio.to_thread.run_sync(_litter, r)
+    with capture_logs() as logs:
+        stats = await r.prepare()
+    await assert_recycled_exactly(r, stats)
+    assert [e["paths"] for e in logs if e["event"] == "retired_untracked_removed"] == [4]
 
 
 async def test_a_changed_shared_link_falls_back(tmp_path: Path) -> None:
