@@ -26,7 +26,7 @@ from coordinator.layout import Layout
 from coordinator.prepare import PrepareStats, prepare_release
 from coordinator.recycle import Retired, manifest_path, pick_retired
 from tests.helpers import GitRepo, app_repo, contents, current_release, leftovers, run_once, snapshot
-from tests.test_prepare import BASE, TRANSITIONS, F, Leaf, Tree, changed_paths, commit_tree, inodes, tree_pairs
+from tests.trees import BASE, TRANSITIONS, F, Leaf, Tree, changed_paths, commit_tree, inodes, tree_pairs
 
 pytestmark = pytest.mark.anyio
 
