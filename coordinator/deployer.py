@@ -232,19 +232,7 @@ class Deployer:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(attempt, reading, obs.current)
-        if attempt.result is AttemptResult.SUCCESS:
-            log.info(
-                "deploy_succeeded",
-                **present(
-                    tag=req.tag,
-                    sha=attempt.sha,
-                    release=attempt.release,
-                    request_id=req.request_id,
-                    duration_ms=attempt.duration_ms,
-                ),
-            )
-        elif attempt.result is AttemptResult.CANCELLED:
-            log.info("deploy_superseded", **present(tag=req.tag, release=attempt.release))
+        attempt.log_end("deploy_succeeded", "deploy_superseded")
         return attempt
 
     async def _fetch(self, tag: str, digest: str | None) -> str:

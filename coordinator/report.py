@@ -91,6 +91,23 @@ class Attempt:
         """The attempt as a journal line (and as the ``--webhook-url`` payload)."""
         return {"event": "attempt", **self.record()}
 
+    def log_end(self, succeeded: str, cancelled: str) -> None:
+        """Log how the attempt ended, as event ``succeeded`` or ``cancelled`` (a failure is logged
+        where it is caught, with its error)."""
+        if self.result is AttemptResult.SUCCESS:
+            log.info(
+                succeeded,
+                **present(
+                    tag=self.tag,
+                    sha=self.sha,
+                    release=self.release,
+                    request_id=self.request_id,
+                    duration_ms=self.duration_ms,
+                ),
+            )
+        elif self.result is AttemptResult.CANCELLED:
+            log.info(cancelled, **present(tag=self.tag, release=self.release))
+
 
 class Reporter:
     """Writes the status file and the journal, logs phases, and calls the metrics hooks."""

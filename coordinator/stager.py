@@ -196,19 +196,7 @@ class Stager:
                 finally:
                     if self._notify is not None:
                         self._notify(attempt, obs.current)
-        if attempt.result is AttemptResult.SUCCESS:
-            log.info(
-                "stage_succeeded",
-                **present(
-                    tag=req.tag,
-                    sha=attempt.sha,
-                    release=attempt.release,
-                    request_id=req.request_id,
-                    duration_ms=attempt.duration_ms,
-                ),
-            )
-        elif attempt.result is AttemptResult.CANCELLED:
-            log.info("stage_cancelled", **present(tag=req.tag, release=attempt.release))
+        attempt.log_end("stage_succeeded", "stage_cancelled")
         return attempt
 
     async def _succeeded(self, attempt: Attempt, p: StagePlan, digest: str, req: DeployRequest) -> None:
