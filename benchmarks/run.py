@@ -22,7 +22,8 @@
    plots (:mod:`benchmarks.plots`), writes ``benchmarks/results/<date>.json`` and ``.md`` and prints
    the Markdown;
 10. appends the sections of the benchmarks run on their own too (``--skip`` leaves them out): shallow
-    fetches (:mod:`benchmarks.gitsource`) and reload strategies under load (:mod:`benchmarks.strategies`).
+    fetches (:mod:`benchmarks.gitsource`), reload strategies under load (:mod:`benchmarks.strategies`) and
+    preparation with a build command, sandboxed against a full checkout (:mod:`benchmarks.buildsandbox`).
 
 Generated repositories are cached under ``benchmarks/results/tmp/`` for the length of the run only.
 
@@ -90,6 +91,7 @@ CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken
 APPENDED = {
     "gitsource": ("benchmarks.gitsource", "shallow fetches"),
     "strategies": ("benchmarks.strategies", "reload strategies under load"),
+    "buildsandbox": ("benchmarks.buildsandbox", "preparation with a build command, sandboxed against full"),
 }
 
 
