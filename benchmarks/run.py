@@ -645,7 +645,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="deploy methods of the torn-read test (default: all)",
     )
     sections = ("configmap", "idle", "steps", "newtag", "torn", "staged", "plots", *APPENDED)
-    p.add_argument("--staged-deploys", type=int, default=50, help="deploys of each kind, staged section (50)")
+    p.add_argument(
+        "--staged-deploys", type=int, default=None, help="deploys of each kind, staged section (50; --quick 3)"
+    )
     p.add_argument("--skip", default="", help=f"sections to skip, comma-separated: {', '.join(sections)}")
     args = p.parse_args(argv)
 
@@ -660,7 +662,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.idle_long_seconds = 3.0
         args.sizes, args.changes, args.newtag_reps, args.first_reps = [300, 2000], [10, 100], 2, 3
         args.first_reps_large = 2
-        args.staged_deploys = 3
+    if args.staged_deploys is None:
+        args.staged_deploys = 3 if args.quick else 50
     if args.configmap_deploys is None:
         args.configmap_deploys = args.deploys
     finish_common_args(args, HERE / "results")
