@@ -6,7 +6,9 @@ Sub-commands (``python -m benchmarks SUB-COMMAND --help`` lists each one's optio
   (``python -m benchmarks --quick`` is ``python -m benchmarks run --quick``);
 * ``strategies``: reload strategies under load, :mod:`benchmarks.strategies`;
 * ``gitsource``: shallow fetches, the git cache at ``--depth 1`` against the whole history,
-  :mod:`benchmarks.gitsource`.
+  :mod:`benchmarks.gitsource`;
+* ``staged``: the deploy of a release staged just before against one already on disk,
+  :mod:`benchmarks.staged` (also a section of ``run``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("benchmarks.run", "the deploy-latency benchmark (the default; what `make bench` runs)"),
     "strategies": ("benchmarks.strategies", "reload strategies (uWSGI, gunicorn) under load"),
     "gitsource": ("benchmarks.gitsource", "shallow fetches: git cache --depth 1 against the whole history"),
+    "staged": ("benchmarks.staged", "deploy of a staged release against one already on disk"),
 }
 DEFAULT = "run"
 

@@ -6,6 +6,8 @@ import math
 import re
 from typing import Any
 
+from benchmarks.staged import render_section as render_staged
+
 __all__ = ["render"]
 
 
@@ -458,6 +460,8 @@ def render(r: dict[str, Any]) -> str:
             out += [f"Recommendation rule: {reco['rule']}", ""]
     out += _newtag(r)
     out += _torn(r)
+    if r.get("staged"):
+        out.append(render_staged(r["staged"]))
     out += ["## Notes", ""]
     out += [f"- {n}" for n in r["notes"]]
     out.append("")

@@ -16,11 +16,14 @@
    changed files per tag, against in-place ``git checkout -f``, ``git worktree add`` and
    ``git archive | tar -x`` in the same run (:mod:`benchmarks.newtag`);
 8. the unsafe window: torn reads seen by a reader while each method deploys (:mod:`benchmarks.torn`);
+   then deploys of a release staged just before against deploys of a release already on disk, in one
+   daemon (:mod:`benchmarks.staged`);
 9. checks the issue's targets (:mod:`benchmarks.targets`), recommends a watcher step, draws the PNG
    plots (:mod:`benchmarks.plots`), writes ``benchmarks/results/<date>.json`` and ``.md`` and prints
    the Markdown;
 10. appends the sections of the benchmarks run on their own too (``--skip`` leaves them out): shallow
-    fetches (:mod:`benchmarks.gitsource`) and reload strategies under load (:mod:`benchmarks.strategies`).
+    fetches (:mod:`benchmarks.gitsource`), reload strategies under load (:mod:`benchmarks.strategies`) and
+    preparation with a build command, sandboxed against a full checkout (:mod:`benchmarks.buildsandbox`).
 
 Generated repositories are cached under ``benchmarks/results/tmp/`` for the length of the run only.
 
@@ -69,6 +72,8 @@ from benchmarks.plots import make_plots
 from benchmarks.report import render
 from benchmarks.repos import RepoCache
 from benchmarks.session import Session, current_tag, read_status, wait_status
+from benchmarks.staged import StagedOptions
+from benchmarks.staged import measure as measure_staged
 from benchmarks.stats import summarize
 from benchmarks.synth import GIT_ENV, SynthRepo, build_repo, git
 from benchmarks.targets import evaluate
@@ -86,6 +91,7 @@ CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken
 APPENDED = {
     "gitsource": ("benchmarks.gitsource", "shallow fetches"),
     "strategies": ("benchmarks.strategies", "reload strategies under load"),
+    "buildsandbox": ("benchmarks.buildsandbox", "preparation with a build command, sandboxed against full"),
 }
 
 
@@ -426,6 +432,18 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         torn = run_torn(work, cache.get(args.torn_files), args.torn_methods, args.seed, progress, args.main_log_level)
         notes += torn.pop("notes")
         section_done("torn_reads")
+    staged: dict[str, Any] | None = None
+    if "staged" not in args.skip:
+        (work / "staged").mkdir()
+        staged_opt = StagedOptions(
+            deploys=args.staged_deploys,
+            files=args.files,
+            changed=args.changed,
+            seed=args.seed,
+            log_level=args.main_log_level,
+        )
+        staged = measure_staged(work / "staged", staged_opt, progress)
+        section_done("staged")
 
     # -- summary
     warm_touch = summarize(_vals(warm, lambda r: r.ext_touch_seen))
@@ -522,6 +540,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
             "first_reps_large": args.first_reps_large,
             "torn_files": args.torn_files,
             "torn_methods": args.torn_methods,
+            "staged_deploys": args.staged_deploys,
             "skip": sorted(args.skip),
             "quick": args.quick,
         },
@@ -560,6 +579,7 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
         ),
         "newtag": newtag,
         "torn": torn,
+        "staged": staged,
         "sections_s": sections_s,
         "system": {
             "during_main": main_load,
@@ -624,7 +644,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(k for k, _, _ in TORN_METHODS),
         help="deploy methods of the torn-read test (default: all)",
     )
-    sections = ("configmap", "idle", "steps", "newtag", "torn", "plots", *APPENDED)
+    sections = ("configmap", "idle", "steps", "newtag", "torn", "staged", "plots", *APPENDED)
+    p.add_argument(
+        "--staged-deploys", type=int, default=None, help="deploys of each kind, staged section (50; --quick 3)"
+    )
     p.add_argument("--skip", default="", help=f"sections to skip, comma-separated: {', '.join(sections)}")
     args = p.parse_args(argv)
 
@@ -639,11 +662,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.idle_long_seconds = 3.0
         args.sizes, args.changes, args.newtag_reps, args.first_reps = [300, 2000], [10, 100], 2, 3
         args.first_reps_large = 2
+    if args.staged_deploys is None:
+        args.staged_deploys = 3 if args.quick else 50
     if args.configmap_deploys is None:
         args.configmap_deploys = args.deploys
     finish_common_args(args, HERE / "results")
     if args.deploys < 2 or args.baseline < 2 or args.table_deploys < 2 or not args.steps:
         p.error("counts must be at least 2 and --steps non-empty")
+    if args.staged_deploys < 1:
+        p.error("--staged-deploys must be at least 1")
     if args.configmap_deploys < 2 or args.newtag_reps < 1 or min(args.first_reps, args.first_reps_large) < 1:
         p.error("--configmap-deploys must be at least 2, --newtag-reps and --first-reps at least 1")
     unknown = args.skip - set(sections)

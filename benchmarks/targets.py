@@ -14,6 +14,7 @@ __all__ = [
     "ON_DISK_P99_MS",
     "PREPARE_LARGE_MAX_RATIO",
     "PREPARE_MAX_RATIO",
+    "STAGED_MAX_RATIO",
     "evaluate",
 ]
 
@@ -26,6 +27,7 @@ PREPARE_RANGE = (2000, 10000)
 PREPARE_LARGE_MAX_RATIO = 1.0  # prepare / in-place checkout -f, 50k files, 10 changed
 FIRST_DEPLOY_MAX_RATIO = 1.0  # first deploy's prepare / git worktree add
 GROWTH_MAX_RATIO = 2.0  # prepare(10k files, 10 changed) / prepare(1k files, 10 changed)
+STAGED_MAX_RATIO = 2.0  # marker -> reload p50: release staged just before / release already on disk
 
 
 def _ok(v: Any) -> bool:
@@ -76,6 +78,24 @@ def _why_growth(r: dict[str, Any], small: dict[str, Any], large: dict[str, Any])
         if _ok(a) and _ok(b) and a > 0:
             text += f"; even `cp -al` grows {b / a:.1f} x ({a:.1f} -> {b:.1f} ms)"
     return text
+
+
+def _staged(r: dict[str, Any]) -> dict[str, Any]:
+    target = f"staged release: deploy -> reload p50 within {STAGED_MAX_RATIO:g} x of a release already on disk"
+    st = r.get("staged")
+    if not st or not _ok(st.get("ratio_p50")):
+        return _row("staged_vs_on_disk", target, "not measured", None)
+    ratio = float(st["ratio_p50"])
+    on_disk, staged, detect = st["on_disk"], st["staged"], st["detect"]
+    return _row(
+        "staged_vs_on_disk",
+        target,
+        f"{staged['p50']:.2f} / {on_disk['p50']:.2f} ms = {ratio:.2f} x ({staged['n']} deploys each)",
+        ratio <= STAGED_MAX_RATIO,
+        value=ratio,
+        why=f"detection (marker -> `deploy_started`) p50: staged {detect['staged']['p50']:.2f} ms, on disk "
+        f"{detect['on_disk']['p50']:.2f} ms; {st.get('staged_rebuilt', 0)} staged deploys fetched or prepared again",
+    )
 
 
 def evaluate(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -247,4 +267,5 @@ def evaluate(r: dict[str, Any]) -> list[dict[str, Any]]:
                 value=ours["unsafe_passes"],
             )
         )
+    out.append(_staged(r))
     return out

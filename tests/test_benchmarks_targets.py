@@ -49,3 +49,35 @@ def test_a_size_not_measured_is_reported_as_such() -> None:
     rows = {row["id"]: row for row in evaluate(_result(1.0, 2.0, 0.01, 0.5, None))}
     assert rows["prepare_vs_checkout_large"]["met"] is None
     assert rows["prepare_vs_checkout_large"]["figure"] == "not measured"
+
+
+def _staged(ratio: float) -> dict[str, Any]:
+    """The staged section's figures evaluate() reads, with on-disk p50 10 ms and the given ratio."""
+    detect = {"p50": 4.0}
+    return {
+        "on_disk": {"p50": 10.0, "n": 20},
+        "staged": {"p50": 10.0 * ratio, "n": 20},
+        "detect": {"on_disk": detect, "staged": detect},
+        "ratio_p50": ratio,
+    }
+
+
+def test_a_staged_deploy_within_twice_the_on_disk_one_is_met() -> None:
+    """A staged/on-disk p50 ratio of exactly 2 meets the staged-release target."""
+    rows = {row["id"]: row for row in evaluate({**_result(1.0, 2.0, 0.01, 0.5, 1.0), "staged": _staged(2.0)})}
+    assert rows["staged_vs_on_disk"]["met"] is True
+    assert rows["staged_vs_on_disk"]["value"] == 2.0
+
+
+def test_a_staged_deploy_beyond_twice_the_on_disk_one_is_missed() -> None:
+    """A ratio just above 2 is reported not met, with the ratio in the figure."""
+    rows = {row["id"]: row for row in evaluate({**_result(1.0, 2.0, 0.01, 0.5, 1.0), "staged": _staged(2.01)})}
+    assert rows["staged_vs_on_disk"]["met"] is False
+    assert "2.01 x" in rows["staged_vs_on_disk"]["figure"]
+
+
+def test_the_staged_target_without_its_section_is_not_measured() -> None:
+    """Without the staged section (`--skip staged`) the target is 'not measured', neither met nor missed."""
+    rows = {row["id"]: row for row in evaluate({**_result(1.0, 2.0, 0.01, 0.5, 1.0), "staged": None})}
+    assert rows["staged_vs_on_disk"]["met"] is None
+    assert rows["staged_vs_on_disk"]["figure"] == "not measured"
