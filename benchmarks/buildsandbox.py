@@ -46,6 +46,7 @@ async def run_mode(repo: Path, work: Path, mode: str, rounds: int) -> dict[str, 
     cfg = Config(layout=Layout.for_root(root), repo=str(repo), build_command=BUILD, build_sandbox=mode, keep=10)
     d = Deployer(cfg)
     await d.startup()
+    why_not = await anyio.to_thread.run_sync(d.store.sandbox.unavailable)  # probed at start-up: cached
     await _deploy(d, root, "v1")
     prepare, build = [], []
     for _ in range(rounds):
@@ -59,6 +60,8 @@ async def run_mode(repo: Path, work: Path, mode: str, rounds: int) -> dict[str, 
                 (root / "releases" / f"{p.name}.json").unlink()
                 (root / ".coordinator" / "releases" / f"{p.name}.json").unlink()
     return {
+        "sandboxed": why_not is None,
+        "not_sandboxed_because": None if why_not is None else " ".join(w for w in why_not if w),
         "prepare_ms": statistics.median(prepare),
         "build_ms": statistics.median(build),
         "total_ms": statistics.median(p + b for p, b in zip(prepare, build, strict=True)),
@@ -120,6 +123,13 @@ def render_section(r: dict[str, Any], level: int = 2) -> str:
         f"Ratio sandboxed / full (prepare + build): **{r['ratio_total']:.3f}**.",
         "",
     ]
+    if not r["auto"].get("sandboxed", True):
+        out += [
+            "The build sandbox was **not available** on this machine "
+            f"({r['auto'].get('not_sandboxed_because')}): both modes were full checkouts built in place, "
+            "so the ratio says nothing about the sandbox.",
+            "",
+        ]
     return "\n".join(out)
 
 
