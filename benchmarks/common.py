@@ -4,13 +4,17 @@ progress lines, machine facts, the results' JSON layout and SIGTERM handling."""
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib.util
 import json
 import math
 import platform
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,6 +23,7 @@ from benchmarks.stats import Summary
 
 __all__ = [
     "add_common_args",
+    "begin",
     "cmd_out",
     "cpu_model",
     "dumps",
@@ -86,6 +91,18 @@ def dumps(obj: Any, level: int = 0) -> str:
 
 def on_signal(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def begin(prefix: str, tmp_dir: Path | None, stop_all: Callable[[], None]) -> Path | None:
+    """The start of every benchmark entry point: None (after saying why) when the coordinator package
+    is not importable; else ``stop_all`` registered for exit, SIGTERM turned into KeyboardInterrupt,
+    and a new work directory ``<prefix>*`` in ``tmp_dir`` (default: the system's)."""
+    if importlib.util.find_spec("coordinator") is None:
+        print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
+        return None
+    atexit.register(stop_all)
+    signal.signal(signal.SIGTERM, on_signal)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_dir))
 
 
 def add_common_args(p: argparse.ArgumentParser, *, keep_what: str, quick_what: str) -> None:

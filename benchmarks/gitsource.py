@@ -32,9 +32,7 @@ directory, removed at the end (kept with ``--keep-tmp`` or on a failure).
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -52,13 +50,13 @@ from typing import Any
 
 from benchmarks.common import (
     add_common_args,
+    begin,
     cmd_out,
     cpu_model,
     dumps,
     finish_common_args,
     json_safe,
     loadavg,
-    on_signal,
     progress,
 )
 from benchmarks.deploys import Deployer, DeployRecord
@@ -448,12 +446,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if importlib.util.find_spec("coordinator") is None:
-        print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
+    work = begin("coordinator-bench-gitsource-", args.tmp_dir, stop_all)
+    if work is None:
         return 2
-    atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, on_signal)
-    work = Path(tempfile.mkdtemp(prefix="coordinator-bench-gitsource-", dir=args.tmp_dir))
     machine = machine_info()
     try:
         results = json_safe(measure(work, args.options))

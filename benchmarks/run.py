@@ -33,7 +33,6 @@ Every daemon it starts is stopped at the end, also on errors and on SIGTERM/SIGI
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -45,7 +44,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -54,13 +52,13 @@ from typing import Any
 
 from benchmarks.common import (
     add_common_args,
+    begin,
     cmd_out,
     cpu_model,
     dumps,
     finish_common_args,
     json_safe,
     loadavg,
-    on_signal,
     progress,
 )
 from benchmarks.configmap import ConfigMapMarker
@@ -686,13 +684,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if importlib.util.find_spec("coordinator") is None:
-        print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
-        return 2
-    atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, on_signal)
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="coordinator-bench-", dir=args.tmp_dir))
+    work = begin("coordinator-bench-", args.tmp_dir, stop_all)
+    if work is None:
+        return 2
     # generated repositories: cached under benchmarks/results/tmp/ (gitignored) for this run only
     args.repo_cache = HERE / "results" / "tmp" / f"repos-{os.getpid()}-{int(started)}"
     try:

@@ -20,14 +20,10 @@ recycled. Reported: p50/p99 of (a) and (b) and the ratio of their p50s (the issu
 from __future__ import annotations
 
 import argparse
-import atexit
-import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import add_common_args, dumps, finish_common_args, json_safe, loadavg, on_signal, progress
+from benchmarks.common import add_common_args, begin, dumps, finish_common_args, json_safe, loadavg, progress
 from benchmarks.deploys import Deployer, DeployRecord
 from benchmarks.harness import DaemonError, stop_all
 from benchmarks.newtag import release_names
@@ -278,12 +274,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if importlib.util.find_spec("coordinator") is None:
-        print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
+    work = begin("coordinator-bench-staged-", args.tmp_dir, stop_all)
+    if work is None:
         return 2
-    atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, on_signal)
-    work = Path(tempfile.mkdtemp(prefix="coordinator-bench-staged-", dir=args.tmp_dir))
     try:
         results: dict[str, Any] = json_safe(measure(work, args.options))
     except KeyboardInterrupt:

@@ -25,7 +25,6 @@ own process group and is stopped at the end, also on errors and on SIGTERM/SIGIN
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -49,13 +48,13 @@ from typing import Any
 
 from benchmarks.common import (
     add_common_args,
+    begin,
     cmd_out,
     cpu_model,
     dumps,
     finish_common_args,
     json_safe,
     loadavg,
-    on_signal,
     progress,
 )
 from benchmarks.harness import Event, LogTail, write_marker
@@ -857,12 +856,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if importlib.util.find_spec("coordinator") is None:
-        print("error: the coordinator package is not importable; run with .venv/bin/python", file=sys.stderr)
+    work = begin("coordinator-bench-strategies-", args.tmp_dir, stop_all)
+    if work is None:
         return 2
-    atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, on_signal)
-    work = Path(tempfile.mkdtemp(prefix="coordinator-bench-strategies-", dir=args.tmp_dir))
     machine = machine_info()
     try:
         results = measure(args.deploys, work, args.seed, args.only, args.import_delay)
