@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -473,3 +473,38 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
                 body = Path(full).read_bytes()
             out[os.path.relpath(full, root)] = (st_.st_ino, st_.st_mtime_ns, st_.st_size, st_.st_mode, body)
     return out
+
+
+def process_texts() -> list[bytes]:
+    """The command line and environment of every process that can be read."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for name in ("cmdline", "environ"):
+            try:
+                out.append(Path(f"/proc/{pid}/{name}").read_bytes())
+            except OSError:
+                continue
+    return out
+
+
+async def process_texts_during(work: Callable[[], Awaitable[object]]) -> list[bytes]:
+    """Every process's command line and environment, read over and over while ``work`` runs."""
+    seen: list[bytes] = []
+    done = anyio.Event()
+
+    def scan() -> None:
+        while not done.is_set():
+            seen.extend(process_texts())
+
+    async def run() -> None:
+        try:
+            await work()
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        tg.start_soon(anyio.to_thread.run_sync, scan)
+    return seen

@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from coordinator.config import Config
@@ -16,7 +15,7 @@ from coordinator.exceptions import ConfigError, GitError
 from coordinator.git import GitCache
 from coordinator.layout import Layout
 from tests.git_http import GitHttpServer, git_http_server
-from tests.helpers import GitRepo, app_repo, chown_to_nobody
+from tests.helpers import GitRepo, app_repo, chown_to_nobody, process_texts_during
 
 pytestmark = pytest.mark.anyio
 
@@ -129,38 +128,9 @@ async def test_password_is_in_no_command_line_or_environment_during_a_fetch(
     served.delay_s = 0.5
     cache = _cache(tmp_path, served, password_file)
     await cache.ensure()
-    seen: list[bytes] = []
-    done = anyio.Event()
-
-    def scan() -> None:
-        while not done.is_set():
-            seen.extend(_process_texts())
-
-    async def fetch() -> None:
-        try:
-            await cache.fetch_tag("v1")
-        finally:
-            done.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(fetch)
-        tg.start_soon(anyio.to_thread.run_sync, scan)
+    seen = await process_texts_during(lambda: cache.fetch_tag("v1"))
     assert any(b"remote-http" in t for t in seen)  # the scan did see git at work
     assert not [t for t in seen if PASSWORD.encode() in t]
-
-
-def _process_texts() -> list[bytes]:
-    """The command line and environment of every process that can be read."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        for name in ("cmdline", "environ"):
-            try:
-                out.append(Path(f"/proc/{pid}/{name}").read_bytes())
-            except OSError:
-                continue
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -26,7 +26,7 @@ from coordinator.gitssh import ssh_command, ssh_host
 from coordinator.layout import Layout
 from coordinator.records import AttemptResult
 from tests.git_sshd import SSHD, SshServer, make_key, sshd
-from tests.helpers import GitRepo, app_repo, current_release, read_status, write_marker
+from tests.helpers import GitRepo, app_repo, current_release, process_texts_during, read_status, write_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -250,38 +250,9 @@ async def test_key_content_is_in_no_command_line_or_environment_during_a_fetch(
     assert secret_lines
     cache = _cache(tmp_path, slow_server, key, known_hosts)
     await cache.ensure()
-    seen: list[bytes] = []
-    done = anyio.Event()
-
-    def scan() -> None:
-        while not done.is_set():
-            seen.extend(_process_texts())
-
-    async def fetch() -> None:
-        try:
-            await cache.fetch_tag("v1")
-        finally:
-            done.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(fetch)
-        tg.start_soon(anyio.to_thread.run_sync, scan)
+    seen = await process_texts_during(lambda: cache.fetch_tag("v1"))
     assert any(b"ssh\0-i\0" + str(key).encode() in t for t in seen)  # the scan did see ssh at work
     assert not [t for t in seen if any(ln in t for ln in secret_lines)]
-
-
-def _process_texts() -> list[bytes]:
-    """The command line and environment of every process that can be read."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        for name in ("cmdline", "environ"):
-            try:
-                out.append(Path(f"/proc/{pid}/{name}").read_bytes())
-            except OSError:
-                continue
-    return out
 
 
 @needs_sshd
