@@ -27,11 +27,11 @@ from coordinator.fsutil import swap_symlink
 from coordinator.health import expected_text, wait_healthy
 from coordinator.logs import present
 from coordinator.plan import Step, recover_reload, reload_to_confirm, rollback_target
-from coordinator.records import PendingReload, PendingVerify, State
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader
 from coordinator.report import Attempt, Reporter
 from coordinator.state import save_state
+from coordinator.statefile import PendingReload, PendingVerify, State
 
 __all__ = ["Activator"]
 
@@ -40,7 +40,7 @@ log = structlog.get_logger("coordinator")
 
 class Activator:
     """Swaps ``current``, reloads the app server, verifies, and rolls back. Owns the reload and
-    verification fields of the shared :class:`~coordinator.records.State`."""
+    verification fields of the shared :class:`~coordinator.statefile.State`."""
 
     def __init__(
         self, config: Config, state: State, store: ReleaseStore, reporter: Reporter, reloader: Reloader

@@ -37,9 +37,9 @@ from coordinator.health import expected_text, probe
 from coordinator.hooks import needs_shell
 from coordinator.layout import Layout, read_current
 from coordinator.pidsignal import SignalReloader
-from coordinator.records import ReleaseMeta
 from coordinator.sandbox import probe as sandbox_probe
 from coordinator.state import read_release_meta
+from coordinator.statefile import ReleaseMeta
 
 __all__ = [
     "HEALTH_TIMEOUT_CAP",

@@ -50,12 +50,13 @@ from coordinator.plan import (
     resume_verify,
     settled_state,
 )
-from coordinator.records import AttemptResult, ErrorInfo, PauseRecord, PendingVerify, State, StatusState
+from coordinator.records import AttemptResult, ErrorInfo, PauseRecord, StatusState
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
 from coordinator.stager import Stager
 from coordinator.state import iso, load_state
+from coordinator.statefile import PendingVerify, State
 
 __all__ = ["Deployer"]
 

@@ -26,16 +26,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from coordinator.marker import DeployRequest, release_name
-from coordinator.records import (
-    ErrorInfo,
-    PendingReload,
-    PendingVerify,
-    StageDone,
-    StagedRelease,
-    StageState,
-    State,
-    StatusState,
-)
+from coordinator.records import ErrorInfo, StageState, StatusState
+from coordinator.statefile import PendingReload, PendingVerify, StageDone, StagedRelease, State
 
 __all__ = [
     "Action",

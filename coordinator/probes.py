@@ -40,8 +40,9 @@ from coordinator.layout import read_current
 from coordinator.marker import MarkerReading
 from coordinator.metrics import Metrics
 from coordinator.pause import read_pause
-from coordinator.records import ReleaseMeta, StatusRecord, StatusState, as_status
+from coordinator.records import StatusRecord, StatusState, as_status
 from coordinator.state import parse_iso, read_json, read_release_meta
+from coordinator.statefile import ReleaseMeta
 
 __all__ = [
     "CONNECTION_DEADLINE_S",

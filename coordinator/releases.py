@@ -40,11 +40,11 @@ from coordinator.inuse import releases_in_use
 from coordinator.layout import Layout, list_releases, read_current
 from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
-from coordinator.records import ReleaseMeta
 from coordinator.recycle import Retired, manifest_path, pick_retired
 from coordinator.sandbox import BuildSandbox
 from coordinator.shared import SharedPaths
 from coordinator.state import read_release_meta, write_release_meta
+from coordinator.statefile import ReleaseMeta
 
 __all__ = ["ReleaseStore", "load_previous"]
 

@@ -39,11 +39,11 @@ from coordinator.records import (
     PhaseInfo,
     ReleaseRef,
     StageRecord,
-    State,
     StatusRecord,
     StatusState,
 )
 from coordinator.state import append_journal, iso, read_journal, read_release_meta, write_json
+from coordinator.statefile import State
 
 __all__ = ["Attempt", "Reporter"]
 

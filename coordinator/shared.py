@@ -20,7 +20,7 @@ disagree: not retried until the marker changes).
 
 A published release is never modified: a rollback or a redeploy of a release on disk keeps the links
 it was published with, whatever the configuration says now. Which paths a release links is recorded
-in its metadata (:attr:`coordinator.records.ReleaseMeta.shared`), so that incremental preparation
+in its metadata (:attr:`coordinator.statefile.ReleaseMeta.shared`), so that incremental preparation
 never takes one of those links for a file of the tag (see :mod:`coordinator.prepare`).
 
 :func:`shared_path` and :func:`check_shared_paths` validate the configured paths at start (exit 2).

@@ -27,18 +27,10 @@ from coordinator.git import GitCache
 from coordinator.logs import present
 from coordinator.marker import DeployRequest, MarkerReading, read_marker
 from coordinator.plan import Action, StageAction, StageObservation, StagePlan, Step, plan_stage, staged_after
-from coordinator.records import (
-    AttemptAction,
-    AttemptResult,
-    ErrorInfo,
-    StageDone,
-    StagedRelease,
-    StageRecord,
-    StageState,
-    State,
-)
+from coordinator.records import AttemptAction, AttemptResult, ErrorInfo, StageRecord, StageState
 from coordinator.report import Attempt, Reporter
 from coordinator.state import iso
+from coordinator.statefile import StageDone, StagedRelease, State
 
 __all__ = ["Stager"]
 

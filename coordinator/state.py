@@ -29,7 +29,8 @@ from typing import Any
 import structlog
 
 from coordinator.fsutil import atomic_write, fsync_dir
-from coordinator.records import JournalEntry, ReleaseMeta, State
+from coordinator.records import JournalEntry
+from coordinator.statefile import ReleaseMeta, State
 
 __all__ = [
     "append_journal",

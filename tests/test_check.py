@@ -33,8 +33,8 @@ from coordinator.config import Config
 from coordinator.display import Style
 from coordinator.exceptions import CheckFailed, ConfigError
 from coordinator.layout import Layout
-from coordinator.records import ReleaseMeta
 from coordinator.state import write_release_meta
+from coordinator.statefile import ReleaseMeta
 from tests.helpers import NOBODY, GitRepo, cli, release_health_server
 from tests.nobody_env import NobodyPython
 

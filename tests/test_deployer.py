@@ -467,7 +467,7 @@ async def test_pending_reload_that_already_happened_is_not_repeated(root: Path, 
     await d.reconcile()
     state = load_state(root / ".coordinator" / "state.json")
     touched = os.stat(root / "reload.touch").st_mtime_ns
-    from coordinator.records import PendingReload
+    from coordinator.statefile import PendingReload
 
     current = os.readlink(root / "current").split("/")[1]
     state.pending = PendingReload(current, touched // 1_000_000_000)

@@ -17,8 +17,8 @@ from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.health import expected_text, probe
 from coordinator.layout import Layout
-from coordinator.records import PendingVerify
 from coordinator.state import load_state, save_state
+from coordinator.statefile import PendingVerify
 from tests.helpers import GitRepo, read_status, write_marker
 
 pytestmark = pytest.mark.anyio

@@ -30,17 +30,8 @@ from coordinator.plan import (
     staged_after,
     status_error,
 )
-from coordinator.records import (
-    AttemptResult,
-    ErrorInfo,
-    PendingReload,
-    PendingVerify,
-    StageDone,
-    StagedRelease,
-    StageState,
-    State,
-    StatusState,
-)
+from coordinator.records import AttemptResult, ErrorInfo, StageState, StatusState
+from coordinator.statefile import PendingReload, PendingVerify, StageDone, StagedRelease, State
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.records import PendingReload, PendingVerify, ReleaseMeta, State
 from coordinator.state import (
     append_journal,
     iso,
@@ -23,6 +22,7 @@ from coordinator.state import (
     write_json,
     write_release_meta,
 )
+from coordinator.statefile import PendingReload, PendingVerify, ReleaseMeta, State
 
 # ---------------------------------------------------------------------------------------- state file
 
