@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from coordinator.exceptions import GitError
-from coordinator.git import EMPTY_TREE, GitCache
+from coordinator.git import GitCache
+from coordinator.gittree import EMPTY_TREE
 
 if TYPE_CHECKING:
     from coordinator.prepare import PreviousRelease
