@@ -355,12 +355,12 @@ async def _wait(
     layout: Layout, req: DeployRequest, seconds: float, style: display.Style, *, stage: bool = False
 ) -> None:
     """``--wait``: follow the deploy (or the stage) on stdout (live on a terminal, else plain lines)."""
-    from coordinator import commands
+    from coordinator import waiting
     from coordinator.progress import DeployProgress, StageProgress
 
     kind = StageProgress if stage else DeployProgress
     progress = kind(sys.stdout, style, req.tag, req.request_id or "", time.time())
-    wait = commands.wait_for_stage if stage else commands.wait_for
+    wait = waiting.wait_for_stage if stage else waiting.wait_for
     status: StatusRecord | None = None
     try:
         status = await wait(
