@@ -16,6 +16,9 @@ Steps 1 and 2, and a rollback, run shielded from cancellation: SIGTERM waits for
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import anyio
 import structlog
@@ -67,15 +70,48 @@ class Activator:
 
     async def activate(self, attempt: Attempt, name: str, back_to: str | None, *, verify: bool) -> None:
         """Make release ``name`` current and reloaded; with ``verify``, check it and roll back to
-        ``back_to`` (the release that was current) when it fails (raises RolledBack or VerifyError)."""
+        ``back_to`` (the release that was current) when it fails (raises RolledBack or VerifyError).
+
+        The swap and the record of the reload about to be done are one trip to a worker thread, and
+        the reload another: the marker -> reload path crosses no other thread hand-off."""
         pending = PendingVerify(name, back_to, self.state.previous) if verify else None
         with anyio.CancelScope(shield=True):
             async with self.reporter.phase(attempt, Step.SWAP):
-                await anyio.to_thread.run_sync(swap_symlink, self.layout.current, f"releases/{name}")
+                token = await self._in_thread(self._swap_and_record, name, pending)
             async with self.reporter.phase(attempt, Step.RELOAD):
-                await self.reload(name, verify=pending)
+                await self._reload_recorded(name, token)
         if pending is not None:
             await self.verify_or_roll_back(attempt, pending)
+
+    async def _in_thread(self, fn: Callable[[str, PendingVerify | None], State], *args: Any) -> int | None:
+        """Run ``fn`` (which returns the state to adopt) in a worker thread; adopt its state on the loop
+        (the shared :class:`State` is only ever changed on the event loop); the pending reload token."""
+        new = await anyio.to_thread.run_sync(fn, *args)
+        self.state.assign(new)
+        return new.pending.token if new.pending is not None else None
+
+    def _swap_and_record(self, name: str, verify: PendingVerify | None) -> State:
+        """Swap ``current`` to ``name``, then record the reload (blocking; see :meth:`_record_pending`)."""
+        swap_symlink(self.layout.current, f"releases/{name}")
+        return self._record_pending(name, verify)
+
+    def _record_pending(self, name: str, verify: PendingVerify | None) -> State:
+        """The state with the reload of ``name`` about to be done (its token from the strategy), and
+        the verification still owed with ``verify``, written to the state file (blocking).
+
+        Not fsynced: it only has to survive a kill -9 (the page cache does). After a power loss the
+        pending record may be lost and the restart reloads once more: harmless, and it keeps disk
+        flushes out of the marker -> reload path."""
+        st = self.state
+        token = self.reloader.token(st.last_reload_mtime)
+        new = replace(
+            st,
+            previous=st.previous if st.reloaded == name else st.reloaded,
+            verify=verify if verify is not None else st.verify,
+            pending=PendingReload(name, token),
+        )
+        save_state(self.layout.state_file, new, durable=False)
+        return new
 
     async def reload(self, name: str, verify: PendingVerify | None = None) -> None:
         """Reload for ``name`` (already current), recording it before and after in the state file.
@@ -83,20 +119,15 @@ class Activator:
         With ``verify``, the state also records that ``name`` still has to pass its health check
         (and where to go back to), in the same write.
         """
-        st = self.state
-        token = await self.reloader.next_token(st.last_reload_mtime)
-        if st.reloaded != name:
-            st.previous = st.reloaded
-        if verify is not None:
-            st.verify = verify
-        st.pending = PendingReload(name, token)
-        # Not fsynced: it only has to survive a kill -9 (the page cache does). After a power loss the
-        # pending record may be lost and the restart reloads once more: harmless, and it keeps disk
-        # flushes out of the marker -> reload path.
-        await self.save_state(durable=False)
+        token = await self._in_thread(self._record_pending, name, verify)
+        await self._reload_recorded(name, token)
+
+    async def _reload_recorded(self, name: str, token: int | None) -> None:
+        """Do the reload whose pending record is written, then record it as done (fsynced)."""
         failpoint("before-reload")
         await self.reloader.reload(token, release=name)
         failpoint("after-reload")
+        st = self.state
         st.reloaded = name
         st.pending = None
         if isinstance(token, int):

@@ -37,13 +37,14 @@ from coordinator.fsutil import describe_os_error
 from coordinator.git import GitCache
 from coordinator.hooks import run_pre_swap
 from coordinator.logs import present
-from coordinator.marker import DeployRequest, MarkerReading, read_marker
+from coordinator.marker import DeployRequest, MarkerReading, read_marker, read_marker_file
 from coordinator.notify import Notifier
 from coordinator.pause import read_pause
 from coordinator.plan import (
     Action,
     Observation,
     Plan,
+    ReleaseInfo,
     Step,
     failure_blocks_marker,
     plan,
@@ -109,10 +110,21 @@ class Deployer:
     async def read_marker(self) -> MarkerReading:
         """Read the marker (size-capped, never blocking on a FIFO) and validate it. Without a marker,
         with ``--follow``: the followed request, its digest ``follow:TAG@SHA`` (see :class:`Follower`)."""
-        reading = await read_marker(self.layout.marker, self.config.tag_pattern)
+        return self._or_followed(await read_marker(self.layout.marker, self.config.tag_pattern))
+
+    def _or_followed(self, reading: MarkerReading) -> MarkerReading:
         if reading.digest is None and self.follower is not None and self.follower.request is not None:
             return MarkerReading(self.follower.request, None, self.follower.digest)
         return reading
+
+    def _look(self) -> tuple[MarkerReading, PauseRecord | None, str | None, list[ReleaseInfo]]:
+        """Everything a reconcile reads from the volume: the marker, the pause, ``current`` and the
+        releases on disk (blocking: one worker-thread trip, the only one before a swap to a release
+        on disk)."""
+        reading = read_marker_file(self.layout.marker, self.config.tag_pattern)
+        pause = read_pause(self.layout.pause_file)
+        current, on_disk = self.store.observe_blocking()
+        return reading, pause, current, on_disk
 
     def retry_in(self) -> float | None:
         """Seconds until a request whose fetch failed may fetch again (None: none waits)."""
@@ -120,7 +132,9 @@ class Deployer:
 
     async def read_pause(self) -> PauseRecord | None:
         """The pause in effect (None: not paused); logs when it appears, changes or goes."""
-        pause = await anyio.to_thread.run_sync(read_pause, self.layout.pause_file)
+        return self._note_pause(await anyio.to_thread.run_sync(read_pause, self.layout.pause_file))
+
+    def _note_pause(self, pause: PauseRecord | None) -> PauseRecord | None:
         before, self.reporter.paused = self.reporter.paused, pause
         if pause != before:
             if pause is None:
@@ -135,9 +149,9 @@ class Deployer:
 
     async def reconcile(self) -> Attempt | None:
         """Converge once: returns the attempt made (None if nothing needed doing)."""
-        reading = await self.read_marker()
-        paused = await self.read_pause() is not None
-        current, on_disk = await self.store.observe()
+        reading, pause, current, on_disk = await anyio.to_thread.run_sync(self._look)
+        reading = self._or_followed(reading)
+        paused = self._note_pause(pause) is not None
         req = reading.request
         blocked = reading.digest is not None and reading.digest == self.state.failed_marker
         now = time.monotonic()
@@ -262,7 +276,9 @@ class Deployer:
                 await self._build_release(attempt, req.tag, p.target, p.sha, previous_current)
             if scope.cancelled_caught:
                 return True
-        if await self._paused_before_swap(req, p.target):  # paused since the reconcile began: no migration
+        # paused since the reconcile read the pause: no migration. A swap to a release on disk follows
+        # that read within a millisecond, with nothing awaited between them that could take longer
+        if Step.PREPARE in p.steps and await self._paused_before_swap(req, p.target):
             return True
         if Step.PRE_SWAP in p.steps:  # not supersedable: a migration is not stopped halfway for a newer marker
             assert self.config.pre_swap_command

@@ -62,7 +62,7 @@ class FifoReloader:
         self.command = cmd
         self.retry_for = retry_for
 
-    async def next_token(self, last: int | None) -> int | None:
+    def token(self, last: int | None) -> int | None:
         return None
 
     def _error(self, message: str, fix: str | None = None) -> ReloadError:

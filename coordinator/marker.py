@@ -1,5 +1,5 @@
-"""The deploy marker: parsing and validation (pure), and :func:`read_marker`, the one place that
-reads the file.
+"""The deploy marker: parsing and validation (pure), and :func:`read_marker` (with its blocking twin
+:func:`read_marker_file`), the one place that reads the file.
 
 A marker states the desired tag. Two forms are accepted:
 
@@ -39,6 +39,7 @@ __all__ = [
     "new_request_id",
     "parse_marker",
     "read_marker",
+    "read_marker_file",
     "release_name",
     "validate_request_id",
     "validate_sha",
@@ -239,19 +240,38 @@ async def read_marker(path: Path, pattern: str | None = None) -> MarkerReading:
 
     Never blocks on a FIFO planted there, and refuses anything but a regular file. The digest of a
     marker that cannot be read names the reason (``not-a-file``, ``oserror-<errno>``), so the same
-    problem is logged once, not on every reconcile.
+    problem is logged once, not on every reconcile. The daemon's reconcile reads it with
+    :func:`read_marker_file` instead, together with the rest of the volume in one worker-thread trip.
     """
     try:
         async with aiofiles.open(path, "rb", opener=_regular_file_opener) as f:
             data = await f.read(MARKER_MAX_BYTES + 1)
-    except FileNotFoundError:
+    except OSError as e:
+        return _unreadable(path, e)
+    return _reading(data, pattern)
+
+
+def read_marker_file(path: Path, pattern: str | None = None) -> MarkerReading:
+    """:func:`read_marker`, blocking (for a worker thread that reads more than the marker)."""
+    try:
+        with open(path, "rb", opener=_regular_file_opener) as f:
+            data = f.read(MARKER_MAX_BYTES + 1)
+    except OSError as e:
+        return _unreadable(path, e)
+    return _reading(data, pattern)
+
+
+def _unreadable(path: Path, e: OSError) -> MarkerReading:
+    if isinstance(e, FileNotFoundError):
         return MarkerReading(None, None, None)
-    except _NotRegularFile:
+    if isinstance(e, _NotRegularFile):
         err = MarkerError(f"marker {path} is not a regular file", fix="write the tag to a regular file")
         return MarkerReading(None, err, "not-a-file")
-    except OSError as e:
-        err = MarkerError(f"cannot read marker {path}: {e.strerror}", fix="check the marker's permissions")
-        return MarkerReading(None, err, f"oserror-{e.errno}")
+    err = MarkerError(f"cannot read marker {path}: {e.strerror}", fix="check the marker's permissions")
+    return MarkerReading(None, err, f"oserror-{e.errno}")
+
+
+def _reading(data: bytes, pattern: str | None) -> MarkerReading:
     digest = hashlib.sha256(data).hexdigest()
     try:
         return MarkerReading(parse_marker(data, pattern), None, digest)

@@ -72,7 +72,7 @@ class SignalReloader:
         self.signum = parse_signal(signal_text)
         self.signal_name = signal_name(self.signum)
 
-    async def next_token(self, last: int | None) -> int | None:
+    def token(self, last: int | None) -> int | None:
         return None
 
     def _error(self, message: str, fix: str | None = None, pid: int | None = None) -> ReloadError:

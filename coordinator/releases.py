@@ -110,7 +110,11 @@ class ReleaseStore:
 
     async def observe(self) -> tuple[str | None, list[ReleaseInfo]]:
         """``current`` and the releases on disk, in one trip to a worker thread."""
-        return await anyio.to_thread.run_sync(lambda: (read_current(self.layout.root), list_releases(self.layout)))
+        return await anyio.to_thread.run_sync(self.observe_blocking)
+
+    def observe_blocking(self) -> tuple[str | None, list[ReleaseInfo]]:
+        """:meth:`observe`, blocking (for a worker thread that reads more of the volume)."""
+        return read_current(self.layout.root), list_releases(self.layout)
 
     async def current(self) -> str | None:
         return await anyio.to_thread.run_sync(read_current, self.layout.root)

@@ -1,10 +1,12 @@
 """Telling the app server to load the new release.
 
-A reload strategy has three parts: ``next_token`` picks an identifier for the next reload (recorded
+A reload strategy has three parts: ``token`` picks an identifier for the next reload (recorded
 in the state file *before* the reload, so a restart can tell whether a crash happened before or after
 it), ``reload`` performs it, and ``already_done`` tells, where the strategy can, whether the reload
-with that token already happened (so it is not repeated after a crash). All three are async and keep
-the event loop free: the touch strategy's file calls run in a worker thread.
+with that token already happened (so it is not repeated after a crash). ``token`` is blocking and
+cheap: the activation calls it in the worker thread that swaps ``current`` and records the reload
+(one thread hand-off on the marker -> reload path); the other two are async and keep the event loop
+free: the touch strategy's file calls run in a worker thread.
 
 The touch strategy (default, uWSGI ``--touch-reload``): uWSGI checks the file about once a second
 and compares whole-second ``st_mtime`` with "greater than", so two touches within one second reload
@@ -51,7 +53,7 @@ __all__ = ["CommandReloader", "Reloader", "TouchReloader", "make_reloader"]
 class Reloader(Protocol):
     name: str
 
-    async def next_token(self, last: int | None) -> int | None: ...
+    def token(self, last: int | None) -> int | None: ...
 
     async def reload(self, token: int | None, *, release: str | None = None) -> None: ...
 
@@ -79,9 +81,6 @@ class TouchReloader:
             if seen is not None:
                 candidates.append(seen + 1)
         return max(candidates)
-
-    async def next_token(self, last: int | None) -> int:
-        return await anyio.to_thread.run_sync(self.token, last)
 
     def _touch(self, token: int | None) -> None:
         if token is None:
@@ -152,7 +151,8 @@ class CommandReloader:
         self.timeout = timeout
         self.env = dict(env or {})
 
-    async def next_token(self, last: int | None) -> int | None:
+    def token(self, last: int | None) -> int | None:
+        """No token: the command's effect is opaque (blocking by contract, trivially)."""
         return None
 
     async def reload(self, token: int | None, *, release: str | None = None) -> None:

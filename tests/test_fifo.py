@@ -190,7 +190,7 @@ async def test_fifo_has_no_token_and_is_never_already_done(fifo: Path) -> None:
     """The FIFO strategy has no token and never claims a reload already happened (at-least-once)."""
     r = FifoReloader(fifo)
     reader = await _reader(fifo)
-    assert await r.next_token(41) is None
+    assert r.token(41) is None
     await r.reload(None)
     assert await anyio.to_thread.run_sync(reader.received) == b"r"
     assert not await r.already_done(None)

@@ -40,7 +40,7 @@ def _set_mtime(path: Path, seconds: int) -> None:
 async def test_reload_creates_missing_file(tmp_path: Path) -> None:
     """The reload file is created (as a regular file) when it does not exist."""
     r = TouchReloader(tmp_path / "reload")
-    token = await r.next_token(None)
+    token = await anyio.to_thread.run_sync(r.token, None)
     await r.reload(token)
     assert (tmp_path / "reload").is_file()
     assert not (tmp_path / "reload").is_symlink()
@@ -58,7 +58,7 @@ async def test_reload_keeps_existing_content(tmp_path: Path) -> None:
 async def test_token_is_whole_second_not_before_now(tmp_path: Path) -> None:
     """A token is an int and at least the current whole second."""
     before = math.floor(time.time())
-    token = await TouchReloader(tmp_path / "reload").next_token(None)
+    token = await anyio.to_thread.run_sync(TouchReloader(tmp_path / "reload").token, None)
     assert isinstance(token, int)
     assert before <= token <= math.floor(time.time())
 
@@ -67,7 +67,7 @@ async def test_token_is_greater_than_previous(tmp_path: Path) -> None:
     """A token is strictly greater than the previous token, even one in the future."""
     r = TouchReloader(tmp_path / "reload")
     last = math.floor(time.time()) + 10
-    assert await r.next_token(last) == last + 1
+    assert await anyio.to_thread.run_sync(r.token, last) == last + 1
 
 
 async def test_token_is_greater_than_file_mtime(tmp_path: Path) -> None:
@@ -76,15 +76,15 @@ async def test_token_is_greater_than_file_mtime(tmp_path: Path) -> None:
     path.touch()
     future = math.floor(time.time()) + 7
     _set_mtime(path, future)
-    assert await TouchReloader(path).next_token(None) == future + 1
-    assert await TouchReloader(path).next_token(future - 3) == future + 1
+    assert await anyio.to_thread.run_sync(TouchReloader(path).token, None) == future + 1
+    assert await anyio.to_thread.run_sync(TouchReloader(path).token, future - 3) == future + 1
 
 
 async def test_reload_writes_token_as_mtime(tmp_path: Path) -> None:
     """reload sets the file's mtime to exactly the token, in whole seconds."""
     path = tmp_path / "reload"
     r = TouchReloader(path)
-    token = await r.next_token(None) + 5
+    token = await anyio.to_thread.run_sync(r.token, None) + 5
     await r.reload(token)
     st = os.lstat(path)
     assert st.st_mtime_ns == token * 1_000_000_000
@@ -94,10 +94,10 @@ async def test_two_reloads_in_one_second_differ_by_a_second(tmp_path: Path) -> N
     """Two reloads within the same second leave mtimes at least 1 s apart (uWSGI compares seconds)."""
     path = tmp_path / "reload"
     r = TouchReloader(path)
-    first = await r.next_token(None)
+    first = await anyio.to_thread.run_sync(r.token, None)
     await r.reload(first)
     m1 = _mtime(path)
-    second = await r.next_token(first)
+    second = await anyio.to_thread.run_sync(r.token, first)
     await r.reload(second)
     m2 = _mtime(path)
     assert second > first
@@ -117,7 +117,7 @@ async def test_reload_without_token_still_advances_mtime(tmp_path: Path) -> None
 async def test_already_done_only_for_token_written(tmp_path: Path) -> None:
     """already_done is true for the token written and false for any other token or None."""
     r = TouchReloader(tmp_path / "reload")
-    token = await r.next_token(None)
+    token = await anyio.to_thread.run_sync(r.token, None)
     assert not await r.already_done(token)
     await r.reload(token)
     assert await r.already_done(token)
@@ -135,7 +135,7 @@ async def test_symlink_reload_file_is_refused(tmp_path: Path) -> None:
     link.symlink_to(target)
     r = TouchReloader(link)
     with pytest.raises(ReloadError) as info:
-        await r.reload(await r.next_token(None))
+        await r.reload(await anyio.to_thread.run_sync(r.token, None))
     assert "symlink" in info.value.message
     assert info.value.retryable
     assert os.stat(target).st_mtime_ns == 1_000_000_000 * 1_000_000_000
@@ -190,7 +190,7 @@ async def test_directory_reload_file_is_refused(tmp_path: Path) -> None:
 async def test_touch_reload_accepts_release_keyword(tmp_path: Path) -> None:
     """TouchReloader.reload takes the release name as a keyword and ignores it."""
     r = TouchReloader(tmp_path / "reload")
-    token = await r.next_token(None)
+    token = await anyio.to_thread.run_sync(r.token, None)
     await r.reload(token, release="v1-abc")
     assert _mtime(tmp_path / "reload") == token
 
@@ -292,7 +292,7 @@ def test_command_empty_or_unsplittable_is_config_error(command: str) -> None:
 async def test_command_has_no_token_and_is_never_already_done() -> None:
     """The command strategy has no token and never claims a reload already happened."""
     r = CommandReloader("true", 10)
-    assert await r.next_token(41) is None
+    assert r.token(41) is None
     assert not await r.already_done(None)
 
 
