@@ -358,13 +358,8 @@ async def import_keyring(home: Path, data: bytes, limit_s: float, name: str) -> 
         listed = await run_in_group([*base, "--with-colons", "--list-keys"], limit_s=limit_s)
     except OSError as e:
         raise SigningKeysError(f"cannot run gpg: {e}", fix="install gnupg (gpg)", option="gpg-keyring") from e
-    if imported.returncode != 0 or imported.timed_out:
-        err = imported.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise SigningKeysError(
-            f"gpg cannot import --gpg-keyring file {name}: {err[-1] if err else 'timed out'}",
-            fix=fix,
-            option="gpg-keyring",
-        )
+    if imported.timed_out or listed.timed_out:
+        raise SigningKeysError(f"gpg timed out importing {name}", fix="check gpg", option="gpg-keyring")
     fingerprints: list[str] = []
     primary = False
     for line in listed.stdout.decode("utf-8", "replace").splitlines():
@@ -374,8 +369,12 @@ async def import_keyring(home: Path, data: bytes, limit_s: float, name: str) -> 
         elif fields[0] == "fpr" and primary and len(fields) > 9:
             fingerprints.append(fields[9])
             primary = False
-    if not fingerprints:
-        raise SigningKeysError(f"--gpg-keyring file {name} holds no public key", fix=fix, option="gpg-keyring")
+    if not fingerprints:  # gpg's exit code is not used: it fails when it cannot reach an agent, never needed here
+        said = [ln for ln in imported.stderr.decode("utf-8", "replace").splitlines() if "agent" not in ln]
+        why = f": {said[-1]}" if said else ""
+        raise SigningKeysError(
+            f"gpg finds no public key in --gpg-keyring file {name}{why}", fix=fix, option="gpg-keyring"
+        )
     return frozenset(fingerprints)
 
 
@@ -388,13 +387,13 @@ async def describe_keys(config: Config, limit_s: float) -> tuple[bool, str, str 
 
         def principals() -> list[str] | tuple[str, str]:
             problem = allowed_signers_problem(path)
+            if problem is None and shutil.which("ssh-keygen") is None:
+                return "ssh-keygen is not installed (git verifies ssh signatures with it)", "install openssh-client"
             return problem or parse_allowed_signers(_read_keys_file(path).decode("utf-8", "replace"))
 
         found = await anyio.to_thread.run_sync(principals)
         if isinstance(found, tuple):
             return False, found[0], found[1]
-        if shutil.which("ssh-keygen") is None:
-            return False, "ssh-keygen is not installed (git verifies ssh signatures with it)", "install openssh-client"
         parts.append(f"{len(found)} ssh key(s) in {path} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})")
     if config.gpg_keyring is not None:
         keyring = config.gpg_keyring
