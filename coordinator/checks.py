@@ -38,6 +38,7 @@ from coordinator.hooks import needs_shell
 from coordinator.layout import Layout, read_current
 from coordinator.pidsignal import SignalReloader
 from coordinator.sandbox import probe as sandbox_probe
+from coordinator.signing import describe_keys
 from coordinator.state import read_release_meta
 from coordinator.statefile import ReleaseMeta
 
@@ -211,6 +212,12 @@ async def check_ssh_files(name: str, config: Config) -> CheckResult:
     """--ssh-key-file and --ssh-known-hosts-file: ssh installed, the key usable, the server known."""
     check = partial(ssh_files_check, config.repo, config.ssh_key_file, config.ssh_known_hosts_file)
     return CheckResult(name, *await _in_thread(check))
+
+
+async def check_signing_keys(name: str, config: Config) -> CheckResult:
+    """--verify-signatures: the keys files readable and parsed, the keyring imported by gpg (into a
+    temporary GNUPGHOME, removed at once), ssh-keygen installed for ssh keys."""
+    return CheckResult(name, *await describe_keys(config, FS_LIMIT_S))
 
 
 def _tags(n: int) -> str:
@@ -447,6 +454,8 @@ def checks_for(config: Config) -> list[Check]:
     ]
     if config.ssh_key_file is not None or config.ssh_known_hosts_file is not None:
         checks.append(Check("ssh files", partial(check_ssh_files, "ssh files", config)))
+    if config.verify_signatures:
+        checks.append(Check("signing keys", partial(check_signing_keys, "signing keys", config), 2 * FS_LIMIT_S + 5))
     if config.tag_pattern is not None:
         checks.append(
             Check("tag pattern", partial(check_tag_pattern, "tag pattern", remote, config.tag_pattern), git_limit)

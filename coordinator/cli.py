@@ -182,6 +182,7 @@ def build_parser() -> _Parser:
     _add_options(status, _CLIENT_OPTIONS)
 
     releases = sub.add_parser("releases", help="list releases on disk (current and previous marked)")
+    releases.add_argument("--json", action="store_true", help="print the releases as a JSON array, newest first")
     _add_options(releases, _CLIENT_OPTIONS)
 
     history = sub.add_parser("history", help="past deploys from the journal, newest first")
@@ -311,7 +312,11 @@ async def _cmd(args: argparse.Namespace, prepared: Config | Layout, pending: lis
             _print(display.format_status(found, time.time(), daemon_running=running))
         return 0
     if args.command == "releases":
-        _print(display.format_releases(await commands.list_releases(layout), time.time()))
+        rows = await commands.list_releases(layout)
+        if args.json:
+            _print(json.dumps([r.as_json() for r in rows], indent=2))
+        else:
+            _print(display.format_releases(rows, time.time()))
         return 0
     if args.command == "history":
         entries = await commands.read_history(layout, args.limit)

@@ -31,7 +31,7 @@ from coordinator.records import (
     StatusRecord,
     as_status,
 )
-from coordinator.state import load_state, parse_iso, read_journal, read_json
+from coordinator.state import iso, load_state, parse_iso, read_journal, read_json
 
 __all__ = [
     "HistoryEntry",
@@ -161,6 +161,20 @@ class ReleaseRow:
     current: bool
     previous: bool
     staged: bool = False  # built and published by `coordinator stage`, not deployed yet
+    signer: str | None = None  # who signed its tag, as verified when it was built (--verify-signatures)
+
+    def as_json(self) -> dict[str, Any]:
+        """``releases --json``: one release (``created_at`` UTC RFC 3339, null when unknown)."""
+        return {
+            "release": self.name,
+            "tag": self.tag,
+            "sha": self.sha,
+            "created_at": iso(self.created) if self.created else None,
+            "current": self.current,
+            "previous": self.previous,
+            "staged": self.staged,
+            "signer": self.signer,
+        }
 
 
 def _list_releases(layout: Layout) -> list[ReleaseRow]:
@@ -178,6 +192,7 @@ def _list_releases(layout: Layout) -> list[ReleaseRow]:
             current=r.name == current,
             previous=r.name == state.previous,
             staged=state.staged is not None and r.name == state.staged.release,
+            signer=r.signer,
         )
         for r in list_releases_on_disk(layout)
     ]
@@ -219,6 +234,7 @@ class HistoryEntry:
     error: str | None  # "kind: message"
     raw: dict[str, Any]
     action: AttemptAction = AttemptAction.DEPLOY  # a line written before stages existed: a deploy
+    signer: str | None = None  # --verify-signatures: who signed the tag
 
     @classmethod
     def from_journal(cls, raw: dict[str, Any]) -> HistoryEntry:
@@ -253,6 +269,7 @@ class HistoryEntry:
             error=error,
             raw=raw,
             action=AttemptAction.parse(raw.get("action")) or AttemptAction.DEPLOY,
+            signer=text("signer"),
         )
 
 

@@ -20,6 +20,7 @@ from coordinator.gitssh import key_file_problem, known_hosts_problem, path_probl
 from coordinator.layout import Layout
 from coordinator.options import OPTIONS, bad_value, in_range
 from coordinator.shared import check_shared_paths, shared_path
+from coordinator.signing import allowed_signers_problem, keyring_problem
 
 __all__ = ["Config", "parse_http_bind"]
 
@@ -80,6 +81,9 @@ class Config:
     password_file: Path | None = None
     ssh_key_file: Path | None = None
     ssh_known_hosts_file: Path | None = None
+    verify_signatures: bool = False
+    allowed_signers: Path | None = None
+    gpg_keyring: Path | None = None
     resync_interval: float = 30.0
     follow: str | None = None
     period: float = 60.0
@@ -135,6 +139,7 @@ class Config:
             raise ConfigError("no repository given", fix="pass --repo URL or set COORDINATOR_REPO")
         self._check_credentials()
         self._check_ssh_files()
+        self._check_signing()
         strategies = [
             n
             for n, on in (
@@ -230,6 +235,29 @@ class Config:
             if problem is not None:
                 raise ConfigError(problem[0], fix=problem[1], option=option)
 
+    def _check_signing(self) -> None:
+        """--verify-signatures: with at least one keys file, each readable and well-formed (blocking);
+        the files are of no use without it."""
+        files = [(o, p) for o, p in (("allowed-signers", self.allowed_signers), ("gpg-keyring", self.gpg_keyring)) if p]
+        if not self.verify_signatures:
+            if files:
+                raise ConfigError(
+                    f"--{files[0][0]} is used only with --verify-signatures",
+                    fix="add --verify-signatures, or drop the option",
+                    option=files[0][0],
+                )
+            return
+        if not files:
+            raise ConfigError(
+                "--verify-signatures needs --allowed-signers FILE or --gpg-keyring FILE (or both)",
+                fix="give the keys allowed to sign release tags (see Sign release tags)",
+                option="verify-signatures",
+            )
+        for option, path in files:
+            problem = (allowed_signers_problem if option == "allowed-signers" else keyring_problem)(path)
+            if problem is not None:
+                raise ConfigError(problem[0], fix=problem[1], option=option)
+
     @property
     def http_address(self) -> tuple[str, int] | None:
         """(host, port) of ``--http-bind`` (host without brackets), or None when not configured."""
@@ -265,6 +293,9 @@ class Config:
             password_file=opts.get("password_file"),
             ssh_key_file=opts.get("ssh_key_file"),
             ssh_known_hosts_file=opts.get("ssh_known_hosts_file"),
+            verify_signatures=opts.get("verify_signatures", False),
+            allowed_signers=opts.get("allowed_signers"),
+            gpg_keyring=opts.get("gpg_keyring"),
             resync_interval=opts.get("resync_interval", 30.0),
             follow=opts.get("follow"),
             period=opts.get("period", 60.0),

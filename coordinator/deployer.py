@@ -29,7 +29,7 @@ import structlog
 
 from coordinator.activate import Activator
 from coordinator.config import Config
-from coordinator.exceptions import CoordinatorError, GitError, MarkerError, RolledBack
+from coordinator.exceptions import CoordinatorError, GitError, MarkerError, RolledBack, SignatureError
 from coordinator.failpoints import failpoint
 from coordinator.follow import Backoff
 from coordinator.follower import Follower
@@ -55,6 +55,7 @@ from coordinator.records import AttemptResult, ErrorInfo, PauseRecord, StatusSta
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
+from coordinator.signing import TagVerifier
 from coordinator.stager import Stager
 from coordinator.state import iso, load_state
 from coordinator.statefile import PendingVerify, State
@@ -73,6 +74,7 @@ class Deployer:
         self.git = GitCache.from_config(config)
         self.state = State()
         self.store = ReleaseStore(config, self.git)
+        self.verifier = TagVerifier.from_config(config, self.git)  # None without --verify-signatures
         self.reporter = Reporter(self.layout, self.state, verify=config.health_url is not None)
         self.activator = Activator(config, self.state, self.store, self.reporter, reloader or make_reloader(config))
         self.notifier = Notifier(config)  # delivers while the daemon runs it (Notifier.running)
@@ -102,6 +104,8 @@ class Deployer:
         await anyio.to_thread.run_sync(self.store.prepare_layout)
         self.state.assign(await anyio.to_thread.run_sync(load_state, self.layout.state_file))
         await self.git.ensure()
+        if self.verifier is not None:
+            await self.verifier.load()  # the keys usable, or exit 2
         current = await self.store.current()
         await self.activator.confirm_pending_reload(current)
         await self.reporter.load()
@@ -185,7 +189,20 @@ class Deployer:
             await self.stager.reconcile(p.action, reading.digest, obs.current, obs.releases)
             return None
         assert req is not None
-        return await self._attempt(obs, p, reading, req)
+        attempt = await self._attempt(obs, p, reading, req)
+        if self._followed_refused(attempt, reading, req):
+            return await self.reconcile()  # the newest other tag, at once
+        return attempt
+
+    def _followed_refused(self, attempt: Attempt, reading: MarkerReading, req: DeployRequest) -> bool:
+        """A followed tag (no marker) was refused for its signature: the follower passes it over and
+        chose another tag (True), which is deployed at once."""
+        follower = self.follower
+        if follower is None or reading.digest is None or reading.digest != follower.digest:
+            return False
+        if attempt.error is None or attempt.error.get("kind") != SignatureError.kind:
+            return False
+        return follower.refuse(req.tag, req.sha, attempt.error["message"])
 
     async def _settle(self, obs: Observation, p: Plan, reading: MarkerReading) -> None:
         """No deploy: at most the reload a crash left undone; then publish the state."""
@@ -276,9 +293,12 @@ class Deployer:
                 await self._build_release(attempt, req.tag, p.target, p.sha, previous_current)
             if scope.cancelled_caught:
                 return True
-        # paused since the reconcile read the pause: no migration. A swap to a release on disk follows
-        # that read within a millisecond, with nothing awaited between them that could take longer
-        if Step.PREPARE in p.steps and await self._paused_before_swap(req, p.target):
+        elif self.verifier is not None:
+            attempt.signer = await self._signer_on_disk(req.tag, p.target, p.sha)
+        # paused since the reconcile read the pause: no migration. A swap to a release on disk without
+        # a signature to check follows that read within a millisecond, with nothing awaited between
+        waited = Step.PREPARE in p.steps or self.verifier is not None
+        if waited and await self._paused_before_swap(req, p.target):
             return True
         if Step.PRE_SWAP in p.steps:  # not supersedable: a migration is not stopped halfway for a newer marker
             assert self.config.pre_swap_command
@@ -299,11 +319,25 @@ class Deployer:
         log.info("deploy_paused", tag=req.tag, release=target)
         return True
 
+    async def _signer_on_disk(self, tag: str, name: str, sha: str) -> str:
+        """``--verify-signatures``, release ``name`` already on disk (a rollback, a staged release): who
+        signed its tag as recorded when it was built, else (built before verification was turned on)
+        verified now, in the git cache, and recorded."""
+        assert self.verifier is not None
+        meta = await self.store.meta(name)
+        if meta is not None and meta.signer is not None:
+            return meta.signer
+        signer = await self.verifier.verify(tag, sha)
+        await self.store.record_signer(name, signer)
+        return signer
+
     async def _build_release(
         self, attempt: Attempt, tag: str, name: str, sha: str, previous_current: str | None
     ) -> None:
-        """Prepare (with the shared links), build and publish release ``name`` in a hidden workspace
-        (removed if anything fails)."""
+        """Verify the tag's signature (``--verify-signatures``), then prepare (with the shared links),
+        build and publish release ``name`` in a hidden workspace (removed if anything fails)."""
+        if self.verifier is not None:  # after the fetch, before anything is prepared
+            attempt.signer = await self.verifier.verify(tag, sha)
         tmp = await self.store.new_workspace(name)
         try:
             async with self.reporter.phase(attempt, Step.PREPARE):
@@ -326,7 +360,7 @@ class Deployer:
                 async with self.reporter.phase(attempt, Step.BUILD):
                     await self.store.build(tmp, name, tag, sha, previous_current, attempt.request_id)
             async with self.reporter.phase(attempt, Step.PUBLISH):
-                await self.store.publish(tmp, name, tag, sha)
+                await self.store.publish(tmp, name, tag, sha, attempt.signer)
         except BaseException:
             await self.store.discard(tmp)
             raise

@@ -228,6 +228,10 @@ def format_status(status: StatusRecord, now: float, *, daemon_running: bool | No
         if label == "current" and release:
             text += "  (reloaded)" if reloaded == release else "  (reload pending)"
         rows.append((label, text))
+        ref = status.get(label)
+        signer = _str(ref.get("signer")) if label == "current" and isinstance(ref, Mapping) else None
+        if signer:
+            rows.append(("  signed by", signer))
     rows.extend(_stage_rows(status, now))
     phase = status.get("phase")
     if isinstance(phase, Mapping) and phase.get("name"):
@@ -317,11 +321,12 @@ def format_releases(rows: Sequence[ReleaseRow], now: float) -> str:
     if not rows:
         return "no releases yet"
     body = []
+    signed = any(r.signer for r in rows)  # the SIGNED BY column only where tags are verified
     for r in rows:
         mark = ("*" if r.current else "") + ("-" if r.previous and not r.current else "") + ("s" if r.staged else "")
         created = f"{fmt_time(r.created)} ({fmt_ago(max(0.0, now - r.created))})" if r.created else "?"
-        body.append([mark, r.name, r.tag or "?", short_sha(r.sha), created])
-    lines = table(["", "RELEASE", "TAG", "SHA", "CREATED (UTC)"], body)
+        body.append([mark, r.name, r.tag or "?", short_sha(r.sha), created, *([r.signer or "-"] if signed else [])])
+    lines = table(["", "RELEASE", "TAG", "SHA", "CREATED (UTC)", *(["SIGNED BY"] if signed else [])], body)
     legend = "(* current, - previous, s staged)" if any(r.staged for r in rows) else "(* current, - previous)"
     return "\n".join([*lines, legend])
 
@@ -331,11 +336,13 @@ def format_releases(rows: Sequence[ReleaseRow], now: float) -> str:
 
 def format_history(entries: Sequence[HistoryEntry]) -> str:
     """Past deploys and stages, as given (newest first): one row each (a stage's result reads
-    ``stage success``, ``stage failed`` or ``stage cancelled``), an error on an indented line below."""
+    ``stage success``, ``stage failed`` or ``stage cancelled``), the tag's signer (when verified) and
+    an error on indented lines below."""
     if not entries:
         return "no deploys recorded yet"
     body: list[list[str]] = []
     errors: dict[int, str] = {}
+    signers: dict[int, str] = {}
     for i, e in enumerate(entries):
         body.append(
             [
@@ -350,10 +357,14 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         )
         if e.error:
             errors[i] = e.error
+        if e.signer:
+            signers[i] = e.signer
     lines = table(["STARTED (UTC)", "TAG", "SHA", "RESULT", "TOTAL", "ID", "PHASES"], body, right=(4,))
     out = [lines[0]]
     for i, ln in enumerate(lines[1:]):
         out.append(ln)
+        if i in signers:
+            out.append(f"    signed by {signers[i]}")
         if i in errors:
             out.append(f"    error: {errors[i]}")
     return "\n".join(out)

@@ -32,6 +32,8 @@ __all__ = [
     "ReloadError",
     "RolledBack",
     "SharedPathError",
+    "SignatureError",
+    "SigningKeysError",
     "TagNotFoundError",
     "VerifyError",
     "WaitTimeoutError",
@@ -137,6 +139,23 @@ class PreSwapError(CoordinatorError):
     changes (a failed migration must not run again in a loop)."""
 
     kind = "pre_swap"
+
+
+class SignatureError(CoordinatorError):
+    """``--verify-signatures``: the tag is not an annotated tag signed by an allowed key (lightweight,
+    not signed, signed by another key, or a bad signature); ``signer`` says what was found. Nothing was
+    prepared and ``current`` is untouched. Not retried until the marker changes."""
+
+    kind = "signature"
+
+
+class SigningKeysError(CoordinatorError):
+    """``--verify-signatures``: the ``--allowed-signers`` or ``--gpg-keyring`` file cannot be read or
+    holds no usable key (at start: exit 2, as a ConfigError). Retried on resync: the fix is to repair
+    the file (a Secret being rotated), not to change the marker."""
+
+    kind = "signing_keys"
+    retryable = True
 
 
 class ReloadError(CoordinatorError):

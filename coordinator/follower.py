@@ -9,6 +9,7 @@ a repository that cannot be reached is asked again after a growing back-off inst
 
 from __future__ import annotations
 
+import fnmatch
 import random
 import time
 from collections.abc import Callable
@@ -50,6 +51,8 @@ class Follower:
         }
         self.last_error: GitError | None = None  # the last listing's error (None: it succeeded)
         self.on_failure: Callable[[str], None] | None = None  # a listing failed: called with "ls-remote"
+        self._tags: dict[str, str] = {}  # the last listing: tag -> commit
+        self.refused: dict[str, str] = {}  # tag -> the commit at which the deployer refused it (signature)
 
     @property
     def digest(self) -> str | None:
@@ -66,8 +69,31 @@ class Follower:
             return self._failed(e)
         self.backoff.succeeded()
         self.last_error = None
-        skip = {t for t in tags if not self._acceptable(t)}
+        self._tags = tags
+        self.refused = {t: sha for t, sha in self.refused.items() if tags.get(t) == sha}  # a moved tag: again
+        self._choose(iso())
+        return tick_delay(self.period, self.jitter, self.rand())
+
+    def refuse(self, tag: str, sha: str | None, why: str) -> bool:
+        """The deployer refused the followed ``tag`` at commit ``sha`` (``--verify-signatures``: not
+        signed by an allowed key): it is passed over while it stays at that commit, and the newest
+        other tag of the last listing is chosen now. Returns whether the choice changed."""
+        if self.request is None or self.request.tag != tag or sha is None:
+            return False
+        self.refused[tag] = sha
+        log.warning("follow_skipped", tag=tag, sha=sha, reason=why)
+        before = self.request
+        self._choose(self.record["checked_at"])
+        return self.request != before
+
+    def _choose(self, checked_at: str | None) -> None:
+        """Choose the newest acceptable, not refused tag of the last listing (made at ``checked_at``)."""
+        tags = self._tags
+        skip = {t for t in tags if not self._acceptable(t) or self.refused.get(t) == tags[t]}
         tag, reason = newest(tags, self.glob, skip)
+        refused = sorted(t for t in self.refused if fnmatch.fnmatchcase(t, self.glob))
+        if refused:
+            reason += f"; passed over, not signed by an allowed key: {', '.join(refused)}"
         request = DeployRequest(tag=tag, sha=tags[tag]) if tag is not None else None
         if request != self.request or self.record["checked_at"] is None:
             log.info("follow_chose", glob=self.glob, tag=tag, sha=request.sha if request else None, reason=reason)
@@ -77,10 +103,9 @@ class Follower:
             "tag": tag,
             "sha": request.sha if request else None,
             "reason": reason,
-            "checked_at": iso(),
+            "checked_at": checked_at,
             "error": None,
         }
-        return tick_delay(self.period, self.jitter, self.rand())
 
     def _acceptable(self, tag: str) -> bool:
         """Whether a marker could name ``tag`` (the tag rules and ``--tag-pattern``)."""

@@ -209,6 +209,24 @@ class GitCache(TreeCommands):
             log.warning("tag_moved", tag=tag, old_sha=before, new_sha=after)
         return after
 
+    async def read_tag(self, tag: str) -> tuple[str, str, bytes] | None:
+        """The object ``refs/tags/<tag>`` names in the cache: (object id, type, content), None if the
+        tag is not cached. The name goes to git on stdin (``cat-file --batch``), never as an argument."""
+        result = await self._git(["cat-file", "--batch"], stdin=f"refs/tags/{tag}\n".encode(), max_output=1024 * 1024)
+        head, _, rest = result.stdout.partition(b"\n")
+        fields = head.decode("ascii", "replace").split()
+        if len(fields) != 3 or not _SHA40_RE.fullmatch(fields[0]) or not fields[2].isdigit():
+            return None
+        return fields[0], fields[1], rest[: int(fields[2])]
+
+    async def verify_tag(self, oid: str, config: Sequence[str], env: Mapping[str, str]) -> str:
+        """The output of ``git verify-tag --raw`` of tag object ``oid`` (a hex id, never a name), run
+        with the ``-c`` options ``config`` and ``env`` (the signature's verdict is in the text)."""
+        if not _SHA40_RE.fullmatch(oid):
+            raise GitError(f"not an object id: {oid[:80]!r}", fix="report this bug")
+        result = await self._git([*config, "verify-tag", "--raw", oid], env=env, check=False)
+        return (result.stderr + result.stdout).decode("utf-8", "replace")
+
     async def remote_tags(self) -> dict[str, str]:
         """Every tag of the repository with its commit (annotated tags peeled), by ``git ls-remote``:
         nothing is fetched or written. Raises GitError (with the fix) when the repository cannot be read."""

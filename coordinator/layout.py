@@ -154,5 +154,5 @@ def list_releases(layout: Layout) -> list[ReleaseInfo]:
         if meta is None:
             out.append(ReleaseInfo(e.name, known=False))
         else:
-            out.append(ReleaseInfo(e.name, meta.created, meta.ok, meta.tag, meta.sha))
+            out.append(ReleaseInfo(e.name, meta.created, meta.ok, meta.tag, meta.sha, signer=meta.signer))
     return out

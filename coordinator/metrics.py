@@ -158,6 +158,11 @@ class Metrics:
             ["command"],
             registry=r,
         )
+        self.signature_refusals = Counter(
+            "coordinator_signature_refusals",
+            "Deploy and stage attempts refused by --verify-signatures: the tag was not signed by an allowed key",
+            registry=r,
+        )
         for command in FETCH_COMMANDS:
             self.fetch_failures.labels(command)
         for result in RESULTS:
@@ -186,6 +191,8 @@ class Metrics:
         self._safely(self._attempt_changed, attempt)
 
     def _attempt_changed(self, attempt: Attempt) -> None:
+        if attempt.result.final and attempt.error is not None and attempt.error.get("kind") == "signature":
+            self.signature_refusals.inc()
         if attempt.action is AttemptAction.STAGE:  # builds a release, serves nothing: counted apart
             if attempt.result.final:
                 self.stages.labels(attempt.result.value).inc()

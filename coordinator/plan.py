@@ -175,6 +175,7 @@ class ReleaseInfo:
     tag: str | None = None
     sha: str | None = None
     known: bool = True  # False: no metadata, not created by us: never deleted
+    signer: str | None = None  # who signed its tag, when verified (--verify-signatures)
 
 
 def plan_prune(

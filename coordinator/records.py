@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal, Required, TypedDict, cast
+from typing import Any, Literal, NotRequired, Required, TypedDict, cast
 
 __all__ = [
     "STATUS_VERSION",
@@ -165,14 +165,17 @@ class ErrorInfo(TypedDict, total=False):
     path: str
     option: str
     next_retry_at: str  # a fetch or ls-remote that failed is tried again at this time (back-off)
+    signer: str  # a `signature` error: what signed the refused tag ("not signed", "lightweight tag", a key)
 
 
 class ReleaseRef(TypedDict):
-    """A release named in the status file: its directory name and what its metadata says."""
+    """A release named in the status file: its directory name and what its metadata says (``signer``:
+    who signed its tag, when it was verified; absent otherwise)."""
 
     release: str
     tag: str | None
     sha: str | None
+    signer: NotRequired[str]
 
 
 class DesiredRef(TypedDict):
@@ -207,6 +210,7 @@ class AttemptRecord(TypedDict):
     finished_at: str | None
     duration_ms: float | None
     phases_ms: dict[str, float]
+    signer: NotRequired[str]  # --verify-signatures: who signed the tag (absent when not verified)
 
 
 class JournalEntry(AttemptRecord):

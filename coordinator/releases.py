@@ -234,11 +234,12 @@ class ReleaseStore:
         previous = lay.releases / previous_current if previous_current else None
         return HookContext(lay.root, tag, sha, name or "", release_dir, previous, request_id)
 
-    async def publish(self, tmp: Path, name: str, tag: str, sha: str) -> None:
-        """Make the workspace release ``name``: flushed to disk, then renamed to its final name."""
-        await anyio.to_thread.run_sync(self._publish, tmp, name, tag, sha)
+    async def publish(self, tmp: Path, name: str, tag: str, sha: str, signer: str | None = None) -> None:
+        """Make the workspace release ``name``: flushed to disk, then renamed to its final name
+        (``signer``: who signed the tag, recorded in its metadata)."""
+        await anyio.to_thread.run_sync(self._publish, tmp, name, tag, sha, signer)
 
-    def _publish(self, tmp: Path, name: str, tag: str, sha: str) -> None:
+    def _publish(self, tmp: Path, name: str, tag: str, sha: str, signer: str | None) -> None:
         lay = self.layout
         os.chmod(tmp, 0o755)
         failpoint("before-publish")
@@ -259,6 +260,7 @@ class ReleaseStore:
             built=bool(self.config.build_command),
             shared=self.shared.names,
             build_changes=self._build_changes.pop(tmp, None),
+            signer=signer,
         )
         self._sandboxed.pop(tmp, None)
         write_release_meta(lay.meta_dir, meta)
@@ -267,6 +269,17 @@ class ReleaseStore:
         os.rename(tmp, lay.releases / meta.name)
         failpoint("after-release-rename")
         fsync_dir(lay.releases)
+
+    async def record_signer(self, name: str, signer: str) -> None:
+        """Record in release ``name``'s (coordinator-side) metadata who signed its tag: a release built
+        before ``--verify-signatures`` was turned on, verified when it is swapped in."""
+
+        def record() -> None:
+            meta = read_release_meta(self.layout.meta_dir, name)
+            if meta is not None:
+                write_release_meta(self.layout.meta_dir, replace(meta, signer=signer))
+
+        await anyio.to_thread.run_sync(record)
 
     async def mark_failed(self, name: str) -> None:
         """Record that release ``name`` failed its health check (pruned first, never kept)."""

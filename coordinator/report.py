@@ -67,13 +67,14 @@ class Attempt:
     error: ErrorInfo | None = None
     phases: dict[str, float] = field(default_factory=dict)
     action: AttemptAction = AttemptAction.DEPLOY
+    signer: str | None = None  # --verify-signatures: who signed the tag (verified, or recorded at build)
 
     @property
     def duration_ms(self) -> float | None:
         return round((self.finished - self.started) * 1000, 1) if self.finished else None
 
     def record(self) -> AttemptRecord:
-        return {
+        record: AttemptRecord = {
             "action": self.action.value,
             "tag": self.tag,
             "id": self.request_id,
@@ -86,6 +87,9 @@ class Attempt:
             "duration_ms": self.duration_ms,
             "phases_ms": dict(self.phases),
         }
+        if self.signer is not None:
+            record["signer"] = self.signer
+        return record
 
     def journal_entry(self) -> JournalEntry:
         """The attempt as a journal line (and as the ``--webhook-url`` payload)."""
@@ -247,7 +251,10 @@ class Reporter:
         if not name:
             return None
         meta = read_release_meta(self.layout.meta_dir, name)
-        return {"release": name, "tag": meta.tag if meta else None, "sha": meta.sha if meta else None}
+        ref: ReleaseRef = {"release": name, "tag": meta.tag if meta else None, "sha": meta.sha if meta else None}
+        if meta is not None and meta.signer is not None:
+            ref["signer"] = meta.signer
+        return ref
 
     @property
     def published_state(self) -> StatusState | None:

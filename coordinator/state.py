@@ -229,8 +229,10 @@ def _tail_lines(path: Path, limit: int) -> list[bytes]:
 def write_release_meta(meta_dir: Path, meta: ReleaseMeta, *, app_facing: bool = False) -> None:
     """Write ``<meta_dir>/<name>.json``. The app-facing copy next to the release directory has only
     ``name``, ``tag``, ``sha``, ``created`` and ``created_at`` (no bookkeeping such as ``ok``, ``built``,
-    ``shared``)."""
+    ``shared``); ``signer`` is written only when the release was verified."""
     body = {**asdict(meta), "created_at": iso(meta.created)}
+    if meta.signer is None:
+        body.pop("signer")
     if app_facing:
         for key in ("ok", "built", "shared", "build_changes"):
             body.pop(key)

@@ -38,6 +38,8 @@ class ReleaseMeta:
     ``ok`` is False once it failed its health check (it is then pruned first and never kept).
     ``shared``: the shared paths linked into it (``--shared-dir``/``--shared-file``; empty in metadata
     written before they existed, when no release had any).
+    ``signer``: who signed its tag, as verified when it was built (``--verify-signatures``; None:
+    not verified, and then absent from the file).
     """
 
     name: str
@@ -48,11 +50,13 @@ class ReleaseMeta:
     built: bool | None = None
     shared: tuple[str, ...] = ()
     build_changes: tuple[str, ...] | None = None
+    signer: str | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ReleaseMeta | None:
         try:
             built, shared, changes = raw.get("built"), raw.get("shared"), raw.get("build_changes")
+            signer = raw.get("signer")
             return cls(
                 name=str(raw["name"]),
                 tag=str(raw["tag"]),
@@ -62,6 +66,7 @@ class ReleaseMeta:
                 built=built if isinstance(built, bool) else None,
                 shared=tuple(p for p in shared if isinstance(p, str)) if isinstance(shared, list) else (),
                 build_changes=_paths(changes),
+                signer=signer if isinstance(signer, str) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -722,3 +722,29 @@ def test_bad_shared_path_from_toml_is_refused_at_start(write_toml: TomlWriter) -
     conf = write_toml('root = "/vol"\nrepo = "r"\nshared-files = ["../.env"]\n')
     with pytest.raises(ConfigError, match=re.escape("'..' would leave the release")):
         Config.from_options(resolve(config_file=conf))
+
+
+def test_verify_signatures_from_the_environment_and_toml_paths_relative_to_the_file(write_toml: TomlWriter) -> None:
+    """COORDINATOR_VERIFY_SIGNATURES=true and a TOML `allowed-signers` relative to the file's directory."""
+    path = write_toml('allowed-signers = "keys/allowed_signers"\n')
+    opts = resolve_options({}, {"COORDINATOR_VERIFY_SIGNATURES": "true"}, path)
+    assert opts["verify_signatures"] is True
+    assert opts["allowed_signers"] == path.parent / "keys" / "allowed_signers"
+
+
+def test_an_empty_allowed_signers_file_is_refused_at_start(tmp_path: Path) -> None:
+    """--allowed-signers holding no key (only comments) is a ConfigError naming the option."""
+    empty = tmp_path / "allowed_signers"
+    empty.write_text("# nobody yet\n")
+    with pytest.raises(ConfigError, match="no key in it") as e:
+        Config(layout=make_layout(), repo="r", verify_signatures=True, allowed_signers=empty)
+    assert e.value.fields["option"] == "allowed-signers"
+
+
+def test_a_secret_keyring_is_refused_at_start(tmp_path: Path) -> None:
+    """--gpg-keyring holding a secret key block is refused, with the export command as the fix."""
+    secret = tmp_path / "keys.asc"
+    secret.write_text("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nxyz\n")
+    with pytest.raises(ConfigError, match="secret keys") as e:
+        Config(layout=make_layout(), repo="r", verify_signatures=True, gpg_keyring=secret)
+    assert "gpg --export" in (e.value.fix or "")

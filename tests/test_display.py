@@ -202,3 +202,22 @@ def test_status_table_shows_the_staged_release_and_the_stage_request() -> None:
     assert "staged    v3  v3-aaaaaaaaaaaa  sha aaaaaaaaaaaa  (staged 1 min ago)" in lines
     assert "stage     v4 (id s2): failed" in lines
     assert "  error   build: build command failed with exit code 3" in lines
+
+
+def test_releases_table_has_a_signed_by_column_only_when_a_release_was_verified() -> None:
+    """releases: with a verified release, a SIGNED BY column (`-` for one built without verification)."""
+    rows = [
+        ReleaseRow("v2-3f9c2a1b7d4e", "v2", "3f9c2a1b7d4e" + "0" * 28, NOW - 120, True, False, signer="alice (ssh)"),
+        ReleaseRow("v1-91aa03c55e10", "v1", "91aa03c55e10" + "0" * 28, NOW - 7200, current=False, previous=True),
+    ]
+    lines = format_releases(rows, NOW).splitlines()
+    assert lines[0].endswith("  SIGNED BY") and lines[0].index("SIGNED BY") == lines[1].index("alice (ssh)")
+    assert lines[2].endswith("  -") and len(lines[2]) == lines[0].index("SIGNED BY") + 1
+
+
+def test_status_and_history_show_the_signer() -> None:
+    """status: a `signed by` row under current; history: `signed by` under a verified attempt."""
+    st = {"state": "idle", "current": {"release": "v2-3f9c2a1b7d4e", "tag": "v2", "sha": "3f9c", "signer": "alice"}}
+    assert "\n  signed by  alice\n" in format_status(as_status(st), NOW)
+    entry = HistoryEntry.from_journal({"tag": "v2", "result": "success", "started_at": NOW_ISO, "signer": "alice"})
+    assert format_history([entry]).splitlines()[2] == "    signed by alice"
