@@ -16,9 +16,7 @@ Steps 1 and 2, and a rollback, run shielded from cancellation: SIGTERM waits for
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import anyio
 import structlog
@@ -31,7 +29,7 @@ from coordinator.health import expected_text, wait_healthy
 from coordinator.logs import present
 from coordinator.plan import Step, recover_reload, reload_to_confirm, rollback_target
 from coordinator.releases import ReleaseStore
-from coordinator.reload import Reloader
+from coordinator.reload import BlockingReload, Reloader
 from coordinator.report import Attempt, Reporter
 from coordinator.state import save_state
 from coordinator.statefile import PendingReload, PendingVerify, State
@@ -39,6 +37,21 @@ from coordinator.statefile import PendingReload, PendingVerify, State
 __all__ = ["Activator"]
 
 log = structlog.get_logger("coordinator")
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What the worker thread of an activation did."""
+
+    state: State  # with the reload of the release recorded as pending
+    swap_ms: float | None  # None: no swap
+    reload_started: float  # time.monotonic() when the reload phase began (its record)
+    reloaded: bool  # the reload itself was done in the thread
+    error: Exception | None = None  # the reload failed (raised on the loop)
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 2)
 
 
 class Activator:
@@ -72,28 +85,60 @@ class Activator:
         """Make release ``name`` current and reloaded; with ``verify``, check it and roll back to
         ``back_to`` (the release that was current) when it fails (raises RolledBack or VerifyError).
 
-        The swap and the record of the reload about to be done are one trip to a worker thread, and
-        the reload another: the marker -> reload path crosses no other thread hand-off."""
+        The swap, the record of the reload about to be done and, for a strategy whose reload is a few
+        system calls (touch, FIFO, signal: :class:`~coordinator.reload.BlockingReload`), the reload
+        itself are one trip to a worker thread: the marker -> reload path crosses no other hand-off."""
         pending = PendingVerify(name, back_to, self.state.previous) if verify else None
         with anyio.CancelScope(shield=True):
-            async with self.reporter.phase(attempt, Step.SWAP):
-                token = await self._in_thread(self._swap_and_record, name, pending)
-            async with self.reporter.phase(attempt, Step.RELOAD):
-                await self._reload_recorded(name, token)
+            done = await self._in_thread(name, pending, swap=True)
+            assert done.swap_ms is not None
+            self.reporter.phase_done(attempt, Step.SWAP, done.swap_ms)
+            try:
+                await self._finish_reload(name, done)
+            finally:
+                self.reporter.phase_done(attempt, Step.RELOAD, _ms(done.reload_started))
         if pending is not None:
             await self.verify_or_roll_back(attempt, pending)
 
-    async def _in_thread(self, fn: Callable[[str, PendingVerify | None], State], *args: Any) -> int | None:
-        """Run ``fn`` (which returns the state to adopt) in a worker thread; adopt its state on the loop
-        (the shared :class:`State` is only ever changed on the event loop); the pending reload token."""
-        new = await anyio.to_thread.run_sync(fn, *args)
-        self.state.assign(new)
-        return new.pending.token if new.pending is not None else None
+    async def reload(self, name: str, verify: PendingVerify | None = None) -> None:
+        """Reload for ``name`` (already current), recording it before and after in the state file.
 
-    def _swap_and_record(self, name: str, verify: PendingVerify | None) -> State:
-        """Swap ``current`` to ``name``, then record the reload (blocking; see :meth:`_record_pending`)."""
-        swap_symlink(self.layout.current, f"releases/{name}")
-        return self._record_pending(name, verify)
+        With ``verify``, the state also records that ``name`` still has to pass its health check
+        (and where to go back to), in the same write.
+        """
+        await self._finish_reload(name, await self._in_thread(name, verify, swap=False))
+
+    async def _in_thread(self, name: str, verify: PendingVerify | None, *, swap: bool) -> _Done:
+        """:meth:`_activate_blocking` in a worker thread; its state adopted on the loop (the shared
+        :class:`State` only ever changes on the event loop)."""
+        quick = self.reloader if isinstance(self.reloader, BlockingReload) else None
+        done = await anyio.to_thread.run_sync(self._activate_blocking, name, verify, swap, quick)
+        self.state.assign(done.state)
+        return done
+
+    def _activate_blocking(
+        self, name: str, verify: PendingVerify | None, swap: bool, quick: BlockingReload | None
+    ) -> _Done:
+        """Swap ``current`` to ``name`` (with ``swap``), record the reload about to be done, and do it
+        with ``quick`` (blocking). A failure of the swap or the record raises (nothing recorded); a
+        failure of the reload is returned, with the state that records it as pending."""
+        swap_ms = None
+        if swap:
+            started = time.monotonic()
+            swap_symlink(self.layout.current, f"releases/{name}")
+            swap_ms = _ms(started)
+        reload_started = time.monotonic()
+        new = self._record_pending(name, verify)
+        if quick is None:
+            return _Done(new, swap_ms, reload_started, reloaded=False)
+        assert new.pending is not None
+        try:
+            failpoint("before-reload")
+            quick.reload_blocking(new.pending.token, name)
+            failpoint("after-reload")
+        except Exception as e:  # raised on the loop, once the pending record is adopted
+            return _Done(new, swap_ms, reload_started, reloaded=False, error=e)
+        return _Done(new, swap_ms, reload_started, reloaded=True)
 
     def _record_pending(self, name: str, verify: PendingVerify | None) -> State:
         """The state with the reload of ``name`` about to be done (its token from the strategy), and
@@ -113,20 +158,17 @@ class Activator:
         save_state(self.layout.state_file, new, durable=False)
         return new
 
-    async def reload(self, name: str, verify: PendingVerify | None = None) -> None:
-        """Reload for ``name`` (already current), recording it before and after in the state file.
-
-        With ``verify``, the state also records that ``name`` still has to pass its health check
-        (and where to go back to), in the same write.
-        """
-        token = await self._in_thread(self._record_pending, name, verify)
-        await self._reload_recorded(name, token)
-
-    async def _reload_recorded(self, name: str, token: int | None) -> None:
-        """Do the reload whose pending record is written, then record it as done (fsynced)."""
-        failpoint("before-reload")
-        await self.reloader.reload(token, release=name)
-        failpoint("after-reload")
+    async def _finish_reload(self, name: str, done: _Done) -> None:
+        """Do the reload whose pending record is written (unless the worker thread did it), then
+        record it as done (fsynced)."""
+        assert self.state.pending is not None
+        token = self.state.pending.token
+        if done.error is not None:
+            raise done.error
+        if not done.reloaded:
+            failpoint("before-reload")
+            await self.reloader.reload(token, release=name)
+            failpoint("after-reload")
         st = self.state
         st.reloaded = name
         st.pending = None

@@ -140,6 +140,9 @@ class FifoReloader:
     async def reload(self, token: int | None, *, release: str | None = None) -> None:
         await anyio.to_thread.run_sync(self._write)
 
+    def reload_blocking(self, token: int | None, release: str | None) -> None:
+        self._write()
+
     async def already_done(self, token: int | None) -> bool:
         # A FIFO keeps no trace: uWSGI consumes the byte and even recreates the FIFO. After a crash we
         # cannot tell whether the write happened, so the reload is repeated (at least once).

@@ -141,6 +141,9 @@ class SignalReloader:
     async def reload(self, token: int | None, *, release: str | None = None) -> None:
         await anyio.to_thread.run_sync(self._send)
 
+    def reload_blocking(self, token: int | None, release: str | None) -> None:
+        self._send()
+
     async def already_done(self, token: int | None) -> bool:
         # A signal leaves no trace we can read back; after a crash the reload is repeated.
         return False

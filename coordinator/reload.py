@@ -37,7 +37,7 @@ import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -47,7 +47,15 @@ from coordinator.fifo import FifoReloader
 from coordinator.pidsignal import SignalReloader, signal_name
 from coordinator.proc import run_in_group
 
-__all__ = ["CommandReloader", "Reloader", "TouchReloader", "make_reloader"]
+__all__ = ["BlockingReload", "CommandReloader", "Reloader", "TouchReloader", "make_reloader"]
+
+
+@runtime_checkable
+class BlockingReload(Protocol):
+    """A strategy whose reload is a few system calls (touch, FIFO write, signal): the activation does it
+    in the worker thread that swaps ``current`` (no hand-off between the swap and the reload)."""
+
+    def reload_blocking(self, token: int | None, release: str | None) -> None: ...
 
 
 class Reloader(Protocol):
@@ -116,6 +124,9 @@ class TouchReloader:
 
     async def reload(self, token: int | None, *, release: str | None = None) -> None:
         await anyio.to_thread.run_sync(self._touch, token)
+
+    def reload_blocking(self, token: int | None, release: str | None) -> None:
+        self._touch(token)
 
     async def already_done(self, token: int | None) -> bool:
         if token is None:

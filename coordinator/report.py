@@ -180,16 +180,20 @@ class Reporter:
                 started = time.monotonic()
             yield
         finally:
-            ms = _ms(started)
-            attempt.phases[step.value] = ms
-            if self._status.get("phase") is not None:
-                self._status = {**self._status, "phase": None}
-            if self.stage is not None and self.stage["phase"] is not None:
-                self.stage = {**self.stage, "phase": None}
-                self._status = {**self._status, "stage": self.stage}
-            log.info(step.value, **present(duration_ms=ms, tag=attempt.tag, release=attempt.release))
-            if self.on_phase is not None:
-                self.on_phase(step.value, ms)
+            self.phase_done(attempt, step, _ms(started))
+
+    def phase_done(self, attempt: Attempt, step: Step, ms: float) -> None:
+        """Record that ``step`` of ``attempt`` took ``ms`` (log, metrics, status) without announcing
+        it: for the swap and reload phases, timed in the worker thread that does both."""
+        attempt.phases[step.value] = ms
+        if self._status.get("phase") is not None:
+            self._status = {**self._status, "phase": None}
+        if self.stage is not None and self.stage["phase"] is not None:
+            self.stage = {**self.stage, "phase": None}
+            self._status = {**self._status, "stage": self.stage}
+        log.info(step.value, **present(duration_ms=ms, tag=attempt.tag, release=attempt.release))
+        if self.on_phase is not None:
+            self.on_phase(step.value, ms)
 
     async def _announce_phase(self, attempt: Attempt, step: Step) -> None:
         """Show the running phase (for `deploy --wait`): a copy of the last status with `phase` and the
