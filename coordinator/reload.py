@@ -4,9 +4,10 @@ A reload strategy has three parts: ``token`` picks an identifier for the next re
 in the state file *before* the reload, so a restart can tell whether a crash happened before or after
 it), ``reload`` performs it, and ``already_done`` tells, where the strategy can, whether the reload
 with that token already happened (so it is not repeated after a crash). ``token`` is blocking and
-cheap: the activation calls it in the worker thread that swaps ``current`` and records the reload
-(one thread hand-off on the marker -> reload path); the other two are async and keep the event loop
-free: the touch strategy's file calls run in a worker thread.
+cheap: the activation calls it in the worker thread that swaps ``current`` and records the reload.
+``reload`` and ``already_done`` are async and keep the event loop free. The strategies whose reload
+is a few system calls (touch, FIFO, signal) also offer it blocking (:class:`BlockingReload`), and the
+activation does it in that same thread: one hand-off on the marker -> reload path.
 
 The touch strategy (default, uWSGI ``--touch-reload``): uWSGI checks the file about once a second
 and compares whole-second ``st_mtime`` with "greater than", so two touches within one second reload
