@@ -115,15 +115,26 @@ def _read_keys_file(path: Path) -> bytes:
     return data
 
 
+def _load(option: str, path: Path, fix: str) -> bytes | tuple[str, str]:
+    """The bytes of the file given to ``--option``, or why it cannot be read (message, fix) (blocking)."""
+    try:
+        return _read_keys_file(path)
+    except FileNotFoundError:
+        return f"--{option} file {path} does not exist", "check the path (a mounted Secret?)"
+    except OSError as e:
+        return f"cannot read --{option} file {path}: {e.strerror}", "make it readable by coordinator's user"
+    except ValueError as e:
+        return f"--{option} file {path} is too large: {e}", fix
+
+
 def allowed_signers_problem(path: Path) -> tuple[str, str] | None:
     """Why ``path`` is no usable allowed-signers file (message, fix), or None (blocking)."""
     fix = "give a file of lines `PRINCIPAL KEYTYPE KEY`, e.g. `alice@example.com ssh-ed25519 AAAA...`"
+    data = _load("allowed-signers", path, fix)
+    if isinstance(data, tuple):
+        return data
     try:
-        parse_allowed_signers(_read_keys_file(path).decode("utf-8", "replace"))
-    except FileNotFoundError:
-        return f"--allowed-signers file {path} does not exist", "check the path (a mounted Secret?)"
-    except OSError as e:
-        return f"cannot read --allowed-signers file {path}: {e.strerror}", "make it readable by coordinator's user"
+        parse_allowed_signers(data.decode("utf-8", "replace"))
     except ValueError as e:
         return f"--allowed-signers file {path} is malformed: {e}", fix
     return None
@@ -133,14 +144,9 @@ def keyring_problem(path: Path) -> tuple[str, str] | None:
     """Why ``path`` is no OpenPGP public keyring (message, fix), or None: a quick look at its first
     packet (blocking); gpg itself reads it at the first verification."""
     fix = "export the public keys: gpg --export KEYID... > FILE (or --armor)"
-    try:
-        data = _read_keys_file(path)
-    except FileNotFoundError:
-        return f"--gpg-keyring file {path} does not exist", "check the path (a mounted Secret?)"
-    except OSError as e:
-        return f"cannot read --gpg-keyring file {path}: {e.strerror}", "make it readable by coordinator's user"
-    except ValueError as e:
-        return f"--gpg-keyring file {path} is too large: {e}", fix
+    data = _load("gpg-keyring", path, fix)
+    if isinstance(data, tuple):
+        return data
     head = data.lstrip()[:64]
     if head.startswith(b"-----BEGIN PGP PRIVATE KEY BLOCK-----"):
         return f"--gpg-keyring file {path} holds secret keys", fix
