@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.daemon import run_argv
 from tests.e2e.rig import Rig, coordinator_bin
-from tests.e2e.servers import BIN, gunicorn_hup, uwsgi_touch
-from tests.helpers import read_status
+from tests.e2e.servers import BIN, DOCKER_DIR, gunicorn_hup, uwsgi_touch
+from tests.helpers import read_status, write_marker
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +113,29 @@ def running_canaries(rig: Rig) -> list[int]:
         if state != "Z" and root in env and any(e.startswith(b"COORDINATOR_CANARY=") for e in env):
             out.append(int(pid))
     return out
+
+
+def test_the_canary_of_the_example_django_app(tmp_path: Path) -> None:
+    """docker/example's Django app (docker/example/make-repo.sh): v1 and v2 pass their canary (uWSGI, as in
+    the how-to); v3-broken, which cannot be imported, is refused by it. Prints the canary's cost."""
+    repo = tmp_path / "example-repo"
+    make_repo = ["sh", str(DOCKER_DIR / "example" / "make-repo.sh"), str(repo)]
+    made = subprocess.run(make_repo, capture_output=True, check=False)
+    assert made.returncode == 0, made
+    root = tmp_path / "volume"
+    root.mkdir()
+    command = UWSGI_CANARY.replace(PIN_APP, "COORDINATOR_PIN_APP=exampleapp.wsgi:application")
+    canary_ms: dict[str, float] = {}
+    for tag, rc in (("v1", 0), ("v2", 0), ("v3-broken", 1)):
+        write_marker(root, tag)
+        argv = run_argv(
+            root, repo, "--once", "--log-format", "json", "--canary-command", command, "--canary-url", "/health"
+        )
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == rc, out.stderr[-3000:]
+        attempt = (read_status(root) or {}).get("last_attempt") or {}
+        canary_ms[tag] = attempt.get("phases_ms", {}).get("canary")
+    st = read_status(root) or {}
+    assert (st.get("error") or {}).get("kind") == "canary" and "ModuleNotFoundError" in st["error"].get("output", "")
+    assert (st.get("current") or {}).get("tag") == "v2"
+    print(f"[e2e] django example canary ms: {canary_ms}")
