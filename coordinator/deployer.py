@@ -14,8 +14,9 @@ and rollback are not. The pre-swap command (:mod:`coordinator.hooks`) runs betwe
 SIGTERM stops it, a newer marker does not; a pause seen before or after it stops the deploy before the
 swap. Then the canary (:mod:`coordinator.canary`, ``--canary-command``) starts the release privately
 and checks it: a newer marker, a pause or SIGTERM stops it, and one that fails refuses the release
-before anything is swapped. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`. Once the
-marker's request is converged, the :class:`~coordinator.stager.Stager` handles the stage request.
+before anything is swapped. Every finished attempt is handed to the
+:class:`~coordinator.notify.Notifier`. Once the marker's request is converged, the
+:class:`~coordinator.stager.Stager` handles the stage request.
 """
 
 from __future__ import annotations
