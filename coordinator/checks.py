@@ -9,7 +9,8 @@ the write probes of the ``root`` check (a temporary file in ROOT and in ``ROOT/.
 removed at once) and the build sandbox's probe (:func:`coordinator.sandbox.probe`: hidden temporary
 directories in ``releases/`` and ``.coordinator/tmp``, removed at once). The reload FIFO is never
 opened (a byte written would reload the app), the signal sent to the pid is 0 (existence only), and
-the health URL gets plain GETs.
+the health URL gets plain GETs. The canary (``--canary-command``) of the current release is started
+once, probed and stopped, as a deploy would.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from typing import Any, TypeVar
 
 import anyio
 
+from coordinator.canary import STOP_GRACE, Canary
 from coordinator.config import Config
 from coordinator.exceptions import CoordinatorError, GitError, LayoutError
 from coordinator.fsutil import describe_os_error, file_kind, is_real_dir
 from coordinator.git import GitCache, redact
 from coordinator.gitssh import ssh_files_check
 from coordinator.health import expected_text, probe
-from coordinator.hooks import needs_shell
+from coordinator.hooks import HookContext, needs_shell
 from coordinator.layout import Layout, read_current
 from coordinator.pidsignal import SignalReloader
 from coordinator.sandbox import probe as sandbox_probe
@@ -439,6 +441,31 @@ async def check_health(name: str, config: Config) -> CheckResult:
     )
 
 
+# ---------------------------------------------------------------------------------------------- canary
+
+
+async def check_canary(name: str, config: Config) -> CheckResult:
+    """``--canary-command``: the canary of the current release started once, probed and stopped, as a
+    deploy would (nothing recorded, nothing swapped): proves the command and the canary URL work."""
+    canary = Canary.from_config(config, record=False)
+    assert canary is not None
+    layout = config.layout
+    meta = await _in_thread(partial(_current_meta, layout))
+    if meta is None:
+        return passed(name, "not run: no current release yet (note: every deploy runs the canary)")
+    ctx = HookContext(layout.root, meta.tag, meta.sha, meta.name, layout.releases / meta.name, None)
+    outcome = await canary.run(ctx)
+    if outcome.ok:
+        return passed(name, f"the canary of {meta.name} passed in {outcome.seconds:.1f} s ({outcome.reason})")
+    last = " | ".join(outcome.output.splitlines()[-3:])
+    ends = f"; its output ends: {last}" if last else ""
+    return failed(
+        name,
+        f"the canary of {meta.name} did not pass: {outcome.describe()}{ends}",
+        "fix --canary-command (it must serve the release on 127.0.0.1:$PORT) or --canary-url",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the list
 
 
@@ -469,6 +496,9 @@ def checks_for(config: Config) -> list[Check]:
     checks.append(Check("reload", partial(check_reload, "reload", config)))
     if config.health_url is not None:
         checks.append(Check("health", partial(check_health, "health", config), 2 * HEALTH_TIMEOUT_CAP + 5))
+    if config.canary_command is not None:
+        limit = config.canary_timeout + STOP_GRACE + 10
+        checks.append(Check("canary", partial(check_canary, "canary", config), limit))
     for label, option, command in (
         ("build command", "build-command", config.build_command),
         ("pre-swap command", "pre-swap-command", config.pre_swap_command),

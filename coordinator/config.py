@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.canary import check_canary_options
 from coordinator.exceptions import ConfigError
 from coordinator.gitenv import check_password_file, is_http_repo, is_ssh_repo
 from coordinator.gitssh import key_file_problem, known_hosts_problem, path_problem
@@ -104,6 +105,9 @@ class Config:
     shared_files: tuple[str, ...] = ()
     pre_swap_command: str | None = None
     pre_swap_timeout: float = 600.0
+    canary_command: str | None = None
+    canary_url: str | None = None
+    canary_timeout: float = 30.0
     notify_command: str | None = None
     webhook_url: str | None = None
     hook_timeout: float = 30.0
@@ -119,6 +123,7 @@ class Config:
             "reload_timeout",
             "health_timeout",
             "pre_swap_timeout",
+            "canary_timeout",
             "hook_timeout",
         ):
             opt = OPTIONS[name.replace("_", "-")]
@@ -163,6 +168,7 @@ class Config:
             raise ConfigError(
                 f"--health-url must be an http(s) URL, not {self.health_url!r}", fix="e.g. http://127.0.0.1:8000/"
             )
+        check_canary_options(self.canary_command, self.canary_url, self.health_url)
         if self.http_bind is not None:
             parse_http_bind(self.http_bind)
         if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
@@ -316,6 +322,9 @@ class Config:
             shared_files=tuple(opts.get("shared_files") or ()),
             pre_swap_command=opts.get("pre_swap_command"),
             pre_swap_timeout=opts.get("pre_swap_timeout", 600.0),
+            canary_command=opts.get("canary_command"),
+            canary_url=opts.get("canary_url"),
+            canary_timeout=opts.get("canary_timeout", 30.0),
             notify_command=opts.get("notify_command"),
             webhook_url=opts.get("webhook_url"),
             hook_timeout=opts.get("hook_timeout", 30.0),

@@ -166,6 +166,7 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
         deployer.reporter.on_attempt = metrics.attempt_changed
         deployer.notifier.on_failure = metrics.hook_failed
         deployer.on_fetch_failure = metrics.fetch_failed
+        deployer.on_canary = metrics.canary_finished
         if deployer.follower is not None:
             deployer.follower.on_failure = metrics.fetch_failed
         probes = await ProbeServer.open(config, deployer, metrics, Liveness(stop))

@@ -12,8 +12,11 @@ Steps before the swap are cancellable (by SIGTERM, or when a newer marker supers
 deploys are paused: :meth:`Deployer.check_superseded`) and leave nothing behind; the swap, reload
 and rollback are not. The pre-swap command (:mod:`coordinator.hooks`) runs between publish and swap:
 SIGTERM stops it, a newer marker does not; a pause seen before or after it stops the deploy before the
-swap. Every finished attempt is handed to the :class:`~coordinator.notify.Notifier`. Once the
-marker's request is converged, the :class:`~coordinator.stager.Stager` handles the stage request.
+swap. Then the canary (:mod:`coordinator.canary`, ``--canary-command``) starts the release privately
+and checks it: a newer marker, a pause or SIGTERM stops it, and one that fails refuses the release
+before anything is swapped. Every finished attempt is handed to the
+:class:`~coordinator.notify.Notifier`. Once the marker's request is converged, the
+:class:`~coordinator.stager.Stager` handles the stage request.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ import anyio
 import structlog
 
 from coordinator.activate import Activator
+from coordinator.canary import Canary, record_path, stop_leftover
 from coordinator.config import Config
-from coordinator.exceptions import CoordinatorError, GitError, MarkerError, RolledBack, SignatureError
+from coordinator.exceptions import (
+    CanaryError,
+    CoordinatorError,
+    GitError,
+    MarkerError,
+    RolledBack,
+    SignatureError,
+)
 from coordinator.failpoints import failpoint
 from coordinator.follow import Backoff
 from coordinator.follower import Follower
@@ -78,6 +89,8 @@ class Deployer:
         self.reporter = Reporter(self.layout, self.state, verify=config.health_url is not None)
         self.activator = Activator(config, self.state, self.store, self.reporter, reloader or make_reloader(config))
         self.notifier = Notifier(config)  # delivers while the daemon runs it (Notifier.running)
+        self.canary = Canary.from_config(config)  # None without --canary-command
+        self.on_canary: Callable[[str], None] | None = None  # called with passed, failed or cancelled (the metric)
         self._resume: PendingVerify | None = None
         self._supersede_scope: anyio.CancelScope | None = None
         self._inflight: DeployRequest | None = None
@@ -104,6 +117,7 @@ class Deployer:
         await anyio.to_thread.run_sync(self.store.prepare_layout)
         self.state.assign(await anyio.to_thread.run_sync(load_state, self.layout.state_file))
         await self.git.ensure()
+        await stop_leftover(record_path(self.layout.state_dir))  # a canary a crash left running
         if self.verifier is not None:
             await self.verifier.load()  # the keys usable, or exit 2
         current = await self.store.current()
@@ -170,6 +184,8 @@ class Deployer:
             has_build=bool(self.config.build_command),
             has_health=self.config.health_url is not None,
             has_pre_swap=bool(self.config.pre_swap_command),
+            has_canary=self.canary is not None,
+            previous=self.state.previous,
             failed_kind=self.state.failed_error.get("kind") if self.state.failed_error else None,
             resume_verify=self._resume,
             paused=paused,
@@ -252,7 +268,7 @@ class Deployer:
                 attempt.result = AttemptResult.SUCCESS  # the fetch showed the tag is already current
         except CoordinatorError as e:
             await self._failed(attempt, e, reading)
-            if isinstance(e, RolledBack):
+            if isinstance(e, RolledBack | CanaryError):
                 await self._prune(attempt)  # the failed release is marked, so it goes now and never counts
         except OSError as e:
             attempt.result = AttemptResult.FAILED
@@ -307,10 +323,37 @@ class Deployer:
                 await run_pre_swap(
                     self.config.pre_swap_command, ctx, self.config.pre_swap_timeout, self.config.extra_env
                 )
-        if Step.PRE_SWAP in p.steps and await self._paused_before_swap(req, p.target):  # paused meanwhile
+        if Step.CANARY in p.steps:  # supersedable: the canary is stopped, nothing was swapped
+            with self._supersedable(req, digest) as scope:
+                await self._canary(attempt, req, p.target, p.sha, previous_current)
+            if scope.cancelled_caught:
+                self._canary_ended("cancelled")
+                return True
+        ran = Step.PRE_SWAP in p.steps or Step.CANARY in p.steps
+        if ran and await self._paused_before_swap(req, p.target):  # paused meanwhile
             return True
         await self.activator.activate(attempt, p.target, previous_current, verify=Step.VERIFY in p.steps)
         return False
+
+    async def _canary(
+        self, attempt: Attempt, req: DeployRequest, name: str, sha: str, previous_current: str | None
+    ) -> None:
+        """Start the release privately and check it (:mod:`coordinator.canary`); a canary that fails
+        marks the release failed (pruned at once) and raises CanaryError: nothing is swapped."""
+        assert self.canary is not None
+        ctx = self.store.hook_context(req.tag, sha, name, previous_current, req.request_id)
+        try:
+            async with self.reporter.phase(attempt, Step.CANARY):
+                await self.canary.check(ctx)
+        except CanaryError:
+            self._canary_ended("failed")
+            await self.store.mark_failed(name)
+            raise
+        self._canary_ended("passed")
+
+    def _canary_ended(self, result: str) -> None:
+        if self.on_canary is not None:
+            self.on_canary(result)
 
     async def _paused_before_swap(self, req: DeployRequest, target: str) -> bool:
         """Deploys were paused since this attempt began: it stops here, before anything is swapped."""

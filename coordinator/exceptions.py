@@ -17,6 +17,7 @@ from coordinator.records import ErrorInfo
 
 __all__ = [
     "BuildError",
+    "CanaryError",
     "CheckFailed",
     "ConfigError",
     "CoordinatorError",
@@ -139,6 +140,15 @@ class PreSwapError(CoordinatorError):
     changes (a failed migration must not run again in a loop)."""
 
     kind = "pre_swap"
+
+
+class CanaryError(CoordinatorError):
+    """``--canary-command``: the new release, started privately before the swap, did not answer its
+    canary URL with the expected text in time (or exited first): nothing was swapped or reloaded and
+    the release is discarded. ``output`` holds the canary's last lines. Not retried until the marker
+    changes."""
+
+    kind = "canary"
 
 
 class SignatureError(CoordinatorError):

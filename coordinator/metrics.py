@@ -2,6 +2,7 @@
 
 The :class:`~coordinator.report.Reporter` feeds them through two hooks: ``on_phase`` (the end of
 every phase) and ``on_attempt`` (an attempt started, then finished and journaled); the
+:class:`~coordinator.deployer.Deployer` through ``on_fetch_failure`` and ``on_canary``; the
 :class:`~coordinator.notify.Notifier` through ``on_failure`` (a notification failed). What can be read
 back from the volume (the release ``current`` points to, the last success, readiness, a pause) is refreshed
 by the HTTP server just before each scrape, so it is right even after a restart or a change made
@@ -27,6 +28,7 @@ from coordinator.records import AttemptAction, AttemptResult
 from coordinator.report import Attempt
 
 __all__ = [
+    "CANARY_RESULTS",
     "DEPLOY_BUCKETS",
     "FETCH_COMMANDS",
     "HOOKS",
@@ -45,6 +47,8 @@ RESULTS = tuple(r.value for r in AttemptResult if r.final)
 STAGE_RESULTS = tuple(r for r in RESULTS if r != AttemptResult.ROLLED_BACK)
 #: phase names, as in the logs and the status file's ``phases_ms``
 PHASES = tuple(s.value for s in Step)
+#: how a canary (--canary-command) ended: passed, failed, or cancelled (a newer marker, a pause)
+CANARY_RESULTS = ("passed", "failed", "cancelled")
 #: notification hooks whose failures are counted
 HOOKS = ("notify", "webhook")
 #: git commands that reach the repository, whose failures are counted
@@ -163,6 +167,15 @@ class Metrics:
             "Deploy and stage attempts refused by --verify-signatures: the tag was not signed by an allowed key",
             registry=r,
         )
+        self.canaries = Counter(
+            "coordinator_canary",
+            "Canaries (--canary-command: the new release started privately before the swap) by result: "
+            "passed, failed (the release was refused) or cancelled (a newer marker or a pause)",
+            ["result"],
+            registry=r,
+        )
+        for result in CANARY_RESULTS:
+            self.canaries.labels(result)
         for command in FETCH_COMMANDS:
             self.fetch_failures.labels(command)
         for result in RESULTS:
@@ -226,6 +239,14 @@ class Metrics:
     def _fetch_failed(self, command: str) -> None:
         if command in FETCH_COMMANDS:
             self.fetch_failures.labels(command).inc()
+
+    def canary_finished(self, result: str) -> None:
+        """``Deployer.on_canary``: a canary ended (passed, failed or cancelled)."""
+        self._safely(self._canary_finished, result)
+
+    def _canary_finished(self, result: str) -> None:
+        if result in CANARY_RESULTS:
+            self.canaries.labels(result).inc()
 
     # ------------------------------------------------------------------ state read back from the volume
 

@@ -97,6 +97,19 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("pre-swap-command", "str", None, "command run in the release before each swap (e.g. migrate)"),
         Option("pre-swap-timeout", "float", 600.0, "seconds before the pre-swap command's process group is killed"),
+        Option(
+            "canary-command",
+            "str",
+            None,
+            "argv (no shell) starting the new release on $PORT before the swap; it must pass --canary-url",
+        ),
+        Option(
+            "canary-url",
+            "str",
+            None,
+            "path (or URL with {port}) the canary must answer (default: --health-url's path on 127.0.0.1:$PORT)",
+        ),
+        Option("canary-timeout", "float", 30.0, "seconds the canary has to pass before it is stopped"),
         Option("notify-command", "str", None, "command run after every attempt, with RESULT and ERROR set"),
         Option("webhook-url", "str", None, "http(s) URL the attempt is POSTed to as JSON after every attempt"),
         Option("hook-timeout", "float", 30.0, "seconds allowed for --notify-command and each --webhook-url POST"),
@@ -240,6 +253,7 @@ _OTHER_ENV = frozenset(
     {
         "COORDINATOR_FAILPOINTS",  # test crash points (coordinator.failpoints)
         "COORDINATOR_RELEASE",  # set for --reload-command
+        "COORDINATOR_CANARY",  # set for --canary-command (coordinator.canary)
         "COORDINATOR_PIN_APP",  # coordinator.pin, in the app server
         "COORDINATOR_PIN_CURRENT",
         "COORDINATOR_PIN_ON_ERROR",

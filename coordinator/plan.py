@@ -11,6 +11,8 @@ here too:
   (:attr:`Action.RESUME_VERIFY`);
 * :func:`rollback_target`: where a release that failed its health check goes back to, if anywhere;
 * :func:`failure_blocks_marker`: whether a failure waits for the marker to change;
+* a deploy runs the canary (``--canary-command``) before the swap, except to go back to the release
+  served before ``current`` (:attr:`Observation.previous`: it served, and a rollback must be fast);
 * a request whose last fetch failed waits out its back-off (:attr:`Action.BACKOFF`, the observed
   :attr:`Observation.retry_in`) instead of fetching again;
 * :func:`settled_state` and :func:`status_error`: what the status file says when nothing is deploying;
@@ -60,6 +62,7 @@ class Step(StrEnum):
     BUILD = "build"
     PUBLISH = "publish"
     PRE_SWAP = "pre_swap"  # --pre-swap-command, before every swap a request makes
+    CANARY = "canary"  # --canary-command: the release started privately and probed, before the swap
     SWAP = "swap"
     RELOAD = "reload"
     VERIFY = "verify"
@@ -94,6 +97,8 @@ class Observation:
     has_build: bool = False
     has_health: bool = False
     has_pre_swap: bool = False
+    has_canary: bool = False
+    previous: str | None = None  # the release served before current (state.previous): no canary to go back to it
     failed_kind: str | None = None  # the error kind of the permanent failure that blocks the marker
     resume_verify: PendingVerify | None = None  # offered once after start-up (see resume_verify())
     paused: bool = False  # a pause file exists (readable or not)
@@ -156,7 +161,10 @@ def plan(obs: Observation) -> Plan:
             return reload_only
         return Plan(Action.NOOP, target=target, sha=sha, reason="already current")
     verify = (Step.VERIFY,) if obs.has_health else ()
-    swap = (Step.PRE_SWAP,) if obs.has_pre_swap else ()
+    # the canary checks a release that has not served yet; going back to the release served before
+    # current (a rollback) is the fast way back and runs none
+    canary = (Step.CANARY,) if obs.has_canary and not (target in obs.releases and target == obs.previous) else ()
+    swap = (*((Step.PRE_SWAP,) if obs.has_pre_swap else ()), *canary)
     if target in obs.releases:
         steps: tuple[Step, ...] = (*swap, Step.SWAP, Step.RELOAD, *verify, Step.PRUNE)
     else:

@@ -3,7 +3,8 @@
 * :class:`ReleaseMeta`: ``.coordinator/releases/<name>.json`` (and its app-facing copy
   ``releases/<name>.json``);
 * :class:`State`: ``.coordinator/state.json``, read only by the daemon itself (after a restart), with
-  :class:`PendingReload`, :class:`PendingVerify`, :class:`StagedRelease` and :class:`StageDone`.
+  :class:`PendingReload`, :class:`PendingVerify`, :class:`StagedRelease` and :class:`StageDone`;
+* :class:`CanaryRecord`: ``.coordinator/canary.json``, the canary running now (:mod:`coordinator.canary`).
 
 The records other programs read (the status file, the journal, the pause file) and the enums are in
 :mod:`coordinator.records`. A record read back is never trusted: ``from_json`` checks every type.
@@ -16,7 +17,7 @@ from typing import Any, cast
 
 from coordinator.records import ErrorInfo, StagedRecord, StageState
 
-__all__ = ["PendingReload", "PendingVerify", "ReleaseMeta", "StageDone", "StagedRelease", "State"]
+__all__ = ["CanaryRecord", "PendingReload", "PendingVerify", "ReleaseMeta", "StageDone", "StagedRelease", "State"]
 
 
 def _paths(raw: Any) -> tuple[str, ...] | None:
@@ -211,6 +212,34 @@ class State:
             stage_done=StageDone.from_json(raw.get("stage_done")),
             extra=extra,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRecord:
+    """The canary running now (``.coordinator/canary.json``, removed once it is stopped): ``token`` is
+    the value of ``COORDINATOR_CANARY`` in its environment, which tells its processes from any other
+    (a pid, or a process group id, may be reused, or belong to another host's processes); ``pgid`` is
+    its process group (None until it started)."""
+
+    token: str
+    release: str
+    started_at: str
+    pgid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "release": self.release, "started_at": self.started_at, "pgid": self.pgid}
+
+    @classmethod
+    def from_json(cls, raw: object) -> CanaryRecord | None:
+        if not isinstance(raw, dict) or not all(
+            isinstance(raw.get(k), str) for k in ("token", "release", "started_at")
+        ):
+            return None
+        if not raw["token"]:
+            return None
+        pgid = raw.get("pgid")
+        ok_pgid = isinstance(pgid, int) and not isinstance(pgid, bool) and pgid > 1
+        return cls(raw["token"], raw["release"], raw["started_at"], pgid if ok_pgid else None)
 
 
 def _str_or_none(v: object) -> str | None:

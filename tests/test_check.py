@@ -669,3 +669,53 @@ async def test_build_sandbox_is_not_probed_before_the_layout_exists(root: Path, 
 async def test_build_sandbox_off_is_not_checked(root: Path, repo: GitRepo) -> None:
     """--build-sandbox off: no build sandbox check."""
     assert "build sandbox" not in await _results(_config(root, repo, build_command="true", build_sandbox="off"))
+
+
+# ---------------------------------------------------------------------------------------------- canary
+
+CANARY_SERVER = """\
+import http.server, os, sys
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ["SHA"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+async def test_the_canary_of_the_current_release_is_started_once_and_passes(
+    root: Path, repo: GitRepo, current_v1: str, tmp_path: Path
+) -> None:
+    """--canary-command: the canary of current runs, answers its sha on $PORT: ✓; ROOT is unchanged."""
+    script = tmp_path / "canary.py"
+    script.write_text(CANARY_SERVER)
+    before = _snapshot(root)
+    config = _config(root, repo, canary_command=f"{sys.executable} {script} $PORT", canary_url="/health")
+    result = await _one(config, "canary")
+    assert result.ok and result.detail.startswith("the canary of v1-x passed in "), result
+    assert _snapshot(root) == before
+
+
+async def test_a_canary_command_that_exits_fails_the_check_with_its_output(
+    root: Path, repo: GitRepo, current_v1: str
+) -> None:
+    """A canary that exits at once: ✗ canary, with its exit, its last output and the fix."""
+    command = f"{sys.executable} -c 'print(\"no module named mysite\"); raise SystemExit(1)'"
+    result = await _one(_config(root, repo, canary_command=command, health_url="http://127.0.0.1:1/health"), "canary")
+    assert not result.ok
+    assert "exited with code 1" in result.detail and "its output ends: no module named mysite" in result.detail
+    assert result.fix == "fix --canary-command (it must serve the release on 127.0.0.1:$PORT) or --canary-url"
+
+
+async def test_no_canary_runs_without_a_current_release(root: Path, repo: GitRepo) -> None:
+    """Nothing deployed yet: the canary check passes with a note (every deploy runs it)."""
+    result = await _one(_config(root, repo, canary_command="gunicorn app", canary_url="/health"), "canary")
+    assert result == CheckResult("canary", True, "not run: no current release yet (note: every deploy runs the canary)")

@@ -748,3 +748,36 @@ def test_a_secret_keyring_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="secret keys") as e:
         Config(layout=make_layout(), repo="r", verify_signatures=True, gpg_keyring=secret)
     assert "gpg --export" in (e.value.fix or "")
+
+
+def test_canary_options_from_the_environment_and_toml(write_toml: TomlWriter) -> None:
+    """COORDINATOR_CANARY_COMMAND and TOML canary-url / canary-timeout make the Config's canary."""
+    path = write_toml('root = "/vol"\nrepo = "r"\ncanary-url = "/ready"\ncanary-timeout = 12.5\n')
+    cfg = Config.from_options(resolve_options({}, {"COORDINATOR_CANARY_COMMAND": "gunicorn -b :$PORT app"}, path))
+    assert (cfg.canary_command, cfg.canary_url, cfg.canary_timeout) == ("gunicorn -b :$PORT app", "/ready", 12.5)
+
+
+def test_the_canary_timeout_defaults_to_30_seconds() -> None:
+    """Without --canary-timeout: 30 s."""
+    assert make_config(canary_command="app", health_url="http://h/health").canary_timeout == 30.0
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "nan", "soon"])
+def test_a_bad_canary_timeout_is_refused(raw: str) -> None:
+    """--canary-timeout must be a positive number of seconds (exit 2)."""
+    with pytest.raises(ConfigError, match="COORDINATOR_CANARY_TIMEOUT must be a number of seconds > 0") as e:
+        Config.from_options(resolve({"root": "/vol", "repo": "r"}, {"COORDINATOR_CANARY_TIMEOUT": raw}))
+    assert e.value.exit_code == 2
+
+
+def test_a_canary_without_a_url_to_probe_is_refused() -> None:
+    """--canary-command with neither --canary-url nor --health-url: exit 2, the fix names both."""
+    with pytest.raises(ConfigError, match="needs a URL to probe") as e:
+        make_config(canary_command="gunicorn app")
+    assert "--canary-url" in (e.value.fix or "") and "--health-url" in (e.value.fix or "")
+
+
+def test_a_canary_url_without_a_canary_command_is_refused() -> None:
+    """--canary-url alone does nothing: refused, naming --canary-command."""
+    with pytest.raises(ConfigError, match="--canary-url is used only with --canary-command"):
+        make_config(canary_url="/health")

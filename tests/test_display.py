@@ -221,3 +221,13 @@ def test_status_and_history_show_the_signer() -> None:
     assert "\n  signed by  alice\n" in format_status(as_status(st), NOW)
     entry = HistoryEntry.from_journal({"tag": "v2", "result": "success", "started_at": NOW_ISO, "signer": "alice"})
     assert format_history([entry]).splitlines()[2] == "    signed by alice"
+
+
+def test_status_shows_the_canary_phase_in_run_order_and_a_canary_error_with_its_output() -> None:
+    """The canary's duration sits between pre_swap and swap; its error shows the canary's output."""
+    error = {"kind": "canary", "message": "the canary of v2 did not pass", "output": "Traceback\nRuntimeError"}
+    st = status({"canary": 1840.0, "fetch": 12.0, "pre_swap": 300.0, "publish": 5.0}, result="failed", error=error)
+    text = format_status(as_status({**st, "state": "failed", "error": error}), NOW)
+    assert "  phases      fetch 12 ms, publish 5.0 ms, pre_swap 300 ms, canary 1.84 s" in text
+    assert "error         canary: the canary of v2 did not pass" in text
+    assert "| RuntimeError" in text

@@ -401,3 +401,16 @@ def test_stage_attempts_are_counted_apart_from_deploys() -> None:
     assert value(m, "coordinator_deploys_total", result="success") == 0
     assert value(m, "coordinator_deploy_in_progress") == 0
     assert not [s for s in info_samples(m) if s.labels.get("release") == "v2-abc"]
+
+
+def test_canaries_are_counted_by_result_and_exported_from_the_start() -> None:
+    """passed, failed and cancelled each have their series at 0; an unknown result adds none."""
+    m = Metrics()
+    assert value(m, "coordinator_canary_total", result="cancelled") == 0
+    m.canary_finished("passed")
+    m.canary_finished("failed")
+    m.canary_finished("failed")
+    m.canary_finished("exploded")
+    assert value(m, "coordinator_canary_total", result="passed") == 1
+    assert value(m, "coordinator_canary_total", result="failed") == 2
+    assert value(m, "coordinator_canary_total", result="exploded") is None

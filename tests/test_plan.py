@@ -226,6 +226,24 @@ def test_no_pre_swap_step_without_a_swap() -> None:
     assert plan(obs(current=TARGET, reloaded=TARGET, has_pre_swap=True)).steps == ()
 
 
+def test_the_canary_runs_after_the_pre_swap_command_before_the_swap() -> None:
+    """With a canary, its step comes after the pre-swap command, before the swap of a new release."""
+    steps = plan(obs(has_pre_swap=True, has_canary=True)).steps
+    assert steps == (Step.PREPARE, Step.PUBLISH, Step.PRE_SWAP, Step.CANARY, *SWAP_ONLY)
+
+
+def test_the_canary_runs_before_a_swap_to_a_release_on_disk_that_never_served() -> None:
+    """A release on disk other than the one served before current (staged, older) gets its canary."""
+    on_disk = obs(releases=frozenset({OLD, TARGET}), has_canary=True, previous=release_name("v0", SHA))
+    assert plan(on_disk).steps == (Step.CANARY, *SWAP_ONLY)
+
+
+def test_no_canary_to_go_back_to_the_release_served_before_current() -> None:
+    """Going back to `previous` (a rollback) swaps at once: that release served already."""
+    back = obs(releases=frozenset({OLD, TARGET}), has_canary=True, previous=TARGET)
+    assert plan(back).steps == SWAP_ONLY
+
+
 def test_first_deploy_on_empty_volume() -> None:
     """With nothing current, the requested tag is deployed from scratch."""
     result = plan(obs(current=None, reloaded=None, releases=frozenset()))
@@ -261,6 +279,7 @@ def test_steps_enum_is_in_run_order() -> None:
         "build",
         "publish",
         "pre_swap",
+        "canary",
         "swap",
         "reload",
         "verify",
