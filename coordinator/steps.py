@@ -19,7 +19,8 @@ import anyio
 import structlog
 
 from coordinator.activate import Activator
-from coordinator.canary import Canary, record_path, stop_leftover
+from coordinator.canary import Canary
+from coordinator.canaryproc import record_path, stop_leftover
 from coordinator.config import Config
 from coordinator.exceptions import CanaryError, GitError
 from coordinator.failpoints import failpoint
