@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import anyio
 
-from coordinator.checks import Check, CheckResult, checks_for, failed
+from coordinator.checkresult import Check, CheckResult, failed
+from coordinator.checks import checks_for
 from coordinator.config import Config
 from coordinator.display import Style
 from coordinator.exceptions import CheckFailed, CoordinatorError

@@ -1,5 +1,5 @@
 """The reconcile loop: observe the marker, the git cache and the volume, ask :func:`coordinator.plan.plan`
-what to do, and perform it with the parts that do the work:
+what to do, and have :class:`~coordinator.steps.DeploySteps` perform it with the parts that do the work:
 
 * :class:`~coordinator.releases.ReleaseStore` builds and publishes release directories, and prunes;
 * :class:`~coordinator.activate.Activator` swaps ``current``, reloads, verifies and rolls back;
@@ -22,7 +22,6 @@ before anything is swapped. Every finished attempt is handed to the
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -31,22 +30,12 @@ import anyio
 import structlog
 
 from coordinator.activate import Activator
-from coordinator.canary import Canary, record_path, stop_leftover
 from coordinator.config import Config
-from coordinator.exceptions import (
-    CanaryError,
-    CoordinatorError,
-    GitError,
-    MarkerError,
-    RolledBack,
-    SignatureError,
-)
+from coordinator.exceptions import CanaryError, CoordinatorError, MarkerError, RolledBack, SignatureError
 from coordinator.failpoints import failpoint
-from coordinator.follow import Backoff
 from coordinator.follower import Follower
 from coordinator.fsutil import describe_os_error
 from coordinator.git import GitCache
-from coordinator.hooks import run_pre_swap
 from coordinator.logs import present
 from coordinator.marker import DeployRequest, MarkerReading, read_marker, read_marker_file
 from coordinator.notify import Notifier
@@ -62,14 +51,14 @@ from coordinator.plan import (
     resume_verify,
     settled_state,
 )
-from coordinator.records import AttemptResult, ErrorInfo, PauseRecord, StatusState
+from coordinator.records import AttemptResult, PauseRecord, StatusState
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
-from coordinator.signing import TagVerifier
 from coordinator.stager import Stager
-from coordinator.state import iso, load_state
+from coordinator.state import load_state
 from coordinator.statefile import PendingVerify, State
+from coordinator.steps import DeploySteps
 
 __all__ = ["Deployer"]
 
@@ -85,30 +74,45 @@ class Deployer:
         self.git = GitCache.from_config(config)
         self.state = State()
         self.store = ReleaseStore(config, self.git)
-        self.verifier = TagVerifier.from_config(config, self.git)  # None without --verify-signatures
         self.reporter = Reporter(self.layout, self.state, verify=config.health_url is not None)
         self.activator = Activator(config, self.state, self.store, self.reporter, reloader or make_reloader(config))
         self.notifier = Notifier(config)  # delivers while the daemon runs it (Notifier.running)
-        self.canary = Canary.from_config(config)  # None without --canary-command
-        self.on_canary: Callable[[str], None] | None = None  # called with passed, failed or cancelled (the metric)
         self._resume: PendingVerify | None = None
         self._supersede_scope: anyio.CancelScope | None = None
         self._inflight: DeployRequest | None = None
         self._inflight_digest: str | None = None
         self.follower = Follower(config, self.git) if config.follow else None
-        self.fetch_backoff = Backoff()  # a fetch that failed waits before the same request fetches again
-        self._backoff_error: ErrorInfo | None = None  # the error of the fetch that waits out its back-off
-        self.on_fetch_failure: Callable[[str], None] | None = None  # called with "fetch" (the metric)
+        self.steps = DeploySteps(
+            config, self.git, self.state, self.store, self.reporter, self.activator, self._supersedable, self.read_pause
+        )
         self.stager = Stager(
             config,
             self.git,
             self.reporter,
             self.state,
             self.activator.save_state,
-            self._build_release,
-            self._prune,
+            self.steps.build_release,
+            self.steps.prune,
             self._notify,
         )
+
+    @property
+    def on_canary(self) -> Callable[[str], None] | None:
+        """Called with passed, failed or cancelled when a canary ends (the metric)."""
+        return self.steps.on_canary
+
+    @on_canary.setter
+    def on_canary(self, hook: Callable[[str], None] | None) -> None:
+        self.steps.on_canary = hook
+
+    @property
+    def on_fetch_failure(self) -> Callable[[str], None] | None:
+        """Called with "fetch" when a fetch fails (the metric)."""
+        return self.steps.on_fetch_failure
+
+    @on_fetch_failure.setter
+    def on_fetch_failure(self, hook: Callable[[str], None] | None) -> None:
+        self.steps.on_fetch_failure = hook
 
     # ------------------------------------------------------------------ start-up
 
@@ -117,9 +121,7 @@ class Deployer:
         await anyio.to_thread.run_sync(self.store.prepare_layout)
         self.state.assign(await anyio.to_thread.run_sync(load_state, self.layout.state_file))
         await self.git.ensure()
-        await stop_leftover(record_path(self.layout.state_dir))  # a canary a crash left running
-        if self.verifier is not None:
-            await self.verifier.load()  # the keys usable, or exit 2
+        await self.steps.startup()  # a canary a crash left running stopped, the signing keys loaded
         current = await self.store.current()
         await self.activator.confirm_pending_reload(current)
         await self.reporter.load()
@@ -146,7 +148,7 @@ class Deployer:
 
     def retry_in(self) -> float | None:
         """Seconds until a request whose fetch failed may fetch again (None: none waits)."""
-        return self.fetch_backoff.remaining(time.monotonic())
+        return self.steps.fetch_backoff.remaining(time.monotonic())
 
     async def read_pause(self) -> PauseRecord | None:
         """The pause in effect (None: not paused); logs when it appears, changes or goes."""
@@ -172,7 +174,7 @@ class Deployer:
         paused = self._note_pause(pause) is not None
         req = reading.request
         blocked = reading.digest is not None and reading.digest == self.state.failed_marker
-        now = time.monotonic()
+        now, backoff = time.monotonic(), self.steps.fetch_backoff
         obs = Observation(
             request=req,
             invalid=reading.error is not None,
@@ -184,12 +186,12 @@ class Deployer:
             has_build=bool(self.config.build_command),
             has_health=self.config.health_url is not None,
             has_pre_swap=bool(self.config.pre_swap_command),
-            has_canary=self.canary is not None,
+            has_canary=self.steps.canary is not None,
             previous=self.state.previous,
             failed_kind=self.state.failed_error.get("kind") if self.state.failed_error else None,
             resume_verify=self._resume,
             paused=paused,
-            retry_in=self.fetch_backoff.remaining(now) if self.fetch_backoff.waiting(reading.digest, now) else None,
+            retry_in=backoff.remaining(now) if backoff.waiting(reading.digest, now) else None,
         )
         self._resume = None  # offered once, right after start-up
         p = plan(obs)
@@ -231,7 +233,7 @@ class Deployer:
                     state = settled_state(obs, p.action, reload_failed=True)
                     await self.reporter.publish(state, reading, obs.current, error=e.as_dict())
                     return
-        error = self._backoff_error if p.action is Action.BACKOFF else None
+        error = self.steps.backoff_error if p.action is Action.BACKOFF else None
         await self.reporter.publish(settled_state(obs, p.action), reading, obs.current, error=error)
 
     async def _attempt(self, obs: Observation, p: Plan, reading: MarkerReading, req: DeployRequest) -> Attempt:
@@ -249,7 +251,7 @@ class Deployer:
             if p.action is Action.FETCH:
                 with self._supersedable(req, reading.digest) as scope:
                     async with self.reporter.phase(attempt, Step.FETCH):
-                        sha = await self._fetch(req.tag, reading.digest)
+                        sha = await self.steps.fetch(req.tag, reading.digest)
                         failpoint("after-fetch")
                     p = plan(replace(obs, cached_sha=sha, fetched=True))
                 if scope.cancelled_caught:
@@ -260,16 +262,16 @@ class Deployer:
             attempt.sha, attempt.release = p.sha, p.target
             if p.action is Action.DEPLOY:
                 assert p.target is not None and p.sha is not None
-                superseded = await self._deploy(attempt, req, reading.digest, p, obs.current)
+                superseded = await self.steps.deploy(attempt, req, reading.digest, p, obs.current)
                 attempt.result = AttemptResult.CANCELLED if superseded else AttemptResult.SUCCESS
                 if not superseded:
-                    await self._prune(attempt)  # the result stands: a SIGTERM now does not make it "cancelled"
+                    await self.steps.prune(attempt)  # the result stands: a SIGTERM now does not make it "cancelled"
             elif attempt.result is AttemptResult.RUNNING:
                 attempt.result = AttemptResult.SUCCESS  # the fetch showed the tag is already current
         except CoordinatorError as e:
             await self._failed(attempt, e, reading)
             if isinstance(e, RolledBack | CanaryError):
-                await self._prune(attempt)  # the failed release is marked, so it goes now and never counts
+                await self.steps.prune(attempt)  # the failed release is marked, so it goes now and never counts
         except OSError as e:
             attempt.result = AttemptResult.FAILED
             attempt.error = describe_os_error(e)
@@ -283,152 +285,6 @@ class Deployer:
         attempt.log_end("deploy_succeeded", "deploy_superseded")
         return attempt
 
-    async def _fetch(self, tag: str, digest: str | None) -> str:
-        """Fetch ``tag``; a failure makes this request (``digest``) wait a growing back-off before it
-        fetches again (its error says until when: ``next_retry_at``), a success ends the back-off."""
-        try:
-            sha = await self.git.fetch_tag(tag)
-        except GitError as e:
-            if self.on_fetch_failure is not None:
-                self.on_fetch_failure("fetch")
-            if e.retryable and digest is not None:
-                delay = self.fetch_backoff.failed(digest, time.monotonic(), random.random())
-                e.fields["next_retry_at"] = iso(time.time() + delay)
-                self._backoff_error = e.as_dict()  # shown while this request waits, whatever ran since
-            raise
-        self.fetch_backoff.succeeded()
-        return sha
-
-    async def _deploy(
-        self, attempt: Attempt, req: DeployRequest, digest: str | None, p: Plan, previous_current: str | None
-    ) -> bool:
-        """Perform the deploy steps; returns True if a newer marker or a pause cancelled it before the swap."""
-        assert p.target is not None and p.sha is not None
-        if Step.PREPARE in p.steps:
-            with self._supersedable(req, digest) as scope:
-                await self._build_release(attempt, req.tag, p.target, p.sha, previous_current)
-            if scope.cancelled_caught:
-                return True
-        elif self.verifier is not None:
-            attempt.signer = await self._signer_on_disk(req.tag, p.target, p.sha)
-        # paused since the reconcile read the pause: no migration. A swap to a release on disk without
-        # a signature to check follows that read within a millisecond, with nothing awaited between
-        waited = Step.PREPARE in p.steps or self.verifier is not None
-        if waited and await self._paused_before_swap(req, p.target):
-            return True
-        if Step.PRE_SWAP in p.steps:  # not supersedable: a migration is not stopped halfway for a newer marker
-            assert self.config.pre_swap_command
-            ctx = self.store.hook_context(req.tag, p.sha, p.target, previous_current, req.request_id)
-            async with self.reporter.phase(attempt, Step.PRE_SWAP):
-                await run_pre_swap(
-                    self.config.pre_swap_command, ctx, self.config.pre_swap_timeout, self.config.extra_env
-                )
-        if Step.CANARY in p.steps:  # supersedable: the canary is stopped, nothing was swapped
-            with self._supersedable(req, digest) as scope:
-                await self._canary(attempt, req, p.target, p.sha, previous_current)
-            if scope.cancelled_caught:
-                self._canary_ended("cancelled")
-                return True
-        ran = Step.PRE_SWAP in p.steps or Step.CANARY in p.steps
-        if ran and await self._paused_before_swap(req, p.target):  # paused meanwhile
-            return True
-        await self.activator.activate(attempt, p.target, previous_current, verify=Step.VERIFY in p.steps)
-        return False
-
-    async def _canary(
-        self, attempt: Attempt, req: DeployRequest, name: str, sha: str, previous_current: str | None
-    ) -> None:
-        """Start the release privately and check it (:mod:`coordinator.canary`); a canary that fails
-        marks the release failed (pruned at once) and raises CanaryError: nothing is swapped."""
-        assert self.canary is not None
-        ctx = self.store.hook_context(req.tag, sha, name, previous_current, req.request_id)
-        try:
-            async with self.reporter.phase(attempt, Step.CANARY):
-                await self.canary.check(ctx)
-        except CanaryError:
-            self._canary_ended("failed")
-            await self.store.mark_failed(name)
-            raise
-        self._canary_ended("passed")
-
-    def _canary_ended(self, result: str) -> None:
-        if self.on_canary is not None:
-            self.on_canary(result)
-
-    async def _paused_before_swap(self, req: DeployRequest, target: str) -> bool:
-        """Deploys were paused since this attempt began: it stops here, before anything is swapped."""
-        if await self.read_pause() is None:
-            return False
-        log.info("deploy_paused", tag=req.tag, release=target)
-        return True
-
-    async def _signer_on_disk(self, tag: str, name: str, sha: str) -> str:
-        """``--verify-signatures``, release ``name`` already on disk (a rollback, a staged release): who
-        signed its tag as recorded when it was built, else (built before verification was turned on)
-        verified now, in the git cache, and recorded."""
-        assert self.verifier is not None
-        meta = await self.store.meta(name)
-        if meta is not None and meta.signer is not None:
-            return meta.signer
-        signer = await self.verifier.verify(tag, sha)
-        await self.store.record_signer(name, signer)
-        return signer
-
-    async def _build_release(
-        self, attempt: Attempt, tag: str, name: str, sha: str, previous_current: str | None
-    ) -> None:
-        """Verify the tag's signature (``--verify-signatures``), then prepare (with the shared links),
-        build and publish release ``name`` in a hidden workspace (removed if anything fails)."""
-        if self.verifier is not None:  # after the fetch, before anything is prepared
-            attempt.signer = await self.verifier.verify(tag, sha)
-        tmp = await self.store.new_workspace(name)
-        try:
-            async with self.reporter.phase(attempt, Step.PREPARE):
-                await self.store.shared.ensure()  # a missing shared file fails before anything is checked out
-                staged = self.state.staged  # never recycled: retention keeps it too
-                stats = await self.store.prepare(
-                    tmp,
-                    sha,
-                    previous_current,
-                    name=name,
-                    previous=self.state.previous,
-                    protected=() if staged is None else (staged.release,),
-                )
-                log.debug(
-                    "prepare_stats", **present(tag=tag, release=name, previous=previous_current, **stats.as_log())
-                )
-                await self.store.shared.link(tmp, name)  # before the build: it may read .env
-                failpoint("during-prepare")
-            if self.config.build_command:
-                async with self.reporter.phase(attempt, Step.BUILD):
-                    await self.store.build(tmp, name, tag, sha, previous_current, attempt.request_id)
-            async with self.reporter.phase(attempt, Step.PUBLISH):
-                await self.store.publish(tmp, name, tag, sha, attempt.signer)
-        except BaseException:
-            await self.store.discard(tmp)
-            raise
-
-    async def _prune(self, attempt: Attempt) -> None:
-        """Delete the releases retention picks and tidy the git cache, once the attempt's result is
-        known: a failure here is logged (``prune_failed``) and tried again after the next deploy; it
-        never changes the result of a deploy that is already served."""
-        async with self.reporter.phase(attempt, Step.PRUNE):
-            try:
-                staged = self.state.staged
-                await self.store.prune(self.state.previous, staged.release if staged is not None else None)
-            except OSError as e:
-                log.warning("prune_failed", **present(**describe_os_error(e), tag=attempt.tag))
-            await self._tidy_git()
-
-    async def _tidy_git(self) -> None:
-        """Drop from the git cache what no release on disk needs (see GitCache.tidy); a failure is
-        logged and retried after the next deploy, never fails this one."""
-        _, on_disk = await self.store.observe()
-        try:
-            await self.git.tidy({r.tag for r in on_disk if r.tag})
-        except GitError as e:
-            log.warning("git_tidy_failed", error=e.message)
-
     async def _resume_verify(self, reading: MarkerReading, pending: PendingVerify) -> Attempt:
         """A daemon killed while verifying ``current`` verifies it again at start, and rolls back."""
         meta = await self.store.meta(pending.release)
@@ -441,7 +297,7 @@ class Deployer:
         except CoordinatorError as e:
             await self._failed(attempt, e, reading)
             if isinstance(e, RolledBack):
-                await self._prune(attempt)
+                await self.steps.prune(attempt)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(attempt, reading, pending.back_to)

@@ -36,7 +36,7 @@ __all__ = ["Stager"]
 
 log = structlog.get_logger("coordinator")
 
-#: builds release ``name`` (attempt, tag, name, sha, current): the deployer's prepare, build, publish
+#: builds release ``name`` (attempt, tag, name, sha, current): DeploySteps.build_release's prepare, build, publish
 BuildRelease = Callable[[Attempt, str, str, str, str | None], Awaitable[None]]
 
 

@@ -17,15 +17,8 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from coordinator.canary import (
-    CANARY_ENV,
-    Canary,
-    CanaryOutcome,
-    canary_url,
-    check_canary_options,
-    expand_words,
-    stop_leftover,
-)
+from coordinator.canary import Canary, CanaryOutcome, canary_url, check_canary_options, expand_words
+from coordinator.canaryproc import CANARY_ENV, stop_leftover
 from coordinator.exceptions import CanaryError, ConfigError
 from coordinator.hooks import OUTPUT_CHARS, HookContext
 from coordinator.statefile import CanaryRecord

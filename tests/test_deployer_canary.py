@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from coordinator.canary import CANARY_ENV
+from coordinator.canaryproc import CANARY_ENV
 from coordinator.deployer import Deployer
 from coordinator.report import Attempt
 from coordinator.state import load_state
