@@ -156,3 +156,14 @@ class Load:
         if not durations:
             return float("nan")
         return durations[min(len(durations) - 1, int(q * len(durations)))]
+
+
+def assert_no_failure(load: Load, *, graceful_resets: bool = False) -> None:
+    """No request failed. With ``graceful_resets`` (a uWSGI graceful reload, touch or FIFO ``r``,
+    happened), except connection resets, at most 1 per 1,000 requests: such a reload can, rarely,
+    reset a connection a worker accepted as it was told to stop (upstream unbit/uwsgi#1371; seen: 1 of
+    2,039 requests in the rollback test, once in a touch-reload strategy test, once in the supervisord
+    test). Any other failure fails."""
+    resets = [f for f in load.failures if "ConnectionResetError" in f.error] if graceful_resets else []
+    assert [f for f in load.failures if f not in resets] == [], load.failures[:5]
+    assert len(resets) * 1000 <= load.requests, f"{len(resets)} resets in {load.requests} requests"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.daemon import run_argv
+from tests.e2e.load import assert_no_failure
 from tests.e2e.rig import Rig, coordinator_bin
 from tests.e2e.servers import BIN, DOCKER_DIR, gunicorn_hup, uwsgi_touch
 from tests.helpers import read_status, write_marker
@@ -92,7 +93,8 @@ def test_broken_releases_are_refused_by_the_canary_with_no_failed_request(rig: R
     load.stop()
     canary_ms = {tag: phases.get("canary") for tag, phases in refused.items()}
     print(rig.summary(f"canary ({server})"), f"canary ms: good={good} refused={canary_ms}")
-    assert load.failures == [], load.failures[:5]
+    # the refused releases reload nothing; the good ones' touch reloads may reset a connection (uWSGI)
+    assert_no_failure(load, graceful_resets=server == "uwsgi-touch")
     assert load.mixed == []
     assert set(load.versions()) == {"v1", "v2", "v3"}
     assert all(ms is not None for ms in good)

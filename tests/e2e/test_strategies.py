@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from tests.e2e.load import assert_no_failure
 from tests.e2e.rig import Rig
 from tests.e2e.servers import get, gunicorn_hup, uwsgi_fifo, uwsgi_lazy_chain, uwsgi_touch
 from tests.helpers import wait_until
@@ -50,13 +51,7 @@ def deploy_under_load(
         rig.deploy(final, done=None if reload_done is None else _logged(rig, reload_done, rig.deploys + 1))
     load.stop()
     print(rig.summary(name))
-    # No request may fail, except that a uWSGI graceful reload (touch, FIFO `r`) can, rarely, reset a
-    # connection a worker accepted as it was told to stop (upstream unbit/uwsgi#1371; seen: 1 of 2,039
-    # requests in the rollback test, and 1 in a touch-reload run of this test). Tolerated for those two
-    # strategies only, and at most 1 per 1,000 requests; any other failure fails the test.
-    resets = [f for f in load.failures if "ConnectionResetError" in f.error] if graceful_resets else []
-    assert [f for f in load.failures if f not in resets] == [], load.failures[:5]
-    assert len(resets) * 1000 <= load.requests, f"{len(resets)} resets in {load.requests} requests"
+    assert_no_failure(load, graceful_resets=graceful_resets)  # resets: touch and FIFO `r` only
     assert load.mixed == []
     assert rig.deploys == DEPLOYS
     assert load.requests > 100, "the load generator did not really run"
