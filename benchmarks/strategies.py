@@ -61,6 +61,7 @@ from benchmarks.common import (
 from benchmarks.harness import Event, LogTail, write_marker
 from benchmarks.report import _f, _table
 from benchmarks.stats import summarize
+from benchmarks.targets import reload_target
 from coordinator.daemon import run_argv
 from tests.e2e.app import WSGI, make_app_repo
 from tests.e2e.load import Failure, Load, Response
@@ -710,6 +711,9 @@ def render_section(r: dict[str, Any], level: int = 2) -> str:
         summary,
     )
     out += _reading(rows)
+    t = reload_target(r)
+    verdict = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+    out += [f"Target: {t['target']}: {verdict}: {t['figure']}." + (f" ({t['why']})" if t.get("why") else ""), ""]
     out += [f"- {n}" for n in _notes(r)] + [""]
     for s in rows:
         st, dp, ratio = s["latency_steady_ms"], s["latency_deploys_ms"], s["ratio"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.targets import evaluate
+from benchmarks.targets import RECOMMENDED_UWSGI, evaluate, reload_target
 
 
 def _result(p50: float, p99: float, cpu: float, wakeups: float, large_ratio: float | None) -> dict[str, Any]:
@@ -81,3 +81,43 @@ def test_the_staged_target_without_its_section_is_not_measured() -> None:
     rows = {row["id"]: row for row in evaluate({**_result(1.0, 2.0, 0.01, 0.5, 1.0), "staged": None})}
     assert rows["staged_vs_on_disk"]["met"] is None
     assert rows["staged_vs_on_disk"]["figure"] == "not measured"
+
+
+def _strategies(deploys: int, failures: int, key: str = RECOMMENDED_UWSGI) -> dict[str, Any]:
+    """The least of a strategies run that reload_target() reads."""
+    row = {
+        "key": key,
+        "deploys": deploys,
+        "failures": failures,
+        "mixed": 0,
+        "late_deploys": [],
+        "requests": 300_000,
+        "latency_deploys_ms": {"max": 1338.0},
+        "latency_steady_ms": {"max": 167.0},
+        "gap_ms": {"deploys": {"max": 1343.0}},
+    }
+    return {"strategies": [row]}
+
+
+def test_the_recommended_uwsgi_set_up_without_a_failure_over_200_reloads_is_met() -> None:
+    """0 failed over 200 reloads meets the reload target, and the figure states the worst latency."""
+    row = reload_target(_strategies(200, 0))
+    assert row["met"] is True
+    assert "max latency during a reload 1338 ms" in row["figure"]
+
+
+def test_one_failed_request_misses_the_reload_target() -> None:
+    """A single failed request over 200 reloads is not met."""
+    assert reload_target(_strategies(200, 1))["met"] is False
+
+
+def test_fewer_than_200_reloads_miss_the_reload_target_and_say_why() -> None:
+    """0 failed over 10 reloads is too few to meet the target; the reason names the count."""
+    row = reload_target(_strategies(10, 0))
+    assert row["met"] is False and "only 10 reloads" in row["why"]
+
+
+def test_the_reload_target_without_the_recommended_set_up_is_not_measured() -> None:
+    """A run without the recommended strategy (`--only gunicorn-hup`) leaves the target not measured."""
+    assert reload_target(_strategies(200, 0, key="gunicorn-hup"))["met"] is None
+    assert reload_target(None)["figure"] == "not measured"
