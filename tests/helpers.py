@@ -475,6 +475,25 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def live_pids_with_env(*entries: bytes) -> list[int]:
+    """Live (not zombie) processes whose environment holds every one of ``entries`` (``b"KEY=value"``,
+    or ``b"KEY="`` for any value): a /proc scan, like ps."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and all(
+            any(e == want or (want.endswith(b"=") and e.startswith(want)) for e in env) for want in entries
+        ):
+            out.append(int(pid))
+    return out
+
+
 def process_texts() -> list[bytes]:
     """The command line and environment of every process that can be read."""
     out = []

@@ -22,6 +22,7 @@ from coordinator.canaryproc import CANARY_ENV, stop_leftover
 from coordinator.exceptions import CanaryError, ConfigError
 from coordinator.hooks import OUTPUT_CHARS, HookContext
 from coordinator.statefile import CanaryRecord
+from tests.helpers import live_pids_with_env
 
 SHA = "3f9c2a1b7d4e" + "0" * 28
 
@@ -104,19 +105,8 @@ def nothing_left(mark: str) -> Iterator[None]:
 
 
 def running(mark: str) -> list[int]:
-    """Live (not zombie) processes whose environment holds TEST_MARK=mark (a /proc scan, like ps)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and f"TEST_MARK={mark}".encode() in env:
-            out.append(int(pid))
-    return out
+    """Live (not zombie) processes whose environment holds TEST_MARK=mark."""
+    return live_pids_with_env(f"TEST_MARK={mark}".encode())
 
 
 def ctx(release: Path) -> HookContext:

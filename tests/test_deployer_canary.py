@@ -20,7 +20,7 @@ from coordinator.deployer import Deployer
 from coordinator.report import Attempt
 from coordinator.state import load_state
 from coordinator.statefile import CanaryRecord
-from tests.helpers import GitRepo, read_status, started_deployer, write_marker
+from tests.helpers import GitRepo, live_pids_with_env, read_status, started_deployer, write_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -68,17 +68,8 @@ class CanaryServer:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
     def running(self) -> list[int]:
-        """Live processes started by a canary of this test (a /proc scan, like ps)."""
-        out = []
-        for pid in os.listdir("/proc"):
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state != "Z" and f"TEST_MARK={self.mark}".encode() in env:
-                out.append(int(pid))
-        return out
+        """Live processes started by a canary of this test."""
+        return live_pids_with_env(f"TEST_MARK={self.mark}".encode())
 
 
 @pytest.fixture

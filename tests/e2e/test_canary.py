@@ -4,7 +4,6 @@ requests, 0 mixed responses), and the good releases around them deploy as before
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from coordinator.daemon import run_argv
 from tests.e2e.load import assert_no_failure
 from tests.e2e.rig import Rig, coordinator_bin
 from tests.e2e.servers import BIN, DOCKER_DIR, gunicorn_hup, uwsgi_touch
-from tests.helpers import read_status, write_marker
+from tests.helpers import live_pids_with_env, read_status, write_marker
 
 pytestmark = pytest.mark.e2e
 
@@ -104,17 +103,7 @@ def test_broken_releases_are_refused_by_the_canary_with_no_failed_request(rig: R
 def running_canaries(rig: Rig) -> list[int]:
     """Live processes of a canary of this rig's volume: their environment holds COORDINATOR_CANARY and
     ROOT (none is left once each canary was stopped)."""
-    root = f"ROOT={rig.root}".encode()
-    out = []
-    for pid in os.listdir("/proc"):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and root in env and any(e.startswith(b"COORDINATOR_CANARY=") for e in env):
-            out.append(int(pid))
-    return out
+    return live_pids_with_env(b"COORDINATOR_CANARY=", f"ROOT={rig.root}".encode())
 
 
 def test_the_canary_of_the_example_django_app(tmp_path: Path) -> None:
