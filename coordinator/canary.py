@@ -48,6 +48,7 @@ from coordinator.exceptions import CanaryError, ConfigError
 from coordinator.health import expected_text, probe
 from coordinator.hooks import OUTPUT_BYTES, HookContext, tail
 from coordinator.logs import present
+from coordinator.proc import split_command
 from coordinator.state import iso, write_json
 from coordinator.statefile import CanaryRecord
 
@@ -88,16 +89,7 @@ def check_canary_options(command: str | None, url: str | None, health_url: str |
                 option="canary-url",
             )
         return
-    try:
-        words = shlex.split(command)
-    except ValueError as e:
-        raise ConfigError(
-            f"cannot split --canary-command {command[:80]!r}: {e}",
-            fix="quote it as a POSIX shell would (it runs without a shell)",
-            option="canary-command",
-        ) from e
-    if not words:
-        raise ConfigError("--canary-command is empty", fix="give a program and its arguments", option="canary-command")
+    split_command(command, "canary-command")
     if url is None:
         if health_url is None:
             raise ConfigError(

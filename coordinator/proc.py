@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
+
+from coordinator.exceptions import ConfigError
 
 __all__ = ["GroupResult", "run_in_group"]
 
@@ -96,3 +99,19 @@ async def run_in_group(
             await proc.wait()
             await proc.aclose()
     return GroupResult(proc.returncode, bytes(out), bytes(err), timed_out)
+
+
+def split_command(command: str, option: str) -> list[str]:
+    """``command``, the value of ``--option``, split as a POSIX shell would (it runs without one);
+    ConfigError, with the fix, when it cannot be split or is empty."""
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise ConfigError(
+            f"cannot split --{option} {command[:80]!r}: {e}",
+            fix="quote it as a POSIX shell would (it is split, never run by a shell)",
+            option=option,
+        ) from e
+    if not words:
+        raise ConfigError(f"--{option} is empty", fix="give a program and its arguments", option=option)
+    return words

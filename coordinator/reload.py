@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +45,7 @@ from coordinator.config import Config
 from coordinator.exceptions import ConfigError, ReloadError
 from coordinator.fifo import FifoReloader
 from coordinator.pidsignal import SignalReloader, signal_name
-from coordinator.proc import run_in_group
+from coordinator.proc import run_in_group, split_command
 
 __all__ = ["BlockingReload", "CommandReloader", "Reloader", "TouchReloader", "make_reloader"]
 
@@ -145,18 +144,7 @@ class CommandReloader:
     name = "command"
 
     def __init__(self, command: str, timeout: float, env: Mapping[str, str] | None = None) -> None:
-        try:
-            argv = shlex.split(command)
-        except ValueError as e:
-            raise ConfigError(
-                f"cannot split --reload-command {command[:80]!r}: {e}",
-                fix="quote it as a POSIX shell would (it is split, never run by a shell)",
-                option="reload-command",
-            ) from e
-        if not argv:
-            raise ConfigError(
-                "--reload-command is empty", fix="give a program and its arguments", option="reload-command"
-            )
+        argv = split_command(command, "reload-command")
         if not timeout > 0:  # also rejects NaN
             raise ConfigError("--reload-timeout must be positive", fix="give seconds > 0", option="reload-timeout")
         self.argv = argv
