@@ -138,7 +138,7 @@ class FifoReloader:
             time.sleep(0.02)
 
     async def reload(self, token: int | None, *, release: str | None = None) -> None:
-        await anyio.to_thread.run_sync(self._write)
+        await anyio.to_thread.run_sync(self.reload_blocking, token, release)
 
     def reload_blocking(self, token: int | None, release: str | None) -> None:
         self._write()

@@ -139,7 +139,7 @@ class SignalReloader:
         return pid
 
     async def reload(self, token: int | None, *, release: str | None = None) -> None:
-        await anyio.to_thread.run_sync(self._send)
+        await anyio.to_thread.run_sync(self.reload_blocking, token, release)
 
     def reload_blocking(self, token: int | None, release: str | None) -> None:
         self._send()

@@ -123,7 +123,7 @@ class TouchReloader:
             os.close(fd)
 
     async def reload(self, token: int | None, *, release: str | None = None) -> None:
-        await anyio.to_thread.run_sync(self._touch, token)
+        await anyio.to_thread.run_sync(self.reload_blocking, token, release)
 
     def reload_blocking(self, token: int | None, release: str | None) -> None:
         self._touch(token)
