@@ -475,6 +475,33 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+#: the canary: serves /health with $SHA on $PORT from the release directory; a release holding BROKEN
+#: exits 1 at once (like an import error), one holding SICK answers 500. Each start is logged to
+#: the file named by its second argument.
+CANARY_SERVER = """\
+import http.server, json, os, sys
+
+with open(sys.argv[2], "a") as log:
+    log.write(json.dumps({"tag": os.environ["TAG"], "cwd": os.getcwd(), "port": sys.argv[1]}) + "\\n")
+if os.path.exists("BROKEN"):
+    print("Traceback (most recent call last):\\nRuntimeError: this release cannot be imported", flush=True)
+    sys.exit(1)
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ["SHA"].encode()
+        self.send_response(500 if os.path.exists("SICK") else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
 def live_pids_with_env(*entries: bytes) -> list[int]:
     """Live (not zombie) processes whose environment holds every one of ``entries`` (``b"KEY=value"``,
     or ``b"KEY="`` for any value): a /proc scan, like ps."""

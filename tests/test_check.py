@@ -35,7 +35,7 @@ from coordinator.exceptions import CheckFailed, ConfigError
 from coordinator.layout import Layout
 from coordinator.state import write_release_meta
 from coordinator.statefile import ReleaseMeta
-from tests.helpers import NOBODY, GitRepo, cli, release_health_server
+from tests.helpers import CANARY_SERVER, NOBODY, GitRepo, cli, release_health_server
 from tests.nobody_env import NobodyPython
 
 pytestmark = pytest.mark.anyio
@@ -673,23 +673,6 @@ async def test_build_sandbox_off_is_not_checked(root: Path, repo: GitRepo) -> No
 
 # ---------------------------------------------------------------------------------------------- canary
 
-CANARY_SERVER = """\
-import http.server, os, sys
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = os.environ["SHA"].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-
 
 async def test_the_canary_of_the_current_release_is_started_once_and_passes(
     root: Path, repo: GitRepo, current_v1: str, tmp_path: Path
@@ -698,9 +681,11 @@ async def test_the_canary_of_the_current_release_is_started_once_and_passes(
     script = tmp_path / "canary.py"
     script.write_text(CANARY_SERVER)
     before = _snapshot(root)
-    config = _config(root, repo, canary_command=f"{sys.executable} {script} $PORT", canary_url="/health")
+    starts = tmp_path / "starts.log"
+    config = _config(root, repo, canary_command=f"{sys.executable} {script} $PORT {starts}", canary_url="/health")
     result = await _one(config, "canary")
     assert result.ok and result.detail.startswith("the canary of v1-x passed in "), result
+    assert len(starts.read_text().splitlines()) == 1  # started once
     assert _snapshot(root) == before
 
 

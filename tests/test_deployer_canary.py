@@ -20,34 +20,9 @@ from coordinator.deployer import Deployer
 from coordinator.report import Attempt
 from coordinator.state import load_state
 from coordinator.statefile import CanaryRecord
-from tests.helpers import GitRepo, live_pids_with_env, read_status, started_deployer, write_marker
+from tests.helpers import CANARY_SERVER, GitRepo, live_pids_with_env, read_status, started_deployer, write_marker
 
 pytestmark = pytest.mark.anyio
-
-#: the canary: serves /health with $SHA on $PORT from the release directory; a release holding BROKEN
-#: exits 1 at once (like an import error), one holding SICK answers 500. Each start is logged to LOG.
-SERVER = """\
-import http.server, json, os, sys
-
-with open(sys.argv[2], "a") as log:
-    log.write(json.dumps({"tag": os.environ["TAG"], "cwd": os.getcwd(), "port": sys.argv[1]}) + "\\n")
-if os.path.exists("BROKEN"):
-    print("Traceback (most recent call last):\\nRuntimeError: this release cannot be imported", flush=True)
-    sys.exit(1)
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = os.environ["SHA"].encode()
-        self.send_response(500 if os.path.exists("SICK") else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
 
 
 class CanaryServer:
@@ -55,7 +30,7 @@ class CanaryServer:
 
     def __init__(self, tmp: Path) -> None:
         self.script = tmp / "canary_server.py"
-        self.script.write_text(SERVER)
+        self.script.write_text(CANARY_SERVER)
         self.log = tmp / "canary_starts.jsonl"
         self.mark = uuid.uuid4().hex
         self.results: list[str] = []  # what Deployer.on_canary was told
