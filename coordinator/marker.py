@@ -18,6 +18,7 @@ which always yields one safe path component.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import hashlib
 import json
@@ -31,6 +32,10 @@ from pathlib import Path
 import aiofiles
 
 from coordinator.exceptions import CoordinatorError, MarkerError
+
+# The codec parse_marker decodes with, looked up once at import: its first lookup imports a module
+# (the import lock), which must not happen on the event loop (`/readyz` parses the marker there).
+codecs.lookup("utf-8-sig")
 
 __all__ = [
     "MARKER_MAX_BYTES",
