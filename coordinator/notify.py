@@ -79,7 +79,8 @@ _OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 def post_json(url: str, body: bytes, timeout: float) -> int:
-    """One blocking POST of ``body``; returns the HTTP status (raises OSError when there is none)."""
+    """One blocking POST of ``body``; returns the HTTP status (raises OSError when there is none:
+    TimeoutError when the server did not connect or answer within ``timeout``)."""
     bare, auth = split_credentials(url)
     headers = {"Content-Type": "application/json", "User-Agent": f"coordinator/{__version__}"}
     if auth is not None:
@@ -93,6 +94,8 @@ def post_json(url: str, body: bytes, timeout: float) -> int:
         e.close()
         return e.code
     except urllib.error.URLError as e:  # keeps no URL, but the reason may be any exception
+        if isinstance(e.reason, TimeoutError):  # the connect timed out
+            raise TimeoutError(str(e.reason)) from None
         raise OSError(str(e.reason)) from None
     except ValueError as e:
         raise OSError(str(e)) from None
@@ -215,6 +218,8 @@ class Notifier:
             with anyio.move_on_after(limit):  # the thread may linger until its socket timeout; we do not
                 try:
                     status = await anyio.to_thread.run_sync(post_json, url, body, limit, abandon_on_cancel=True)
+                except TimeoutError:  # the socket's own timeout, a moment before ours: the same hang
+                    pass
                 except OSError as e:
                     why = f"cannot reach {shown}: {redact(str(e))}"
                     continue

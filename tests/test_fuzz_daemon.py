@@ -1184,6 +1184,7 @@ def test_the_process_and_write_checks_are_not_vacuous(harness: Harness) -> None:
     assert harness.snapshot() == harness.baseline
 
 
+@pytest.mark.timeout(600)  # 600 examples take 40-120 s here, longer on a machine kept busy; each wait is bounded
 def test_daemon_survives_generated_markers(harness: Harness) -> None:
     """DEFAULT_EXAMPLES generated markers: the daemon stays up and every invariant holds."""
     _fuzz(harness, DEFAULT_EXAMPLES, database=True)

@@ -23,11 +23,12 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from coordinator import notify
 from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.hooks import OUTPUT_CHARS, HookContext, command_argv, run_command, tail
 from coordinator.layout import Layout
-from coordinator.notify import Notification, Notifier, redact_url, split_credentials
+from coordinator.notify import Notification, Notifier, post_json, redact_url, split_credentials
 from coordinator.records import AttemptResult
 from coordinator.report import Attempt
 from coordinator.state import load_state
@@ -507,6 +508,31 @@ async def test_a_hanging_webhook_is_bounded_by_the_hook_timeout(root: Path, webh
     elapsed = time.monotonic() - started_at
     assert len(webhook.requests) == 3 and failures == ["webhook"] and elapsed > 1.4  # three tries of 0.5 s
     assert any("did not answer within 0.5 s" in e.get("reason", "") for e in logs)
+
+
+def test_post_json_to_a_hanging_server_raises_timeout_error(webhook: Hook) -> None:
+    """A server that accepts but never answers: the socket's timeout, as TimeoutError."""
+    webhook.hang = threading.Event()
+    with pytest.raises(TimeoutError):
+        post_json(webhook.url, b"{}", 0.3)
+
+
+async def test_a_socket_timeout_before_ours_still_says_did_not_answer(
+    root: Path, webhook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine the socket may time out just before the hook timeout: same reason."""
+
+    def timed_out(url: str, body: bytes, timeout: float) -> int:
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(notify, "post_json", timed_out)
+    n, failures = notifier(root, webhook.url, timeout=0.5)
+    with capture_logs() as logs:
+        await n.deliver(notification(root))
+    assert failures == ["webhook"]
+    assert [e["reason"] for e in logs if e["event"] == "hook_failed"] == [
+        f"{redact_url(webhook.url)} did not answer within 0.5 s"
+    ]
 
 
 async def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged(root: Path, webhook: Hook) -> None:
