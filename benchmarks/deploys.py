@@ -212,6 +212,21 @@ class Deployer:
         self._note(events)
         return _build_record(tag, rid, t0, obs, events)
 
+    def wait_spare(self, timeout_s: float = 120.0) -> float | None:
+        """When the last deploy's prune left a spare, wait until the daemon's idle pass readied it (or
+        discarded it), as it would between deploys minutes apart; the readying's duration (ms)."""
+        if not (self.root / ".coordinator" / "spare").exists():
+            return None
+        events: list[Event] = []
+        try:
+            e = self.daemon.wait_event(
+                lambda e: e.get("event") in ("spare_ready", "spare_discarded"), timeout_s, events
+            )
+        except DaemonError:
+            return None
+        self._note(events)
+        return float(e["duration_ms"]) if e.get("event") == "spare_ready" else None
+
     def pause(self, step_ms: int) -> None:
         """Let the daemon and its watcher settle, with jitter so markers land at random watcher phases."""
         time.sleep((3 * step_ms + self.rng.uniform(20.0, 70.0)) / 1000.0)

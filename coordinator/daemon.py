@@ -59,6 +59,9 @@ class _Wake:
     async def wait(self) -> None:
         await self._event.wait()
 
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
     def clear(self) -> None:
         if self._event.is_set():
             self._event = anyio.Event()
@@ -82,6 +85,7 @@ async def run(config: Config, *, once: bool = False, ready: Callable[[], None] |
         raise LayoutError(f"cannot create {state_dir}: {e.strerror}", fix=err["fix"]) from e
     async with holding_lock(lay.lock_file):
         deployer = Deployer(config)
+        deployer.store.retire_to_spare = not once  # only the daemon readies a spare, when idle
         try:
             await deployer.startup()
         except OSError as e:  # e.g. ROOT not writable by this user: exit 2 with one line, no traceback
@@ -226,6 +230,8 @@ async def _loop(config: Config, deployer: Deployer, ready: Callable[[], None] | 
                 except Exception:  # a bug must not take the daemon down: log it, retry on the next hint/resync
                     reconcile_failed()
                     log.exception("reconcile_crashed")
+                if not wake.is_set():  # idle: ready the spare (a marker change cancels it)
+                    await deployer.ready_spare(wake.is_set)
                 retry_in = deployer.retry_in()  # a failed fetch waiting its back-off: wake when it ends
                 with anyio.move_on_after(min(config.resync_interval, retry_in or config.resync_interval)):
                     await wake.wait()

@@ -16,7 +16,9 @@ swap. Then the canary (:mod:`coordinator.canary`, ``--canary-command``) starts t
 and checks it: a newer marker, a pause or SIGTERM stops it, and one that fails refuses the release
 before anything is swapped. Every finished attempt is handed to the
 :class:`~coordinator.notify.Notifier`. Once the marker's request is converged, the
-:class:`~coordinator.stager.Stager` handles the stage request.
+:class:`~coordinator.stager.Stager` handles the stage request. When a reconcile leaves nothing to do,
+the daemon has the :class:`~coordinator.spare.SpareKeeper` ready the spare (:meth:`Deployer.ready_spare`),
+which a marker change cancels at once.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from coordinator.records import AttemptResult, PauseRecord, StatusState
 from coordinator.releases import ReleaseStore
 from coordinator.reload import Reloader, make_reloader
 from coordinator.report import Attempt, Reporter
+from coordinator.spare import SpareKeeper
 from coordinator.stager import Stager
 from coordinator.state import load_state
 from coordinator.statefile import PendingVerify, State
@@ -82,6 +85,9 @@ class Deployer:
         self._inflight: DeployRequest | None = None
         self._inflight_digest: str | None = None
         self.follower = Follower(config, self.git) if config.follow else None
+        self.spare = SpareKeeper(self.layout, self.git)
+        self._spare_scope: anyio.CancelScope | None = None
+        self._spare_digest: str | None = None  # the marker's digest when the readying began
         self.steps = DeploySteps(
             config, self.git, self.state, self.store, self.reporter, self.activator, self._supersedable, self.read_pause
         )
@@ -119,6 +125,7 @@ class Deployer:
     async def startup(self) -> None:
         """Check the volume, create the layout, remove temporary leftovers, recover a pending reload."""
         await anyio.to_thread.run_sync(self.store.prepare_layout)
+        await self.spare.startup()  # a spare without a valid record is moved aside
         self.state.assign(await anyio.to_thread.run_sync(load_state, self.layout.state_file))
         await self.git.ensure()
         await self.steps.startup()  # a canary a crash left running stopped, the signing keys loaded
@@ -357,9 +364,35 @@ class Deployer:
             self._supersede_scope = None
             self._inflight = self._inflight_digest = None
 
+    async def ready_spare(self, woken: Callable[[], bool] = lambda: False) -> None:
+        """Idle: ready the spare for the next deploy (:mod:`coordinator.spare`), unless ``woken`` says
+        a hint came; a marker change cancels it (:meth:`check_superseded`). Never raises but a cancel."""
+        try:
+            digest = (await self.read_marker()).digest
+            current = await self.store.current()
+            meta = await self.store.meta(current) if current is not None else None
+            scope = anyio.CancelScope()
+            self._spare_scope, self._spare_digest = scope, digest
+            try:
+                if woken():
+                    return
+                with scope:
+                    await self.spare.ready((meta.tag, meta.sha) if meta is not None and meta.name == current else None)
+            finally:
+                self._spare_scope = self._spare_digest = None
+        except Exception:  # a bug or a volume error must not take the daemon down: the slot is tried again
+            log.exception("spare_crashed")
+
     async def check_superseded(self) -> None:
         """Called on every watch event: cancel a deploy not yet swapped if the marker asks for another,
-        or if deploys were paused meanwhile (it starts again after ``resume``)."""
+        or if deploys were paused meanwhile (it starts again after ``resume``); cancel the spare's
+        readying when the marker changed."""
+        spare = self._spare_scope
+        if spare is not None:
+            if (await self.read_marker()).digest != self._spare_digest and spare is self._spare_scope:
+                log.info("spare_interrupted", reason="the marker changed")
+                spare.cancel()
+            return
         if self.stager.staging:  # a marker change cancels a stage (deploys come first)
             await self.stager.check_superseded((await self.read_marker()).digest)
             return

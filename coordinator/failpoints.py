@@ -14,6 +14,8 @@ Points in the deploy path, in order: ``before-deploying-status`` (a new tag's de
 ``before-journal``, ``after-journal``, ``before-status``, ``after-status``. Reached only when a
 retired release is recycled (:mod:`coordinator.recycle`, so not by every deploy): ``during-recycle``
 (the release renamed to the workspace and its metadata removed, nothing checked or applied yet).
+Reached only by the idle daemon readying the spare (:mod:`coordinator.spare`): ``during-spare`` (the
+spare checked against its manifest, not yet advanced to current's commit, no record written).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import errno
 import os
 import signal
 
-__all__ = ["POINTS", "RECYCLE_POINTS", "failpoint"]
+__all__ = ["POINTS", "RECYCLE_POINTS", "SPARE_POINTS", "failpoint"]
 
 POINTS = (
     "before-deploying-status",
@@ -44,6 +46,8 @@ POINTS = (
 )
 #: points reached only when a deploy recycles a retired release
 RECYCLE_POINTS = ("during-recycle",)
+#: points reached only while the idle daemon readies the spare
+SPARE_POINTS = ("during-spare",)
 
 _ENV = "COORDINATOR_FAILPOINTS"
 _hits: dict[str, int] = {}

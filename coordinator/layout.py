@@ -99,6 +99,11 @@ class Layout:
         return self.state_dir / "releases"
 
     @property
+    def spare_dir(self) -> Path:
+        """The spare (:mod:`coordinator.spare`): a retired release readied for the next deploy."""
+        return self.state_dir / "spare"
+
+    @property
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
 

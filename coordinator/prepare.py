@@ -1,5 +1,10 @@
-"""Preparing a release directory: by recycling a retired release, incrementally from the previous
-release, or by a full checkout.
+"""Preparing a release directory: from the ready spare, by recycling a retired release, incrementally
+from the previous release, or by a full checkout.
+
+A ready spare (:mod:`coordinator.spare`: a retired release checked and advanced to current's commit
+in the background) is tried first: git applies the difference from current's commit to the new one,
+and nothing else is read or written. When it cannot be used (``spare_fallback`` in the stats), the
+release is prepared as below.
 
 When retention is about to delete a release anyway, :func:`prepare_release` first recycles it
 (:mod:`coordinator.recycle`): it is renamed to the workspace's hidden name, checked against the
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +69,7 @@ from coordinator.fsutil import is_real_dir, remove_tree
 from coordinator.git import GitCache
 from coordinator.incremental import SHA_RE, Incremental, prepare_incremental
 from coordinator.recycle import Recycled, Retired, recycle
+from coordinator.spare import ReadySpare, use_spare
 
 __all__ = ["PrepareStats", "PreviousRelease", "prepare_release"]
 
@@ -87,14 +94,15 @@ class PreviousRelease:
 class PrepareStats:
     """How a release was prepared. ``written``/``deleted`` are None for a full checkout (not counted)."""
 
-    mode: str  # "recycled" | "incremental" | "full"
+    mode: str  # "spare" | "recycled" | "incremental" | "full"
     linked: int = 0  # files and symlinks hard-linked from the previous release
     written: int | None = None  # files and symlinks written as new inodes
     deleted: int | None = None  # paths of the previous (or recycled) commit that the new one no longer has
     rewritten: int = 0  # of ``written``: unchanged paths whose previous copy failed the check
     fallback: str | None = None  # why a full checkout was done
     detail: str | None = field(default=None, compare=False)  # e.g. the OSError text of a failed link
-    recycled: str | None = None  # the retired release recycled (mode "recycled") or tried (then abandoned)
+    recycled: str | None = None  # the retired release recycled (mode "recycled" or "spare") or tried (then abandoned)
+    spare_fallback: str | None = None  # why the ready spare was not used
     recycle_fallback: str | None = None  # why that retired release was not recycled
     restored: int | None = None  # recycled: tag files its shared links had replaced, written back
     #: the release's manifest (its git index with stat data), to keep at publication; None: none
@@ -130,12 +138,15 @@ async def prepare_release(
     previous: PreviousRelease | None,
     *,
     build_command: bool = False,
-    retired: Retired | None = None,
+    retired: Retired | Callable[[], Retired | None] | None = None,
+    spare: ReadySpare | None = None,
     build_fallback: tuple[str, str | None] = ("build_command", None),
 ) -> PrepareStats:
     """Fill the empty directory ``dest`` with exactly the tracked files of commit ``sha``.
 
-    By recycling ``retired`` (a release retention would delete next, see :mod:`coordinator.recycle`),
+    From the ready ``spare`` (:mod:`coordinator.spare`), else by recycling ``retired`` (a release
+    retention would delete next, see :mod:`coordinator.recycle`; or a blocking function that picks
+    it, called in a worker thread only when no spare was used),
     else incrementally from ``previous`` (sharing unchanged files by hard links) when that is safe,
     else by a full checkout; the returned stats say which, and why. Files named after ``index_file``
     are temporary and removed; ``index_file`` itself is left behind as the release's manifest when
@@ -148,6 +159,21 @@ async def prepare_release(
     try:
         recycled: str | None = None
         recycle_reason: str | None = None
+        spare_reason: str | None = None
+        if spare is not None and not build_command:
+            outcome_s = await use_spare(git, spare, sha, dest, index_file)
+            if isinstance(outcome_s, Recycled):
+                return PrepareStats(
+                    mode="spare",
+                    written=outcome_s.written,
+                    deleted=outcome_s.deleted,
+                    recycled=spare.name,
+                    manifest=index_file,
+                )
+            spare_reason = outcome_s.reason
+            log.warning("prepare_fallback", reason=spare_reason, detail=outcome_s.detail, spare=spare.name)
+        if callable(retired):
+            retired = None if build_command else await anyio.to_thread.run_sync(retired)
         if retired is not None and not build_command:
             outcome_r = await recycle(git, retired, sha, dest, index_file)
             if isinstance(outcome_r, Recycled):
@@ -157,6 +183,7 @@ async def prepare_release(
                     deleted=outcome_r.deleted,
                     recycled=retired.name,
                     restored=outcome_r.restored,
+                    spare_fallback=spare_reason,
                     manifest=index_file,
                 )
             recycled, recycle_reason = retired.name, outcome_r.reason
@@ -178,6 +205,7 @@ async def prepare_release(
                     rewritten=outcome.rewritten,
                     recycled=recycled,
                     recycle_fallback=recycle_reason,
+                    spare_fallback=spare_reason,
                     manifest=index_file if outcome.manifest else None,
                 )
             reason, detail = outcome.reason, outcome.detail
@@ -190,6 +218,7 @@ async def prepare_release(
             detail=detail,
             recycled=recycled,
             recycle_fallback=recycle_reason,
+            spare_fallback=spare_reason,
             manifest=None if build_command else index_file,
         )
     except GitError as e:

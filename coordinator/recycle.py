@@ -72,7 +72,17 @@ from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.shared import link_target
 from coordinator.state import read_release_meta
 
-__all__ = ["Recycled", "Retired", "manifest_path", "pick_retired", "recycle"]
+__all__ = [
+    "GiveUp",
+    "Recycled",
+    "Retired",
+    "check_tree",
+    "manifest_path",
+    "pick_retired",
+    "read_changes",
+    "recycle",
+    "unshare",
+]
 
 log = structlog.get_logger("coordinator.recycle")
 
@@ -132,16 +142,22 @@ def pick_retired(
     return None
 
 
-class _GiveUp(Exception):
+class GiveUp(Exception):
+    """A retired release (or the spare being readied) is not what its manifest says: why, and git's words."""
+
     def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
 
 
-async def recycle(git: GitCache, retired: Retired, sha: str, dest: Path, index_file: Path) -> Recycled | Abandoned:
+async def recycle(
+    git: GitCache, retired: Retired, sha: str, dest: Path, index_file: Path, *, checked: bool = False
+) -> Recycled | Abandoned:
     """Turn ``retired`` into the tree of ``sha`` in the empty workspace ``dest`` (see the module).
-    On success ``index_file`` holds the new tree's manifest; on :class:`Abandoned` ``dest`` is empty."""
+    On success ``index_file`` holds the new tree's manifest; on :class:`Abandoned` ``dest`` is empty.
+    ``checked``: ``retired`` is the ready spare (:mod:`coordinator.spare`), already checked against its
+    manifest and without shared links: steps 3 and 4 are skipped."""
     diff_file = index_file.with_name(index_file.name + ".diff")
     taken = False
     try:
@@ -149,7 +165,7 @@ async def recycle(git: GitCache, retired: Retired, sha: str, dest: Path, index_f
         if error is not None:
             return Abandoned("retired_commit_missing", error)
         try:
-            written, deleted, attributes = await anyio.to_thread.run_sync(_read_changes, diff_file)
+            written, deleted, attributes = await anyio.to_thread.run_sync(read_changes, diff_file)
         except ValueError as e:
             return Abandoned("unexpected_git_output", str(e))
         if attributes:
@@ -157,14 +173,16 @@ async def recycle(git: GitCache, retired: Retired, sha: str, dest: Path, index_f
         taken = True
         await anyio.to_thread.run_sync(_take, retired, dest, index_file)
         failpoint("during-recycle")
-        restored = await _unshare(git, retired, dest, index_file)
-        await _check(git, dest, index_file)
+        restored = 0
+        if not checked:
+            restored = await unshare(git, retired, dest, index_file)
+            await check_tree(git, dest, index_file)
         try:
             await git.merge_trees(retired.sha, sha, dest, index_file, update=True)
         except GitError as e:
-            raise _GiveUp("recycle_failed", e.message) from e
+            raise GiveUp("recycle_failed", e.message) from e
         return Recycled(written, deleted, restored)
-    except _GiveUp as e:
+    except GiveUp as e:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_empty_workspace, dest)
             await anyio.Path(index_file).unlink(missing_ok=True)
@@ -180,7 +198,7 @@ async def recycle(git: GitCache, retired: Retired, sha: str, dest: Path, index_f
                 await anyio.Path(f).unlink(missing_ok=True)
 
 
-def _read_changes(diff_file: Path) -> tuple[int, int, bool]:
+def read_changes(diff_file: Path) -> tuple[int, int, bool]:
     """(paths written, paths deleted, a .gitattributes changed) from ``diff-tree OLD NEW`` (blocking)."""
     try:
         records = parse_raw(diff_file.read_bytes())
@@ -203,10 +221,10 @@ def _take(retired: Retired, dest: Path, index_file: Path) -> None:
         for f in retired.metadata:
             f.unlink(missing_ok=True)
     except OSError as e:  # gone meanwhile, or a volume error: nothing published is left half-taken
-        raise _GiveUp("recycle_failed", f"{e.strerror}: {e.filename}") from e
+        raise GiveUp("recycle_failed", f"{e.strerror}: {e.filename}") from e
 
 
-async def _unshare(git: GitCache, retired: Retired, dest: Path, index_file: Path) -> int:
+async def unshare(git: GitCache, retired: Retired, dest: Path, index_file: Path) -> int:
     """Remove the retired release's shared links and write back the tag files they replaced; their count."""
     if not retired.shared:
         return 0
@@ -217,7 +235,7 @@ async def _unshare(git: GitCache, retired: Retired, dest: Path, index_file: Path
         for chunk in _chunks([os.fsencode(p) for p in tracked]):
             await git.checkout_paths(dest, index_file, chunk, update_stat=True)
     except GitError as e:
-        raise _GiveUp("retired_changed", e.message) from e
+        raise GiveUp("retired_changed", e.message) from e
     return len(tracked)
 
 
@@ -236,7 +254,7 @@ def _remove_links(dest: Path, paths: list[str]) -> None:
             except OSError:
                 target = None
             if target != link_target(path):
-                raise _GiveUp("retired_shared_link_changed", path)
+                raise GiveUp("retired_shared_link_changed", path)
             os.unlink(parts[-1], dir_fd=fds[-1])
             for depth in range(len(parts) - 1, 0, -1):  # parents it leaves empty, deepest first
                 try:
@@ -246,17 +264,17 @@ def _remove_links(dest: Path, paths: list[str]) -> None:
                         break
                     raise
         except OSError as e:
-            raise _GiveUp("retired_shared_link_changed", f"{path}: {e.strerror}") from e
+            raise GiveUp("retired_shared_link_changed", f"{path}: {e.strerror}") from e
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-async def _check(git: GitCache, dest: Path, index_file: Path) -> None:
+async def check_tree(git: GitCache, dest: Path, index_file: Path) -> None:
     """Give up unless ``dest`` holds the files the manifest lists, as published; what it does not
     list (``__pycache__`` an app server wrote into the release, logs) is removed."""
     if await anyio.to_thread.run_sync(os.path.lexists, dest / ".git"):  # git never lists its own name
-        raise _GiveUp("retired_untracked", ".git")
+        raise GiveUp("retired_untracked", ".git")
     changed: list[str | None] = []
     extra: list[tuple[int, str | None]] = []
 
@@ -269,12 +287,12 @@ async def _check(git: GitCache, dest: Path, index_file: Path) -> None:
     try:
         await _concurrently(refresh, others)
     except GitError as e:
-        raise _GiveUp("retired_changed", e.message) from e
+        raise GiveUp("retired_changed", e.message) from e
     if changed[0] is not None:
-        raise _GiveUp("retired_changed", changed[0])
+        raise GiveUp("retired_changed", changed[0])
     removed, problem = extra[0]
     if problem is not None:
-        raise _GiveUp("retired_untracked", problem)
+        raise GiveUp("retired_untracked", problem)
     if removed:
         log.debug("retired_untracked_removed", paths=removed)
 

@@ -43,6 +43,7 @@ from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
 from coordinator.recycle import Retired, manifest_path, pick_retired
 from coordinator.sandbox import BuildSandbox
 from coordinator.shared import SharedPaths
+from coordinator.spare import ReadySpare, read_ready, retire, unready, vacate
 from coordinator.state import read_release_meta, write_release_meta
 from coordinator.statefile import ReleaseMeta
 
@@ -65,6 +66,9 @@ class ReleaseStore:
         self._sandboxed: dict[Path, bool] = {}
         #: workspace -> the paths its sandboxed build replaced or removed, recorded at publish
         self._build_changes: dict[Path, tuple[str, ...]] = {}
+        #: prune retires a pristine release into the spare slot (:mod:`coordinator.spare`) instead of
+        #: deleting it; off for ``run --once``, which never readies a spare
+        self.retire_to_spare = True
 
     # ------------------------------------------------------------------ start-up
 
@@ -162,24 +166,39 @@ class ReleaseStore:
             in_place = await anyio.to_thread.run_sync(self.sandbox.unavailable)
             self._sandboxed[tmp] = in_place is None
 
-        def gather() -> tuple[PreviousRelease | None, Retired | None]:
+        def gather() -> tuple[PreviousRelease | None, ReadySpare | None]:
             prev = load_previous(self.layout, previous_current)
             if build or name is None:
                 return prev, None
-            retired = pick_retired(self.layout, previous_current, previous, self.config.keep, name, protected)
-            return prev, retired
+            return prev, read_ready(self.layout)
 
-        prev, retired = await anyio.to_thread.run_sync(gather)
-        stats = await prepare_release(
-            self.git,
-            sha,
-            tmp,
-            self.layout.tmp_dir / temp_name("index"),
-            prev,
-            build_command=in_place is not None,
-            build_fallback=in_place or ("build_command", None),
-            retired=retired,
-        )
+        def pick() -> Retired | None:
+            """No ready spare: the spare not yet readied, checked now; without a spare, the release
+            retention deletes next, unless it is to fill the empty spare slot (at this deploy's prune)."""
+            assert name is not None
+            if self.retire_to_spare:
+                fresh = unready(self.layout)
+                if fresh is not None or not os.path.lexists(self.layout.spare_dir):
+                    return fresh
+            return pick_retired(self.layout, previous_current, previous, self.config.keep, name, protected)
+
+        prev, spare = await anyio.to_thread.run_sync(gather)
+        try:
+            stats = await prepare_release(
+                self.git,
+                sha,
+                tmp,
+                self.layout.tmp_dir / temp_name("index"),
+                prev,
+                build_command=in_place is not None,
+                build_fallback=in_place or ("build_command", None),
+                retired=None if build or name is None else pick,
+                spare=spare,
+            )
+        finally:
+            if self.retire_to_spare and not build and name is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(vacate, self.layout)
         if stats.manifest is not None:
             self._manifests[tmp] = stats.manifest
         return stats
@@ -294,7 +313,8 @@ class ReleaseStore:
     # ------------------------------------------------------------------ pruning
 
     async def prune(self, previous: str | None, staged: str | None = None) -> list[str]:
-        """Delete the releases :func:`coordinator.plan.plan_prune` picks; return their names."""
+        """Delete the releases :func:`coordinator.plan.plan_prune` picks (the newest pristine one moves
+        into an empty spare slot instead, :func:`coordinator.spare.retire`); return their names."""
         lay, keep = self.layout, self.config.keep
 
         def prune() -> list[str]:
@@ -302,8 +322,14 @@ class ReleaseStore:
             current = read_current(lay.root)
             in_use = sorted(releases_in_use(lay.releases))
             doomed = plan_prune(releases, current, previous, keep, in_use, staged=staged)
+            created = {r.name: r.created for r in releases}
+            spare = None  # the newest pristine one fills an empty spare slot (the smallest change from current)
+            for name in sorted(doomed, key=lambda n: created.get(n, 0.0), reverse=True):
+                if self.retire_to_spare and spare is None and retire(lay, name):
+                    spare = name
             for name in doomed:
-                remove_tree(lay.releases / name)
+                if name != spare:
+                    remove_tree(lay.releases / name)
                 (lay.meta_dir / f"{name}.json").unlink(missing_ok=True)
                 manifest_path(lay, name).unlink(missing_ok=True)
                 (lay.releases / f"{name}.json").unlink(missing_ok=True)

@@ -4,7 +4,8 @@
   ``releases/<name>.json``);
 * :class:`State`: ``.coordinator/state.json``, read only by the daemon itself (after a restart), with
   :class:`PendingReload`, :class:`PendingVerify`, :class:`StagedRelease` and :class:`StageDone`;
-* :class:`CanaryRecord`: ``.coordinator/canary.json``, the canary running now (:mod:`coordinator.canary`).
+* :class:`CanaryRecord`: ``.coordinator/canary.json``, the canary running now (:mod:`coordinator.canary`);
+* :class:`SpareRecord`: ``.coordinator/spare/spare.json``, the spare is ready (:mod:`coordinator.spare`).
 
 The records other programs read (the status file, the journal, the pause file) and the enums are in
 :mod:`coordinator.records`. A record read back is never trusted: ``from_json`` checks every type.
@@ -17,7 +18,16 @@ from typing import Any, cast
 
 from coordinator.records import ErrorInfo, StagedRecord, StageState
 
-__all__ = ["CanaryRecord", "PendingReload", "PendingVerify", "ReleaseMeta", "StageDone", "StagedRelease", "State"]
+__all__ = [
+    "CanaryRecord",
+    "PendingReload",
+    "PendingVerify",
+    "ReleaseMeta",
+    "SpareRecord",
+    "StageDone",
+    "StagedRelease",
+    "State",
+]
 
 
 def _paths(raw: Any) -> tuple[str, ...] | None:
@@ -240,6 +250,33 @@ class CanaryRecord:
         pgid = raw.get("pgid")
         ok_pgid = isinstance(pgid, int) and not isinstance(pgid, bool) and pgid > 1
         return cls(raw["token"], raw["release"], raw["started_at"], pgid if ok_pgid else None)
+
+
+@dataclass(frozen=True, slots=True)
+class SpareRecord:
+    """The spare is ready (``.coordinator/spare/spare.json``, written last, atomically): the release
+    it was (``name``), the commit its tree and manifest now hold (``sha``, of ``tag``: the git cache
+    keeps it), and what it was readied on, checked again before it is used: the tree directory's
+    inode, the manifest's size and mtime."""
+
+    name: str
+    tag: str
+    sha: str
+    tree_ino: int
+    manifest_size: int
+    manifest_mtime_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, raw: object) -> SpareRecord | None:
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("name", "tag", "sha")):
+            return None
+        ints = [raw.get(k) for k in ("tree_ino", "manifest_size", "manifest_mtime_ns")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+            return None
+        return cls(raw["name"], raw["tag"], raw["sha"], *cast(list[int], ints))
 
 
 def _str_or_none(v: object) -> str | None:

@@ -35,6 +35,7 @@ from coordinator.records import ErrorInfo, PauseRecord
 from coordinator.releases import ReleaseStore
 from coordinator.report import Attempt, Reporter
 from coordinator.signing import TagVerifier
+from coordinator.spare import spare_tag
 from coordinator.state import iso
 from coordinator.statefile import State
 
@@ -222,7 +223,8 @@ class DeploySteps:
         """Drop from the git cache what no release on disk needs (see GitCache.tidy); a failure is
         logged and retried after the next deploy, never fails this one."""
         _, on_disk = await self.store.observe()
+        spare = await anyio.to_thread.run_sync(spare_tag, self.config.layout)  # its commit is needed too
         try:
-            await self.git.tidy({r.tag for r in on_disk if r.tag})
+            await self.git.tidy({r.tag for r in on_disk if r.tag} | ({spare} if spare else set()))
         except GitError as e:
             log.warning("git_tidy_failed", error=e.message)

@@ -987,7 +987,11 @@ class Harness:
             elif key == "GIT_CONFIG_GLOBAL":  # the repository is a local path: safe.directory names it
                 assert Path(value) == self.root / ".coordinator" / "gitenv" / "gitconfig", (key, value)
             else:
-                assert key == "GIT_INDEX_FILE" and Path(value).parent == self.tmp_dir, (key, value)
+                spare = self.root / ".coordinator" / "spare" / "manifest.index"
+                assert key == "GIT_INDEX_FILE" and (Path(value).parent == self.tmp_dir or Path(value) == spare), (
+                    key,
+                    value,
+                )
 
     def git_problem(self, argv: list[str]) -> str | None:
         """None if ``argv`` (after ``git``) is one of the shapes the daemon uses, else what is wrong."""
@@ -998,8 +1002,11 @@ class Harness:
         rest = argv[1:]
         if rest and rest[0].startswith("--work-tree="):
             wt = Path(rest[0].removeprefix("--work-tree="))
-            if wt.parent != self.root / "releases" or not wt.name.startswith(".") or ".tmp-" not in wt.name:
-                return "work tree outside releases/.<temp>"
+            spare = wt == self.root / ".coordinator" / "spare" / "tree"  # readied while idle
+            if not spare and (
+                wt.parent != self.root / "releases" or not wt.name.startswith(".") or ".tmp-" not in wt.name
+            ):
+                return "work tree outside releases/.<temp> and the spare"
             if rest[1:5] != ["-c", "core.autocrlf=false", "-c", "core.symlinks=true"]:
                 return "unexpected -c options"
             rest = rest[5:]

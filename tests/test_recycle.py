@@ -278,9 +278,12 @@ def repo5(tmp_path: Path) -> GitRepo:
     return app_repo(tmp_path / "repo5", 5)
 
 
-def deployer(root: Path, repo: GitRepo, **kw: object) -> Deployer:
+def deployer(root: Path, repo: GitRepo, *, spare: bool = False, **kw: object) -> Deployer:
+    """A Deployer; without ``spare``, as ``run --once`` makes it: prune deletes, never fills the spare."""
     cfg = Config(layout=Layout.for_root(root), repo=str(repo.path), **kw)  # type: ignore[arg-type]
-    return Deployer(cfg)
+    d = Deployer(cfg)
+    d.store.retire_to_spare = spare
+    return d
 
 
 async def deploy(d: Deployer, root: Path, tag: str) -> MutableMapping[str, Any]:
