@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.deploys import Deployer, DeployRecord
-from benchmarks.repos import ChainRepo, RepoCache
+from benchmarks.repos import ChainRepo, RepoCache, is_warmup
 from benchmarks.session import Session
 from benchmarks.stats import summarize
 from benchmarks.synth import GIT_ENV, git
@@ -232,8 +232,15 @@ def run_size(
             row["cp_al_ms"] = timed(["cp", "-al", str(release), str(cp)], base_dir)
             first.append(row)
         assert drv is not None
+        warm = [tag for tag, _ in repo.chain[1:] if is_warmup(tag)]
+        if warm:
+            progress(f"{size} files: {len(warm)} warm-up deploys (untimed: --keep releases and a spare)")
+        for tag in warm:
+            drv.deploy(tag, timeout_s=opt.timeout_s)
         for k, (tag, count) in enumerate(repo.chain[1:], start=1):
-            if k == 1 or count != repo.chain[k - 1][1]:
+            if is_warmup(tag):
+                continue
+            if is_warmup(repo.chain[k - 1][0]) or count != repo.chain[k - 1][1]:
                 progress(f"{size} files: new tags changing {count} files ({opt.reps} deploys)")
             link = _chain_step(drv, clone, tag, count, k, opt.timeout_s)
             if link["prepare"].get("mode") not in ("spare", "recycled", "incremental"):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.synth import GIT_ENV, git
 
-__all__ = ["ChainRepo", "RepoCache", "build_chain_repo", "chain_tags"]
+__all__ = ["WARMUP_PREFIX", "ChainRepo", "RepoCache", "build_chain_repo", "chain_tags", "is_warmup"]
 
 _FILES_PER_DIR = 50
 _DIRS_PER_PKG = 50
@@ -58,9 +58,22 @@ class ChainRepo:
         raise KeyError(tag)
 
 
-def chain_tags(changes: Sequence[int], reps: int, files: int) -> list[tuple[str, int]]:
-    """The chain (after ``base``): ``reps`` tags per change size, sizes larger than ``files`` dropped."""
-    return [(f"c{c}-{r}", c) for c in changes if c <= files for r in range(1, reps + 1)]
+#: warm-up tags (``w-1`` ...) come first in the chain: deployed untimed, they bring a daemon to the state
+#: it is in after a while in production (``--keep`` releases on disk, a retired one in the spare)
+WARMUP_PREFIX = "w-"
+WARMUP_CHANGED = 10
+
+
+def chain_tags(changes: Sequence[int], reps: int, files: int, warmup: int = 0) -> list[tuple[str, int]]:
+    """The chain (after ``base``): ``warmup`` tags changing ``WARMUP_CHANGED`` files, then ``reps``
+    tags per change size, sizes larger than ``files`` dropped."""
+    warm = [(f"{WARMUP_PREFIX}{r}", min(WARMUP_CHANGED, files)) for r in range(1, warmup + 1)]
+    return [*warm, *((f"c{c}-{r}", c) for c in changes if c <= files for r in range(1, reps + 1))]
+
+
+def is_warmup(tag: str) -> bool:
+    """A warm-up tag (:data:`WARMUP_PREFIX`): deployed, never timed."""
+    return tag.startswith(WARMUP_PREFIX)
 
 
 def _path(i: int) -> str:
@@ -174,16 +187,19 @@ def build_chain_repo(path: Path, files: int, chain: Sequence[tuple[str, int]]) -
 class RepoCache:
     """Repositories built once per run, keyed by file count (all with the same chain of tags)."""
 
-    def __init__(self, directory: Path, changes: Sequence[int], reps: int) -> None:
+    def __init__(self, directory: Path, changes: Sequence[int], reps: int, warmup: int = 0) -> None:
         self.dir = directory
         self.changes = list(changes)
         self.reps = reps
+        self.warmup = warmup
         self._repos: dict[int, ChainRepo] = {}
 
     def get(self, files: int) -> ChainRepo:
         repo = self._repos.get(files)
         if repo is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            repo = build_chain_repo(self.dir / f"repo-{files}", files, chain_tags(self.changes, self.reps, files))
+            repo = build_chain_repo(
+                self.dir / f"repo-{files}", files, chain_tags(self.changes, self.reps, files, self.warmup)
+            )
             self._repos[files] = repo
         return repo

@@ -77,6 +77,7 @@ from benchmarks.synth import GIT_ENV, SynthRepo, build_repo, git
 from benchmarks.targets import evaluate
 from benchmarks.torn import METHODS as TORN_METHODS
 from benchmarks.torn import run_torn
+from coordinator.options import OPTIONS
 
 __all__ = ["Session", "main", "measure_idle"]
 
@@ -84,6 +85,7 @@ TARGET_MS = 5.0  # the p50 the watchfiles step recommendation aims at (--poll, n
 IDLE_CPU_BUDGET_PCT = 1.0  # of one core, for the watcher-step recommendation
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
+KEEP_DEFAULT = int(OPTIONS["keep"].default)  # the daemon's --keep in every benchmark session
 CLOCK_REALTIME_COARSE = 5  # Linux clock id; the clock file timestamps are taken from
 #: benchmarks of their own whose sections follow the main report: --skip key -> (module, what it measures)
 APPENDED = {
@@ -411,7 +413,9 @@ def run_all(args: argparse.Namespace, work: Path, started: float) -> dict[str, A
     section_done("watch_steps")
 
     # -- new-tag deploys and torn reads, on generated repositories cached for this run only
-    cache = RepoCache(args.repo_cache, args.changes, args.newtag_reps)
+    # warm-up: the daemon's --keep (5) releases plus one, so that every timed new-tag deploy finds a
+    # retired release in the spare, as a daemon that has run for a while does (benchmarks.newtag)
+    cache = RepoCache(args.repo_cache, args.changes, args.newtag_reps, warmup=KEEP_DEFAULT + 1)
     newtag: dict[str, Any] | None = None
     if "newtag" not in args.skip:
         opt = NewTagOptions(

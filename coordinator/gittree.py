@@ -94,6 +94,21 @@ class TreeCommands:
         args = ["read-tree", "-m", "-u" if update else "-i", "--end-of-options", old, new]
         await self._git([*_work_tree(dest), *_STAT_CHECK, *args], env=_index(index_file))
 
+    async def write_entries(self, dest: Path, index_file: Path, records: bytes) -> None:
+        """Write the entries ``records`` (``update-index -z --index-info`` records: mode, object id,
+        path) into ``dest`` with ``checkout-index -a -f`` through the temporary index ``index_file``
+        (removed after): each file unlinked, then created (a new inode), directories made as needed.
+        Attributes are those of ``dest``, as for any checkout into it."""
+        try:
+            await self._git(
+                [*_work_tree(dest), "update-index", "-z", "--index-info"], env=_index(index_file), stdin=records
+            )
+            await self._git([*_work_tree(dest), "checkout-index", "-a", "-f"], env=_index(index_file))
+        finally:
+            with anyio.CancelScope(shield=True):
+                for f in (index_file, index_file.with_name(index_file.name + ".lock")):
+                    await anyio.Path(f).unlink(missing_ok=True)
+
     async def refresh(self, dest: Path, index_file: Path) -> str | None:
         """Check ``dest`` against the stat data (and, where that differs, the content) the index
         ``index_file`` records: None when every entry matches, else git's first complaint

@@ -105,12 +105,14 @@ class PrepareStats:
     spare_fallback: str | None = None  # why the ready spare was not used
     recycle_fallback: str | None = None  # why that retired release was not recycled
     restored: int | None = None  # recycled: tag files its shared links had replaced, written back
+    #: the commit ``manifest`` still describes, when it is owed (:mod:`coordinator.changeset`); None: the new one
+    manifest_from: str | None = field(default=None, compare=False)
     #: the release's manifest (its git index with stat data), to keep at publication; None: none
     manifest: Path | None = field(default=None, compare=False, repr=False)
 
     def as_log(self) -> dict[str, Any]:
         """The stats as log fields (None values dropped; not the manifest's path)."""
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "manifest"}
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in ("manifest", "manifest_from")}
 
 
 def _refusal(previous: PreviousRelease | None, build_command: bool) -> str | None:
@@ -169,6 +171,7 @@ async def prepare_release(
                     deleted=outcome_s.deleted,
                     recycled=spare.name,
                     manifest=index_file,
+                    manifest_from=outcome_s.owed,
                 )
             spare_reason = outcome_s.reason
             log.warning("prepare_fallback", reason=spare_reason, detail=outcome_s.detail, spare=spare.name)

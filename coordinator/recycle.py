@@ -61,11 +61,12 @@ from pathlib import Path
 import anyio
 import structlog
 
+from coordinator.changeset import apply_change, manifest_path, read_change_file
 from coordinator.exceptions import GitError
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, temp_name
 from coordinator.git import GitCache
-from coordinator.incremental import SHA_RE, Abandoned, _chunks, _concurrently, _Fallback, parse_raw
+from coordinator.incremental import SHA_RE, Abandoned, _chunks, _concurrently
 from coordinator.inuse import releases_in_use
 from coordinator.layout import Layout, list_releases
 from coordinator.plan import ReleaseInfo, plan_prune
@@ -79,7 +80,6 @@ __all__ = [
     "check_tree",
     "manifest_path",
     "pick_retired",
-    "read_changes",
     "recycle",
     "unshare",
 ]
@@ -87,11 +87,6 @@ __all__ = [
 log = structlog.get_logger("coordinator.recycle")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def manifest_path(layout: Layout, name: str) -> Path:
-    """Where release ``name``'s manifest (its git index with stat data) is kept."""
-    return layout.meta_dir / f"{name}.index"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +108,9 @@ class Recycled:
     written: int  # files, symlinks and submodule directories added or changed
     deleted: int  # paths of the retired commit that the new one no longer has
     restored: int  # tag files its shared links had replaced, written back before the check
+    #: the commit the manifest left in the index file still describes (a ready spare's change was
+    #: applied without it: :mod:`coordinator.changeset`); None: it describes the new tree
+    owed: str | None = None
 
 
 def pick_retired(
@@ -157,7 +155,9 @@ async def recycle(
     """Turn ``retired`` into the tree of ``sha`` in the empty workspace ``dest`` (see the module).
     On success ``index_file`` holds the new tree's manifest; on :class:`Abandoned` ``dest`` is empty.
     ``checked``: ``retired`` is the ready spare (:mod:`coordinator.spare`), already checked against its
-    manifest and without shared links: steps 3 and 4 are skipped."""
+    manifest and without shared links: steps 3 and 4 are skipped, and step 5 writes the changed paths
+    alone (:func:`coordinator.changeset.apply_change`), leaving in ``index_file`` the old commit's
+    manifest, owed (:attr:`Recycled.owed`)."""
     diff_file = index_file.with_name(index_file.name + ".diff")
     taken = False
     try:
@@ -165,23 +165,29 @@ async def recycle(
         if error is not None:
             return Abandoned("retired_commit_missing", error)
         try:
-            written, deleted, attributes = await anyio.to_thread.run_sync(read_changes, diff_file)
+            change = await anyio.to_thread.run_sync(read_change_file, diff_file)
         except ValueError as e:
             return Abandoned("unexpected_git_output", str(e))
-        if attributes:
+        if change.attributes:
             return Abandoned("gitattributes_changed")
         taken = True
         await anyio.to_thread.run_sync(_take, retired, dest, index_file)
         failpoint("during-recycle")
-        restored = 0
-        if not checked:
-            restored = await unshare(git, retired, dest, index_file)
-            await check_tree(git, dest, index_file)
+        if checked:  # the paths that change, nothing else; the manifest is completed later (owed)
+            try:
+                await apply_change(git, change, dest, index_file.with_name(index_file.name + ".entries"))
+            except GitError as e:
+                raise GiveUp("recycle_failed", e.message) from e
+            except OSError as e:
+                raise GiveUp("recycle_failed", f"{e.strerror}: {e.filename}") from e
+            return Recycled(change.written, change.deleted, 0, owed=retired.sha)
+        restored = await unshare(git, retired, dest, index_file)
+        await check_tree(git, dest, index_file)
         try:
             await git.merge_trees(retired.sha, sha, dest, index_file, update=True)
         except GitError as e:
             raise GiveUp("recycle_failed", e.message) from e
-        return Recycled(written, deleted, restored)
+        return Recycled(change.written, change.deleted, restored)
     except GiveUp as e:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_empty_workspace, dest)
@@ -196,18 +202,6 @@ async def recycle(
         with anyio.CancelScope(shield=True):
             for f in (diff_file, index_file.with_name(index_file.name + ".lock")):
                 await anyio.Path(f).unlink(missing_ok=True)
-
-
-def read_changes(diff_file: Path) -> tuple[int, int, bool]:
-    """(paths written, paths deleted, a .gitattributes changed) from ``diff-tree OLD NEW`` (blocking)."""
-    try:
-        records = parse_raw(diff_file.read_bytes())
-    except _Fallback as e:
-        raise ValueError(e.detail or e.reason) from e
-    written = {path for _mode, status, path in records if status != b"D"}
-    gone = {path for _mode, status, path in records if status == b"D"}
-    attributes = any(path.rsplit(b"/", 1)[-1] == b".gitattributes" for _m, _s, path in records)
-    return len(written), len(gone - written), attributes
 
 
 def _take(retired: Retired, dest: Path, index_file: Path) -> None:

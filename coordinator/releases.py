@@ -30,6 +30,7 @@ import anyio
 import structlog
 
 from coordinator.build import run_build
+from coordinator.changeset import manifest_path, owed_path, remove_owed
 from coordinator.config import Config
 from coordinator.exceptions import BuildError, LayoutError, SandboxError
 from coordinator.failpoints import failpoint
@@ -40,7 +41,7 @@ from coordinator.inuse import releases_in_use
 from coordinator.layout import Layout, list_releases, read_current
 from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.prepare import PrepareStats, PreviousRelease, prepare_release
-from coordinator.recycle import Retired, manifest_path, pick_retired
+from coordinator.recycle import Retired, pick_retired
 from coordinator.sandbox import BuildSandbox
 from coordinator.shared import SharedPaths
 from coordinator.spare import ReadySpare, read_ready, retire, unready, vacate
@@ -66,6 +67,8 @@ class ReleaseStore:
         self._sandboxed: dict[Path, bool] = {}
         #: workspace -> the paths its sandboxed build replaced or removed, recorded at publish
         self._build_changes: dict[Path, tuple[str, ...]] = {}
+        #: workspace -> the commit its manifest still describes (owed: :mod:`coordinator.changeset`)
+        self._manifests_owed: dict[Path, str] = {}
         #: prune retires a pristine release into the spare slot (:mod:`coordinator.spare`) instead of
         #: deleting it; off for ``run --once``, which never readies a spare
         self.retire_to_spare = True
@@ -201,6 +204,8 @@ class ReleaseStore:
                     await anyio.to_thread.run_sync(vacate, self.layout)
         if stats.manifest is not None:
             self._manifests[tmp] = stats.manifest
+            if stats.manifest_from is not None:
+                self._manifests_owed[tmp] = stats.manifest_from
         return stats
 
     async def build(
@@ -264,12 +269,12 @@ class ReleaseStore:
         failpoint("before-publish")
         sync_tree(tmp)  # syncfs: the manifest (on the same volume) too
         failpoint("after-release-fsync")
-        manifest = self._manifests.pop(tmp, None)
+        manifest, owed = self._manifests.pop(tmp, None), self._manifests_owed.pop(tmp, None)
         if manifest is not None:
             if self.config.build_command:  # a built release is never recycled: its manifest is useless
                 manifest.unlink(missing_ok=True)
-            else:
-                os.replace(manifest, manifest_path(lay, name))
+            else:  # owed: completed when the daemon is next idle (coordinator.changeset)
+                os.replace(manifest, owed_path(lay, name, owed) if owed else manifest_path(lay, name))
         # created after the flush: no file of the release is newer (incremental preparation relies on it)
         meta = ReleaseMeta(
             name,
@@ -332,6 +337,7 @@ class ReleaseStore:
                     remove_tree(lay.releases / name)
                 (lay.meta_dir / f"{name}.json").unlink(missing_ok=True)
                 manifest_path(lay, name).unlink(missing_ok=True)
+                remove_owed(lay, name)
                 (lay.releases / f"{name}.json").unlink(missing_ok=True)
             return doomed
 

@@ -27,8 +27,9 @@ it again. Any mismatch or failure removes the spare, logged as ``spare_discarded
 ``incomplete``, ``no_record`` at start-up, ``cancelled``); the slot stays empty until the next prune.
 
 **At deploy** (:func:`use_spare`): the ready spare's tree is renamed over the empty workspace and
-``read-tree -m -u SPARE NEW`` applies the change, with the spare's manifest as the index (what
-recycling does, steps 1, 2 and 5); ``git`` ``lstat``s only the paths it writes. **No file is checked at
+only the paths ``diff-tree SPARE NEW`` names are removed or written (:mod:`coordinator.changeset`:
+no read or write of the whole index, every written file a new inode); the spare's manifest is kept,
+owed, and completed for the new release when the daemon is next idle. **No file is checked at
 deploy time**, a decision: the spare has not been published since it was checked, and it lives in
 ``ROOT/.coordinator/``, the trust boundary of the git cache, which coordinator does not verify again
 either; nothing but coordinator writes there. Its unchanged files are hard links shared with published
@@ -57,6 +58,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from coordinator.changeset import complete_owed, manifest_path, read_change_file
 from coordinator.exceptions import GitError
 from coordinator.failpoints import failpoint
 from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, sync_tree, temp_name
@@ -64,7 +66,7 @@ from coordinator.git import GitCache
 from coordinator.incremental import SHA_RE, Abandoned
 from coordinator.layout import Layout
 from coordinator.logs import present
-from coordinator.recycle import GiveUp, Recycled, Retired, check_tree, manifest_path, read_changes, recycle, unshare
+from coordinator.recycle import GiveUp, Recycled, Retired, check_tree, recycle, unshare
 from coordinator.state import read_json, read_release_meta, write_json
 from coordinator.statefile import ReleaseMeta, SpareRecord
 
@@ -240,6 +242,7 @@ class SpareKeeper:
         spare. Cancelled
         (a marker change), the spare is moved aside at once and removed by the next idle pass."""
         await anyio.to_thread.run_sync(_remove_trash, self.layout)
+        await complete_owed(self.git, self.layout)  # the manifests deploys from the spare left owed
         look = await anyio.to_thread.run_sync(_look, self.layout)
         if look is None:
             return None
@@ -292,10 +295,10 @@ class SpareKeeper:
             if error is not None:
                 raise GiveUp("commit_missing", error)
             try:
-                _w, _d, attributes = await anyio.to_thread.run_sync(read_changes, diff_file)
+                change = await anyio.to_thread.run_sync(read_change_file, diff_file)
             except ValueError as e:
                 raise GiveUp("spare_failed", str(e)) from e
-            if attributes:
+            if change.attributes:
                 raise GiveUp("gitattributes_changed")
             await self.git.merge_trees(retired.sha, sha, retired.path, retired.manifest, update=True)
         finally:

@@ -6,6 +6,7 @@ start-up removes a spare without a record; a crash while readying."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import MutableMapping
 from functools import partial
 from pathlib import Path
@@ -228,3 +229,49 @@ def test_a_daemon_killed_while_readying_leaves_nothing_published_and_recovers(ro
     (want / ".git").unlink()
     assert contents(root / "releases" / v["v5"]) == contents(want)
     assert next(e for e in daemon.events() if e.get("event") == "spare_discarded")["reason"] == "no_record"
+
+
+async def test_a_release_from_the_spare_gets_its_manifest_at_the_next_idle_pass(root: Path, repo6: GitRepo) -> None:
+    """v5's manifest is owed after its deploy (the spare's, of v4's commit) and complete after the idle
+    pass: then it is what the next recycling of v5 checks against, and it lists v5's tree."""
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    await ready(d)
+    await deploy(d, root, "v5")
+    meta_dir, v5 = root / ".coordinator" / "releases", name(repo6, "v5")
+    owed = sorted(p.name for p in meta_dir.iterdir() if p.name.startswith(f"{v5}.index"))
+    assert owed == [f"{v5}.index.from-{repo6.tag_sha('v4')}"]
+    await ready(d)
+    assert sorted(p.name for p in meta_dir.iterdir() if p.name.startswith(f"{v5}.index")) == [f"{v5}.index"]
+    assert await d.git.refresh(root / "releases" / v5, meta_dir / f"{v5}.index") is None
+    listed = await anyio.to_thread.run_sync(
+        lambda: repo6.git("--git-dir", str(root / ".coordinator" / "git"), "ls-tree", "-r", "--name-only", "v5")
+    )
+    env = {"GIT_INDEX_FILE": str(meta_dir / f"{v5}.index")}
+    indexed = await anyio.to_thread.run_sync(
+        lambda: (
+            subprocess.run(
+                ["git", "ls-files"],
+                cwd=repo6.path,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    )
+    assert indexed.split() == listed.split()
+
+
+async def test_a_release_changed_before_its_manifest_is_complete_gets_none(root: Path, repo6: GitRepo) -> None:
+    """A file of v5 rewritten in place before the idle pass: the manifest is dropped, never made to
+    bless the change; v5 is then never recycled (it has no manifest)."""
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    await ready(d)
+    await deploy(d, root, "v5")
+    v5 = name(repo6, "v5")
+    target = next(p for p in sorted((root / "releases" / v5).rglob("*.py")) if p.is_file())
+    await anyio.Path(target).write_text("# changed in place\n")
+    with capture_logs() as logs:
+        await d.ready_spare()
+    assert [e["release"] for e in logs if e["event"] == "manifest_dropped"] == [v5]
+    assert not [p for p in (root / ".coordinator" / "releases").iterdir() if p.name.startswith(f"{v5}.index")]
