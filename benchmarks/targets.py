@@ -72,7 +72,25 @@ def _why_on_disk(r: dict[str, Any], src: dict[str, Any], q: str) -> str:
     return text
 
 
+def _from_spare(c: dict[str, Any]) -> bool:
+    return bool(c.get("prepare_modes")) and set(c["prepare_modes"]) == {"spare"}
+
+
+def _git_split(c: dict[str, Any]) -> str:
+    """Where a cell's prepare time went: its git commands' p50s and the rest."""
+    by_cmd = (c.get("prepare_git") or {}).get("by_cmd_p50_ms") or {}
+    total = (c.get("prepare_git") or {}).get("total_ms", {}).get("p50")
+    cmds = ", ".join(f"`{k}` {v:.1f} ms" for k, v in sorted(by_cmd.items()))
+    rest = f"; outside git {c['prepare_ms']['p50'] - total:.1f} ms" if _ok(total) else ""
+    return f"of p50 {c['prepare_ms']['p50']:.1f} ms: {cmds}{rest}"
+
+
 def _why_growth(r: dict[str, Any], small: dict[str, Any], large: dict[str, Any]) -> str:
+    if _from_spare(small) and _from_spare(large):
+        return (
+            f"both prepared from the spare, writing {large['written']:.0f} files: 1k files {_git_split(small)}; "
+            f"10k files {_git_split(large)} (git reads more pack and tree data for the larger tree)"
+        )
     text = (
         f"prepare links every unchanged file: {large['linked']:.0f} at 10k files against {small['linked']:.0f} at "
         f"1k, for the same {large['written']:.0f} written, so its cost follows the tree's size, not the change"
@@ -202,7 +220,9 @@ def evaluate(r: dict[str, Any]) -> list[dict[str, Any]]:
             mets.append(ratio <= PREPARE_MAX_RATIO)
             size = _size(r, n)
             cp_al = size["first"]["cp_al_ms"]["p50"] if size else None
-            if _ok(cp_al):
+            if _from_spare(c):
+                why.append(f"at {n:,} files every deploy was prepared from the spare, {_git_split(c)}")
+            elif _ok(cp_al):
                 why.append(
                     f"at {n:,} files prepare links {c['linked']:.0f} unchanged files one by one and writes "
                     f"{c['written']:.0f}; `cp -al` of the whole release alone (the floor of linking every file, in C) "

@@ -121,3 +121,30 @@ def test_the_reload_target_without_the_recommended_set_up_is_not_measured() -> N
     """A run without the recommended strategy (`--only gunicorn-hup`) leaves the target not measured."""
     assert reload_target(_strategies(200, 0, key="gunicorn-hup"))["met"] is None
     assert reload_target(None)["figure"] == "not measured"
+
+
+def _spare_cell(files: int, changed: int, prepare: float, checkout: float) -> dict[str, Any]:
+    git = {"total_ms": {"p50": prepare - 2.0}, "by_cmd_p50_ms": {"checkout-index": prepare - 8.0, "diff-tree": 6.0}}
+    return {
+        "files": files,
+        "changed": changed,
+        "prepare_ms": {"p50": prepare},
+        "checkout_f_ms": {"p50": checkout},
+        "ratio_prepare_to_checkout": prepare / checkout,
+        "prepare_modes": ["spare"],
+        "prepare_git": git,
+        "linked": 0.0,
+        "written": float(changed),
+    }
+
+
+def test_cells_prepared_from_the_spare_explain_the_time_by_git_command() -> None:
+    """A missed target whose cells all came from the spare says where the time went, not 'links'."""
+    cells = {1000: [_spare_cell(1000, 10, 20.0, 30.0)], 10000: [_spare_cell(10000, 10, 50.0, 30.0)]}
+    cells[10000].append(_spare_cell(10000, 100, 20.0, 30.0))
+    sizes = [{"files": n, "first": {"cp_al_ms": {"p50": 30.0}}, "cells": c} for n, c in cells.items()]
+    rows = {row["id"]: row for row in evaluate({**_result(1.0, 2.0, 0.01, 0.5, 1.0), "newtag": {"sizes": sizes}})}
+    assert rows["growth"]["met"] is False and "prepared from the spare" in rows["growth"]["why"]
+    assert "`diff-tree` 6.0 ms" in rows["growth"]["why"] and "links" not in rows["growth"]["why"]
+    assert rows["prepare_vs_checkout"]["met"] is False
+    assert "prepared from the spare" in rows["prepare_vs_checkout"]["why"]
