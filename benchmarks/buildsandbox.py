@@ -117,6 +117,12 @@ async def _deploy_stats(d: Deployer, root: Path, tag: str) -> tuple[dict[str, fl
         attempt = await d.reconcile()
     assert attempt is not None and attempt.result == "success", attempt
     stats = next((dict(e) for e in logs if e["event"] == "prepare_stats"), {})
+    # the git processes of preparation from the spare (recycling), by command
+    stats["git_ms"] = {
+        str(e["cmd"]): float(e["duration_ms"])
+        for e in logs
+        if e["event"] == "git" and e.get("cmd") in ("diff-tree", "read-tree")
+    }
     return dict(attempt.phases), stats
 
 
@@ -147,6 +153,7 @@ async def steady_cell(work: Path, files: int, changed: int, reps: int) -> dict[s
             await anyio.to_thread.run_sync(_settle)
             phases, stats = await _deploy_stats(d, root, tag)
             row.update(prepare_ms=phases["prepare"], build_ms=phases.get("build"), mode=stats.get("mode"))
+            row["read_tree_ms"] = stats["git_ms"].get("read-tree")
 
         async def theirs(tag: str = tag, row: dict[str, Any] = row) -> None:
             await anyio.to_thread.run_sync(_settle)
@@ -167,6 +174,7 @@ async def steady_cell(work: Path, files: int, changed: int, reps: int) -> dict[s
         "checkout_f_ms": statistics.median(co),
         "ratio_prepare_to_checkout": statistics.median(prep) / statistics.median(co),
         "ready_ms": statistics.median(r["ready_ms"] for r in rows),
+        "read_tree_ms": statistics.median(r["read_tree_ms"] or 0.0 for r in rows),
         "modes": sorted({str(r["mode"]) for r in rows}),
         "samples": rows,
     }
