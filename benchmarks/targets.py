@@ -17,6 +17,7 @@ __all__ = [
     "RECOMMENDED_UWSGI",
     "RELOADS_MIN",
     "STAGED_MAX_RATIO",
+    "build_targets",
     "evaluate",
     "reload_target",
 ]
@@ -316,4 +317,59 @@ def evaluate(r: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     out.append(_staged(r))
+    return out
+
+
+def _steady_cell(st: dict[str, Any], files: int, changed: int) -> dict[str, Any] | None:
+    return next((c for c in st.get("cells", []) if (c["files"], c["changed"]) == (files, changed)), None)
+
+
+def _why_steady(c: dict[str, Any]) -> str:
+    """Why a steady-state cell says what it says: how its releases were prepared."""
+    if not c.get("sandboxed", True):
+        return (
+            f"the build sandbox is unavailable here ({c.get('not_sandboxed_because')}): every release a full checkout"
+        )
+    modes = c.get("modes") or []
+    if modes != ["spare"]:
+        return f"prepared as {', '.join(modes)}, not from the spare alone"
+    text = f"every timed release prepared from the spare (readying, untimed, median {c['ready_ms']:.0f} ms)"
+    if _ok(c.get("read_tree_ms")):
+        text += (
+            f"; of the preparation, `git read-tree -m -u` (the {c['changed']} changed files written as new inodes, "
+            f"the {c['files']:,}-entry manifest read and written) takes {c['read_tree_ms']:.0f} ms"
+        )
+    return text
+
+
+def build_targets(st: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The issue's preparation targets with a build command (``benchmarks.buildsandbox``'s steady state:
+    a trivial build in the sandbox, the spare readied between deploys)."""
+    st = st or {}
+    pre = "with a build command: "
+    out: list[dict[str, Any]] = []
+    for tid, files, changed, bound in (
+        ("build_prepare_vs_checkout", 10_000, 100, PREPARE_MAX_RATIO),
+        ("build_prepare_vs_checkout_large", 50_000, 10, PREPARE_LARGE_MAX_RATIO),
+    ):
+        target = (
+            f"{pre}{files // 1000}k files, {changed} changed: preparation <= {bound:g} x in-place `git checkout -f`"
+        )
+        c = _steady_cell(st, files, changed)
+        if c is None or not _ok(c.get("ratio_prepare_to_checkout")):
+            out.append(_row(tid, target, "not measured", None))
+            continue
+        ratio = float(c["ratio_prepare_to_checkout"])
+        figure = f"{c['prepare_ms']:.1f} / {c['checkout_f_ms']:.1f} ms = {ratio:.2f} x ({c['n']} deploys)"
+        met = ratio <= bound and c.get("sandboxed", True)
+        out.append(_row(tid, target, figure, met, value=ratio, why=_why_steady(c)))
+    target = f"{pre}10k files/10 changed within {GROWTH_MAX_RATIO:g} x of 1k files/10 changed"
+    small, large = _steady_cell(st, 1000, 10), _steady_cell(st, 10_000, 10)
+    if small is None or large is None or not (_ok(small.get("prepare_ms")) and small["prepare_ms"] > 0):
+        out.append(_row("build_growth", target, "not measured", None))
+    else:
+        g = float(large["prepare_ms"]) / float(small["prepare_ms"])
+        figure = f"{large['prepare_ms']:.1f} / {small['prepare_ms']:.1f} ms = {g:.2f} x"
+        met = g <= GROWTH_MAX_RATIO and bool(small.get("sandboxed", True) and large.get("sandboxed", True))
+        out.append(_row("build_growth", target, figure, met, value=g, why=_why_steady(large)))
     return out

@@ -31,7 +31,7 @@ reason in :attr:`PrepareStats.fallback`:
   ``userxattr`` on this volume...). Such a build could modify a file in place (``>>``, an editor, a
   tool that rewrites its output) and so write through a hard link into the previous, published
   release. Every release is a full checkout then. A build in the sandbox cannot: the release is
-  prepared incrementally as without a build;
+  prepared as without a build (from the spare, recycled or incrementally);
 * ``previous_sha_unknown``: the previous release's metadata is missing or unreadable;
 * ``previous_not_published``: the previous release is not a complete published release directory;
 * ``previous_provenance_unknown`` / ``previous_was_built``: the previous release's metadata does not

@@ -5,8 +5,10 @@ first).
 **Which release** (:func:`pick_retired`): one that the prune after this deploy would delete anyway
 (:func:`coordinator.plan.plan_prune` with the new release counted as kept): never ``current``, the
 previous release, a release a live process uses (:mod:`coordinator.inuse`) or one in ``protected``
-(staged releases); only a pristine one (its metadata says no build command ran in it, as the
-incremental path requires) that has a manifest. Of several, the newest (the smallest change, usually).
+(staged releases); only one that has a manifest and whose metadata says no build command ran in it,
+or that its build ran in the build sandbox (:func:`reusable`: the build recorded every path it replaced
+or removed, and nothing else of the tree was written; as the incremental path requires). Of several,
+the newest (the smallest change, usually).
 
 **The manifest** is the git index of the release's tree with the stat data of every file as it was
 published (``ROOT/.coordinator/releases/<name>.index``, next to ``<name>.json``): a full checkout
@@ -29,8 +31,11 @@ directory permission bits are not checked.
    leftover that start-up removes), ``releases/`` fsynced, then its metadata and manifest taken away
    (the manifest becomes the working index): it is no longer a published release;
 3. its shared links (recorded in its metadata) are removed, each only if it is still the symlink
-   :mod:`coordinator.shared` made, with the parent directories they leave empty; the tag's files they
-   had replaced are written back (``checkout-index -u``);
+   :mod:`coordinator.shared` made, with the parent directories they leave empty; so is whatever is at
+   the paths its sandboxed build replaced or removed (``build_changes``; a collapsed entry is a whole
+   top-level directory): unlinked or removed as a tree, never followed through a symlink, never
+   written; the tag's files at or under all those paths are written back (``checkout-index -u``, new
+   inodes); what the build added elsewhere is untracked and goes at step 4;
 4. the check: ``update-index --refresh`` (every tracked file as published; any mismatch gives up),
    while ``git clean -ffdx`` removes what the manifest does not list (the ``__pycache__`` an app
    server wrote into the release while it served, logs, empty directories: names only, never an
@@ -72,6 +77,7 @@ from coordinator.layout import Layout, list_releases
 from coordinator.plan import ReleaseInfo, plan_prune
 from coordinator.shared import link_target
 from coordinator.state import read_release_meta
+from coordinator.statefile import ReleaseMeta
 
 __all__ = [
     "GiveUp",
@@ -81,6 +87,8 @@ __all__ = [
     "manifest_path",
     "pick_retired",
     "recycle",
+    "retired_from",
+    "reusable",
     "unshare",
 ]
 
@@ -99,6 +107,15 @@ class Retired:
     manifest: Path  # its git index, with the stat data of its files as published
     metadata: tuple[Path, ...]  # its metadata files (coordinator's and the app-facing copy)
     shared: frozenset[str] = frozenset()  # the shared links coordinator put into it
+    #: the paths its build replaced or removed, in the build sandbox (empty: not built)
+    build_changes: frozenset[str] = frozenset()
+
+
+def reusable(meta: ReleaseMeta) -> bool:
+    """Whether a release's tree can be turned back into its tag's tree: it is pristine (no build
+    command ran in it) or its build ran in the build sandbox, which recorded every path it replaced
+    or removed (``build_changes``). A build in place may have written any tracked file: never."""
+    return meta.built is False or (meta.built is True and meta.build_changes is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +148,19 @@ def pick_retired(
             continue
         meta = read_release_meta(layout.meta_dir, info.name)
         manifest = manifest_path(layout, info.name)
-        if meta is None or meta.name != info.name or meta.built is not False or not SHA_RE.fullmatch(meta.sha):
+        if meta is None or meta.name != info.name or not reusable(meta) or not SHA_RE.fullmatch(meta.sha):
             continue
         if not os.path.isfile(manifest) or not is_real_dir(layout.releases / info.name):
             continue
         metadata = (layout.meta_dir / f"{info.name}.json", layout.releases / f"{info.name}.json")
-        return Retired(info.name, layout.releases / info.name, meta.sha, manifest, metadata, frozenset(meta.shared))
+        return retired_from(meta, layout.releases / info.name, manifest, metadata)
     return None
+
+
+def retired_from(meta: ReleaseMeta, path: Path, manifest: Path, metadata: tuple[Path, ...]) -> Retired:
+    """The retired release ``meta`` describes, its tree at ``path``."""
+    changes = frozenset(meta.build_changes or ())
+    return Retired(meta.name, path, meta.sha, manifest, metadata, frozenset(meta.shared), changes)
 
 
 class GiveUp(Exception):
@@ -219,11 +242,13 @@ def _take(retired: Retired, dest: Path, index_file: Path) -> None:
 
 
 async def unshare(git: GitCache, retired: Retired, dest: Path, index_file: Path) -> int:
-    """Remove the retired release's shared links and write back the tag files they replaced; their count."""
-    if not retired.shared:
+    """Remove the retired release's shared links and what its sandboxed build replaced or made at the
+    paths it recorded, then write back the tag files they replaced; their count."""
+    if not retired.shared and not retired.build_changes:
         return 0
-    paths = sorted(retired.shared)
-    await anyio.to_thread.run_sync(_remove_links, dest, paths)
+    paths = sorted(retired.shared | retired.build_changes)
+    await anyio.to_thread.run_sync(_remove_links, dest, sorted(retired.shared))
+    await anyio.to_thread.run_sync(_remove_build_changes, dest, sorted(retired.build_changes))
     try:
         tracked = await git.tracked_under(dest, index_file, paths)
         for chunk in _chunks([os.fsencode(p) for p in tracked]):
@@ -259,6 +284,29 @@ def _remove_links(dest: Path, paths: list[str]) -> None:
                     raise
         except OSError as e:
             raise GiveUp("retired_shared_link_changed", f"{path}: {e.strerror}") from e
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _remove_build_changes(dest: Path, paths: list[str]) -> None:
+    """Remove whatever is at each of ``paths`` in ``dest`` (a file, symlink or whole directory: names
+    only, never a write into an inode), never following a symlink (blocking). A path that is not plain
+    and relative, or under something that is not a real directory: give up. A path already gone
+    (under one removed before) is skipped."""
+    for path in paths:
+        parts = path.split("/")
+        if any(part in ("", ".", "..") for part in parts) or "\0" in path:
+            raise GiveUp("retired_changed", f"build change {path!r}")
+        fds = [os.open(dest, _DIR_FLAGS)]
+        try:
+            for part in parts[:-1]:
+                fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))  # ELOOP/ENOTDIR: not a real directory
+            remove_tree(dest.joinpath(*parts))  # lstat first: a symlink is unlinked, never followed
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise GiveUp("retired_changed", f"{path}: {e.strerror}") from e
         finally:
             for fd in fds:
                 os.close(fd)

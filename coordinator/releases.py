@@ -6,12 +6,13 @@ to its final name, fsync ``releases/``), and prunes old ones. A release that has
 complete and never modified again, except that a release which failed its health check is marked so
 in its (coordinator-side) metadata.
 
-Preparation recycles the release retention would delete next when it can (:mod:`coordinator.recycle`;
-never with a build command), else is incremental when it is safe (hard links from the release
-``current`` names, see :mod:`coordinator.prepare`), else a full checkout. A build command runs in the
-build sandbox (:mod:`coordinator.sandbox`), where it cannot write an inode shared with a published
-release; where the sandbox is unavailable (or ``--build-sandbox off``) it runs in place and the
-release is always a full checkout.
+Preparation uses the spare or recycles the release retention would delete next when it can
+(:mod:`coordinator.spare`, :mod:`coordinator.recycle`; never with a build in place), else is
+incremental when it is safe (hard links from the release ``current`` names, see
+:mod:`coordinator.prepare`), else a full checkout. A build command runs in the build sandbox
+(:mod:`coordinator.sandbox`), where it cannot write an inode shared with a published release; where
+the sandbox is unavailable (or ``--build-sandbox off``) it runs in place and the release is always a
+full checkout, whose manifest is not kept (it is never reused).
 The shared paths are linked in after preparation (:mod:`coordinator.shared`) and recorded in the
 release's metadata; the release's manifest (the git index preparation leaves, with the stat data of
 its files) is kept next to its metadata as ``<name>.index``, for a later recycling to check against.
@@ -161,19 +162,18 @@ class ReleaseStore:
         delete next once release ``name`` is published (never ``previous_current``, ``previous``, a
         release in use or one in ``protected``), else incrementally from ``previous_current`` when that
         is safe, else by a full checkout (see :mod:`coordinator.prepare`). Without ``name``, or with a
-        build command, nothing is recycled. With a build command, whether it runs in the build sandbox
-        is decided here: in place, the release is a full checkout."""
-        build = bool(self.config.build_command)
+        build command that runs in place, nothing is recycled. With a build command, whether it runs in
+        the build sandbox is decided here: in place, the release is a full checkout; in the sandbox, it
+        is prepared (from the spare, recycled...) as without a build."""
         in_place = None
-        if build:
+        if self.config.build_command:
             in_place = await anyio.to_thread.run_sync(self.sandbox.unavailable)
             self._sandboxed[tmp] = in_place is None
+        reuse = name is not None and in_place is None  # the spare or a retired release may be used
 
         def gather() -> tuple[PreviousRelease | None, ReadySpare | None]:
             prev = load_previous(self.layout, previous_current)
-            if build or name is None:
-                return prev, None
-            return prev, read_ready(self.layout)
+            return prev, read_ready(self.layout) if reuse else None
 
         def pick() -> Retired | None:
             """No ready spare: the spare not yet readied, checked now; without a spare, the release
@@ -195,11 +195,11 @@ class ReleaseStore:
                 prev,
                 build_command=in_place is not None,
                 build_fallback=in_place or ("build_command", None),
-                retired=None if build or name is None else pick,
+                retired=pick if reuse else None,
                 spare=spare,
             )
         finally:
-            if self.retire_to_spare and not build and name is not None:
+            if self.retire_to_spare and reuse:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(vacate, self.layout)
         if stats.manifest is not None:
@@ -270,8 +270,9 @@ class ReleaseStore:
         sync_tree(tmp)  # syncfs: the manifest (on the same volume) too
         failpoint("after-release-fsync")
         manifest, owed = self._manifests.pop(tmp, None), self._manifests_owed.pop(tmp, None)
+        build_changes = self._build_changes.pop(tmp, None)  # None: not built, or built in place
         if manifest is not None:
-            if self.config.build_command:  # a built release is never recycled: its manifest is useless
+            if self.config.build_command and build_changes is None:  # built in place: never reused
                 manifest.unlink(missing_ok=True)
             else:  # owed: completed when the daemon is next idle (coordinator.changeset)
                 os.replace(manifest, owed_path(lay, name, owed) if owed else manifest_path(lay, name))
@@ -283,7 +284,7 @@ class ReleaseStore:
             time.time(),
             built=bool(self.config.build_command),
             shared=self.shared.names,
-            build_changes=self._build_changes.pop(tmp, None),
+            build_changes=build_changes,
             signer=signer,
         )
         self._sandboxed.pop(tmp, None)

@@ -15,10 +15,12 @@ workspace, by rename only (a rename replaces this release's name for a path, nev
 release holds): new and changed files, symlinks and directories renamed in; a whiteout (character
 device 0:0: the build deleted the path) unlinks the path; an opaque directory (the build removed a
 directory and made it again) replaces the workspace's one. Anything else (an overlay redirect or
-metacopy) fails the build. The paths of the workspace the build replaced or removed are returned:
-they are recorded in the release's metadata (``build_changes``), and the next incremental release
-writes those paths fresh instead of linking them, so a sandboxed build leaves a release that is
-still a sound base. A release built in place (no sandbox) is not.
+metacopy) fails the build. The paths of the workspace the build replaced or removed (and the
+directories whose mode it changed) are returned: they are recorded in the release's metadata
+(``build_changes``), and the next incremental release writes those paths fresh instead of linking
+them, so a sandboxed build leaves a release that is still a sound base; once retired, the spare
+removes them and writes the tag's files back (:mod:`coordinator.spare`). A release built in place
+(no sandbox) is neither.
 
 :meth:`BuildSandbox.unavailable` probes once whether this works here (unprivileged user namespaces
 allowed, overlay with ``userxattr`` on this volume); where it does not, a release with a build
@@ -206,6 +208,7 @@ def apply_upper(upper: Path, workspace: Path, prefix: str, changes: list[str]) -
                 apply_upper(src, dst, rel + "/", changes)  # a directory of the workspace, changed inside
                 if stat.S_IMODE(st.st_mode) != stat.S_IMODE(old.st_mode):
                     os.chmod(dst, stat.S_IMODE(st.st_mode))  # the workspace's own, never shared
+                    changes.append(rel)  # the spare puts the tag's directory back (git keeps no mode)
                 continue
             _strip_overlay_xattrs(src)
         if old is not None:

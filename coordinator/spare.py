@@ -4,19 +4,23 @@ every file on the deploy's path. :func:`coordinator.prepare.prepare_release` tri
 
 **Retire into the spare, don't delete** (:func:`retire`, called by the prune): of the releases
 retention deletes (:func:`coordinator.plan.plan_prune`: never ``current``, the previous release, a
-release in use or a staged one), the newest pristine one (its metadata says no build command ran in
-it; it has a manifest) is moved, when the slot is empty, to ``ROOT/.coordinator/spare/`` instead of
-being deleted: ``tree/`` (the release directory, renamed: same file system), ``manifest.index`` (its
-manifest, see :mod:`coordinator.recycle`) and ``release.json`` (its metadata). Retention of published
+release in use or a staged one), the newest one that has a manifest and is pristine (no build command
+ran in it) or was built in the build sandbox (:func:`coordinator.recycle.reusable`) is moved, when
+the slot is empty, to ``ROOT/.coordinator/spare/`` instead of being deleted: ``tree/`` (the release
+directory, renamed: same file system), ``manifest.index`` (its manifest, see :mod:`coordinator.recycle`)
+and ``release.json`` (its metadata). Retention of published
 releases is unchanged (``--keep`` counts published releases); the spare is one tree more, mostly hard
 links shared with the releases kept. A file system that refuses the rename (``EXDEV``): deleted as before.
 
 **Readying, while the daemon is idle** (:meth:`SpareKeeper.ready`, after a reconcile left nothing to
 do; never while a deploy or a stage runs; cancelled at once when the marker changes): exactly the
-check recycling did at deploy time, done beforehand: the shared links removed and the tag files they
-replaced written back (:func:`coordinator.recycle.unshare`), every tracked file checked against the
-manifest and everything it does not list removed (:func:`coordinator.recycle.check_tree`: ``update-index
---refresh`` and ``git clean -ffdx``); then the spare is **advanced to current's commit** (``read-tree
+check recycling did at deploy time, done beforehand: the shared links removed, and so is every path
+a sandboxed build replaced or removed (its ``build_changes``: unlinked or removed as a tree, never
+followed through a symlink, never written), and the tag files at or under them written back as new
+inodes (:func:`coordinator.recycle.unshare`); every tracked file checked against the manifest and
+everything it does not list removed (:func:`coordinator.recycle.check_tree`: ``update-index
+--refresh`` and ``git clean -ffdx``, which takes the build's untracked outputs, such as a
+``STATIC_ROOT``); then the spare is **advanced to current's commit** (``read-tree
 -m -u SPARE CURRENT``, every written file a new inode), so that the next deploy's difference is the
 one from current. The tree is flushed (``syncfs``) and only then ``spare.json`` written atomically
 (:class:`~coordinator.statefile.SpareRecord`: name, commit, the tree's inode, the manifest's size and
@@ -39,6 +43,12 @@ reaches the new release unseen, where the check at deploy time would have seen i
 cannot be used (a commit the cache lacks, a changed ``.gitattributes``, git refusing the merge) is
 ``spare_fallback`` in ``prepare_stats``; the release is then recycled inline, prepared incrementally
 or checked out in full, as without a spare.
+
+**With a build command**: when the build runs in the build sandbox (:mod:`coordinator.sandbox`) the
+spare is used as without one (the release is the tag's pristine tree, and the build writes through
+the overlay, never into a shared inode), and such a release keeps its manifest and can become the
+spare. A build in place (no sandbox) may have written any tracked file in place: its release keeps
+no manifest, is never retired into the spare, and never prepared from it (a full checkout).
 
 **Crash safety**: the spare is never in ``releases/``, never published, never listed. A crash while
 retiring, readying or using it leaves a slot without a valid record (or a record the disk does not
@@ -66,7 +76,16 @@ from coordinator.git import GitCache
 from coordinator.incremental import SHA_RE, Abandoned
 from coordinator.layout import Layout
 from coordinator.logs import present
-from coordinator.recycle import GiveUp, Recycled, Retired, check_tree, recycle, unshare
+from coordinator.recycle import (
+    GiveUp,
+    Recycled,
+    Retired,
+    check_tree,
+    recycle,
+    retired_from,
+    reusable,
+    unshare,
+)
 from coordinator.state import read_json, read_release_meta, write_json
 from coordinator.statefile import ReleaseMeta, SpareRecord
 
@@ -98,10 +117,11 @@ class ReadySpare:
 
 def retire(layout: Layout, name: str) -> bool:
     """Move release ``name`` (retention deletes it) into the empty slot, with its manifest and metadata,
-    instead of deleting it; False when it is not pristine or the slot is full (blocking)."""
+    instead of deleting it; False when it is neither pristine nor built in the sandbox, or the slot is
+    full (blocking)."""
     meta = read_release_meta(layout.meta_dir, name)
     manifest, release = manifest_path(layout, name), layout.releases / name
-    if meta is None or meta.name != name or meta.built is not False or not SHA_RE.fullmatch(meta.sha):
+    if meta is None or meta.name != name or not reusable(meta) or not SHA_RE.fullmatch(meta.sha):
         return False
     if not os.path.isfile(manifest) or not is_real_dir(release):
         return False
@@ -154,7 +174,7 @@ def _look(layout: Layout) -> ReadySpare | ReleaseMeta | str | None:
         return "record_mismatch"
     raw = read_json(slot / RETIRED)
     meta = ReleaseMeta.from_json(raw) if raw else None
-    if meta is None or not SHA_RE.fullmatch(meta.sha) or not is_real_dir(slot / TREE):
+    if meta is None or not reusable(meta) or not SHA_RE.fullmatch(meta.sha) or not is_real_dir(slot / TREE):
         return "incomplete"
     if not os.path.isfile(slot / MANIFEST):
         return "incomplete"
@@ -203,7 +223,7 @@ def unready(layout: Layout) -> Retired | None:
     if not isinstance(look, ReleaseMeta):
         return None
     slot = layout.spare_dir
-    return Retired(look.name, slot / TREE, look.sha, slot / MANIFEST, (slot / RETIRED,), frozenset(look.shared))
+    return retired_from(look, slot / TREE, slot / MANIFEST, (slot / RETIRED,))
 
 
 def vacate(layout: Layout) -> None:
@@ -259,7 +279,7 @@ class SpareKeeper:
             retired = look.as_retired()
         else:
             name, tag, sha, fresh = look.name, look.tag, look.sha, True
-            retired = Retired(name, slot / TREE, sha, slot / MANIFEST, (), frozenset(look.shared))
+            retired = retired_from(look, slot / TREE, slot / MANIFEST, ())
         started = time.monotonic()
         try:
             if fresh:

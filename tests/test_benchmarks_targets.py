@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.targets import RECOMMENDED_UWSGI, evaluate, reload_target
+from benchmarks.targets import RECOMMENDED_UWSGI, build_targets, evaluate, reload_target
 
 
 def _result(p50: float, p99: float, cpu: float, wakeups: float, large_ratio: float | None) -> dict[str, Any]:
@@ -148,3 +148,71 @@ def test_cells_prepared_from_the_spare_explain_the_time_by_git_command() -> None
     assert "`diff-tree` 6.0 ms" in rows["growth"]["why"] and "links" not in rows["growth"]["why"]
     assert rows["prepare_vs_checkout"]["met"] is False
     assert "prepared from the spare" in rows["prepare_vs_checkout"]["why"]
+
+
+def _steady(ratio_10k_100: float, ratio_50k_10: float, p_1k: float, p_10k: float, modes: list[str]) -> dict[str, Any]:
+    """The least of a buildsandbox steady-state result that build_targets() reads."""
+
+    def cell(files: int, changed: int, prepare: float, ratio: float) -> dict[str, Any]:
+        return {
+            "files": files,
+            "changed": changed,
+            "n": 5,
+            "sandboxed": True,
+            "prepare_ms": prepare,
+            "checkout_f_ms": prepare / ratio,
+            "ratio_prepare_to_checkout": ratio,
+            "ready_ms": 80.0,
+            "modes": modes,
+        }
+
+    return {
+        "cells": [
+            cell(1000, 10, p_1k, 1.0),
+            cell(10_000, 10, p_10k, 0.5),
+            cell(10_000, 100, 40.0, ratio_10k_100),
+            cell(50_000, 10, 50.0, ratio_50k_10),
+        ]
+    }
+
+
+def test_the_build_command_targets_are_met_within_bounds() -> None:
+    """With a build command: 0.5 x at 10k/100, 1 x at 50k/10 and growth 2 x are met, saying the spare was used."""
+    rows = {row["id"]: row for row in build_targets(_steady(0.5, 1.0, 20.0, 40.0, ["spare"]))}
+    assert [
+        rows[k]["met"] for k in ("build_prepare_vs_checkout", "build_prepare_vs_checkout_large", "build_growth")
+    ] == [
+        True,
+        True,
+        True,
+    ]
+    assert "from the spare" in rows["build_prepare_vs_checkout"]["why"]
+
+
+def test_the_build_command_targets_are_missed_beyond_bounds_saying_how_releases_were_prepared() -> None:
+    """Just above each bound the targets are not met; a cell not prepared from the spare alone says so."""
+    rows = {row["id"]: row for row in build_targets(_steady(0.51, 1.01, 20.0, 40.2, ["incremental", "spare"]))}
+    assert [
+        rows[k]["met"] for k in ("build_prepare_vs_checkout", "build_prepare_vs_checkout_large", "build_growth")
+    ] == [
+        False,
+        False,
+        False,
+    ]
+    assert "prepared as incremental, spare" in rows["build_growth"]["why"]
+
+
+def test_the_build_command_targets_without_the_sandbox_are_not_met_and_say_why() -> None:
+    """A cell measured where the sandbox is unavailable (full checkouts) cannot meet a target, and says why."""
+    st = _steady(0.4, 0.9, 20.0, 30.0, ["full"])
+    for c in st["cells"]:
+        c.update(sandboxed=False, not_sandboxed_because="build_sandbox_unavailable user namespaces refused")
+    rows = {row["id"]: row for row in build_targets(st)}
+    assert rows["build_prepare_vs_checkout"]["met"] is False
+    assert "user namespaces refused" in rows["build_prepare_vs_checkout"]["why"]
+
+
+def test_the_build_command_targets_without_their_cells_are_not_measured() -> None:
+    """A quick run (no 10k or 50k cell) or no steady state at all: each target 'not measured'."""
+    assert {row["met"] for row in build_targets(None)} == {None}
+    assert {row["figure"] for row in build_targets({"cells": []})} == {"not measured"}
