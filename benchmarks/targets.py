@@ -334,10 +334,10 @@ def _why_steady(c: dict[str, Any]) -> str:
     if modes != ["spare"]:
         return f"prepared as {', '.join(modes)}, not from the spare alone"
     text = f"every timed release prepared from the spare (readying, untimed, median {c['ready_ms']:.0f} ms)"
-    if _ok(c.get("read_tree_ms")):
+    if _ok(c.get("prepare_git_ms")):
         text += (
-            f"; of the preparation, `git read-tree -m -u` (the {c['changed']} changed files written as new inodes, "
-            f"the {c['files']:,}-entry manifest read and written) takes {c['read_tree_ms']:.0f} ms"
+            f"; of the preparation, git (`diff-tree`, then the {c['changed']} changed files written as new inodes) "
+            f"takes {c['prepare_git_ms']:.0f} ms"
         )
     return text
 

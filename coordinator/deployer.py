@@ -88,6 +88,7 @@ class Deployer:
         self.spare = SpareKeeper(self.layout, self.git)
         self._spare_scope: anyio.CancelScope | None = None
         self._spare_digest: str | None = None  # the marker's digest when the readying began
+        self._spare_settled: tuple[str | None, int] | None = None  # (reloaded, store generation) of the last pass
         self.steps = DeploySteps(
             config, self.git, self.state, self.store, self.reporter, self.activator, self._supersedable, self.read_pause
         )
@@ -367,6 +368,9 @@ class Deployer:
     async def ready_spare(self, woken: Callable[[], bool] = lambda: False) -> None:
         """Idle: ready the spare for the next deploy (:mod:`coordinator.spare`), unless ``woken`` says
         a hint came; a marker change cancels it (:meth:`check_superseded`). Never raises but a cancel."""
+        settled = (self.state.reloaded, self.store.generation)
+        if settled == self._spare_settled:  # nothing deployed, published or pruned since the last pass
+            return
         try:
             digest = (await self.read_marker()).digest
             current = await self.store.current()
@@ -378,6 +382,8 @@ class Deployer:
                     return
                 with scope:
                     await self.spare.ready((meta.tag, meta.sha) if meta is not None and meta.name == current else None)
+                if not scope.cancelled_caught:
+                    self._spare_settled = settled
             finally:
                 self._spare_scope = self._spare_digest = None
         except Exception:  # a bug or a volume error must not take the daemon down: the slot is tried again

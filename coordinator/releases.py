@@ -73,6 +73,9 @@ class ReleaseStore:
         #: prune retires a pristine release into the spare slot (:mod:`coordinator.spare`) instead of
         #: deleting it; off for ``run --once``, which never readies a spare
         self.retire_to_spare = True
+        #: counts preparations, publications and prunes: what can change the spare's slot or owe a
+        #: manifest (the idle pass has nothing to do while this and ``current`` stay the same)
+        self.generation = 0
 
     # ------------------------------------------------------------------ start-up
 
@@ -165,6 +168,7 @@ class ReleaseStore:
         build command that runs in place, nothing is recycled. With a build command, whether it runs in
         the build sandbox is decided here: in place, the release is a full checkout; in the sandbox, it
         is prepared (from the spare, recycled...) as without a build."""
+        self.generation += 1
         in_place = None
         if self.config.build_command:
             in_place = await anyio.to_thread.run_sync(self.sandbox.unavailable)
@@ -261,6 +265,7 @@ class ReleaseStore:
     async def publish(self, tmp: Path, name: str, tag: str, sha: str, signer: str | None = None) -> None:
         """Make the workspace release ``name``: flushed to disk, then renamed to its final name
         (``signer``: who signed the tag, recorded in its metadata)."""
+        self.generation += 1
         await anyio.to_thread.run_sync(self._publish, tmp, name, tag, sha, signer)
 
     def _publish(self, tmp: Path, name: str, tag: str, sha: str, signer: str | None) -> None:
@@ -321,6 +326,7 @@ class ReleaseStore:
     async def prune(self, previous: str | None, staged: str | None = None) -> list[str]:
         """Delete the releases :func:`coordinator.plan.plan_prune` picks (the newest pristine one moves
         into an empty spare slot instead, :func:`coordinator.spare.retire`); return their names."""
+        self.generation += 1
         lay, keep = self.layout, self.config.keep
 
         def prune() -> list[str]:
