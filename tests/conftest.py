@@ -16,6 +16,7 @@ from tests import nobody_env
 from tests.blockcheck.detector import ENV, PYTHONPATH_DIR, Detector
 from tests.helpers import GitRepo, app_repo, release_health_server
 from tests.nobody_env import NobodyPython
+from tests.recycling import sandbox_unavailable
 
 pytest_plugins = ["pytester"]
 
@@ -148,3 +149,17 @@ def world_dir() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base)
+
+
+@pytest.fixture
+def repo6(tmp_path: Path) -> GitRepo:
+    """The tiny app tagged v1..v6."""
+    return app_repo(tmp_path / "repo6", 6)
+
+
+@pytest.fixture(scope="module")
+def sandbox_works(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip where this machine refuses the build sandbox (a container's seccomp profile, no user namespaces)."""
+    why = sandbox_unavailable(tmp_path_factory.mktemp("probe"))
+    if why is not None:
+        pytest.skip(f"build sandbox unavailable here: {why}")

@@ -19,13 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from structlog.testing import capture_logs
 
-from coordinator.config import Config
-from coordinator.deployer import Deployer
 from coordinator.git import GitCache
-from coordinator.layout import Layout
 from coordinator.prepare import PrepareStats, prepare_release
 from coordinator.recycle import Retired, manifest_path, pick_retired
 from tests.helpers import GitRepo, app_repo, contents, current_release, leftovers, run_once, snapshot
+from tests.recycling import deploy, deployer, name
 from tests.trees import BASE, TRANSITIONS, F, Leaf, Tree, changed_paths, commit_tree, inodes, tree_pairs
 
 pytestmark = pytest.mark.anyio
@@ -276,28 +274,6 @@ async def test_a_build_command_never_recycles(tmp_path: Path) -> None:
 def repo5(tmp_path: Path) -> GitRepo:
     """The tiny app tagged v1..v5."""
     return app_repo(tmp_path / "repo5", 5)
-
-
-def deployer(root: Path, repo: GitRepo, *, spare: bool = False, **kw: object) -> Deployer:
-    """A Deployer; without ``spare``, as ``run --once`` makes it: prune deletes, never fills the spare."""
-    cfg = Config(layout=Layout.for_root(root), repo=str(repo.path), **kw)  # type: ignore[arg-type]
-    d = Deployer(cfg)
-    d.store.retire_to_spare = spare
-    return d
-
-
-async def deploy(d: Deployer, root: Path, tag: str) -> MutableMapping[str, Any]:
-    """Write the marker, reconcile once; return the prepare_stats event."""
-    await anyio.to_thread.run_sync((root / "deploy.request").write_text, tag)
-    with capture_logs() as logs:
-        attempt = await d.reconcile()
-    assert attempt is not None and attempt.result == "success", attempt
-    [event] = [e for e in logs if e["event"] == "prepare_stats"]
-    return event
-
-
-def name(repo: GitRepo, tag: str) -> str:
-    return f"{tag}-{repo.tag_sha(tag)[:12]}"
 
 
 async def test_deployer_recycles_the_release_retention_deletes_next(root: Path, repo5: GitRepo) -> None:

@@ -19,7 +19,7 @@ from coordinator.config import Config
 from coordinator.deployer import Deployer
 from coordinator.exceptions import ConfigError
 from coordinator.layout import Layout
-from coordinator.sandbox import MAX_CHANGES, collapse, probe
+from coordinator.sandbox import MAX_CHANGES, collapse
 from coordinator.state import read_release_meta
 from tests.helpers import (
     NOBODY,
@@ -33,22 +33,9 @@ from tests.helpers import (
     write_marker,
 )
 from tests.nobody_env import NobodyPython
+from tests.recycling import sandbox_unavailable
 
 pytestmark = pytest.mark.anyio
-
-
-def _probe_here(tmp: Path) -> str | None:
-    (tmp / "releases").mkdir(parents=True)
-    (tmp / "tmp").mkdir()
-    return probe(tmp / "releases", tmp / "tmp")
-
-
-@pytest.fixture(scope="module")
-def sandbox_works(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Skip where this machine refuses the sandbox (a container's seccomp profile, no user namespaces)."""
-    why = _probe_here(tmp_path_factory.mktemp("probe"))
-    if why is not None:
-        pytest.skip(f"build sandbox unavailable here: {why}")
 
 
 #: v1, v2, v3 differ only in VERSION: every other file is hard-linked from one release to the next
@@ -281,7 +268,7 @@ def test_many_changes_collapse_to_their_first_components() -> None:
 
 def test_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     """The probe removes its workspace, its linked file and its sandbox directory, whatever it found."""
-    _probe_here(tmp_path)
+    sandbox_unavailable(tmp_path)
     assert list((tmp_path / "releases").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
 
 

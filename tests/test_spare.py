@@ -19,31 +19,10 @@ from structlog.testing import capture_logs
 from coordinator.deployer import Deployer
 from coordinator.layout import list_releases
 from coordinator.spare import MANIFEST, RECORD, TREE, read_ready
-from tests.helpers import Daemon, GitRepo, app_repo, contents, deployed, snapshot, wait_until, write_marker
-from tests.test_recycle import deploy, deployer, name
+from tests.helpers import Daemon, GitRepo, contents, deployed, snapshot, wait_until, write_marker
+from tests.recycling import chain, deploy, deployer, full_tree, name
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def repo6(tmp_path: Path) -> GitRepo:
-    """The tiny app tagged v1..v6."""
-    return app_repo(tmp_path / "repo6", 6)
-
-
-async def chain(root: Path, repo: GitRepo, tags: tuple[str, ...], keep: int = 3) -> Deployer:
-    d = deployer(root, repo, keep=keep, spare=True)
-    await d.startup()
-    for tag in tags:
-        await deploy(d, root, tag)
-    return d
-
-
-async def full_tree(d: Deployer, repo: GitRepo, tag: str, where: Path) -> dict[str, tuple[Any, ...]]:
-    """The contents of a full checkout of ``tag`` into ``where``."""
-    await anyio.to_thread.run_sync(where.mkdir)
-    await d.git.checkout(repo.tag_sha(tag), where, where.parent / f"{where.name}.index")
-    return await anyio.to_thread.run_sync(contents, where)
 
 
 async def ready(d: Deployer) -> list[MutableMapping[str, Any]]:

@@ -22,44 +22,14 @@ from coordinator.recycle import reusable
 from coordinator.spare import RETIRED, TREE, read_ready
 from coordinator.state import read_release_meta
 from coordinator.statefile import ReleaseMeta
-from tests.helpers import GitRepo, app_repo, contents, snapshot
-from tests.test_recycle import deploy, deployer, name
-from tests.test_sandbox import _probe_here
+from tests.helpers import GitRepo, contents, snapshot
+from tests.recycling import chain, deploy, full_tree, name
 
 pytestmark = pytest.mark.anyio
 
 #: appends to a tracked file in place (the proof the issue asks for) and writes an untracked output
 #: directory, as collectstatic writes STATIC_ROOT
 BUILD = "echo built >> app.py && mkdir -p static_root/css && echo out > static_root/css/site.css"
-
-
-@pytest.fixture(scope="module")
-def sandbox_works(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Skip where this machine refuses the sandbox (a container's seccomp profile, no user namespaces)."""
-    why = _probe_here(tmp_path_factory.mktemp("probe"))
-    if why is not None:
-        pytest.skip(f"build sandbox unavailable here: {why}")
-
-
-@pytest.fixture
-def repo6(tmp_path: Path) -> GitRepo:
-    """The tiny app tagged v1..v6."""
-    return app_repo(tmp_path / "repo6", 6)
-
-
-async def chain(root: Path, repo: GitRepo, tags: tuple[str, ...], build: str = BUILD, **kw: Any) -> Deployer:
-    d = deployer(root, repo, keep=3, spare=True, build_command=build, **kw)
-    await d.startup()
-    for tag in tags:
-        await deploy(d, root, tag)
-    return d
-
-
-async def full_tree(d: Deployer, repo: GitRepo, tag: str, where: Path) -> dict[str, tuple[Any, ...]]:
-    """The contents of a full checkout of ``tag`` into ``where``."""
-    await anyio.to_thread.run_sync(where.mkdir)
-    await d.git.checkout(repo.tag_sha(tag), where, where.parent / f"{where.name}.index")
-    return await anyio.to_thread.run_sync(contents, where)
 
 
 async def built_tree(d: Deployer, repo: GitRepo, tag: str, where: Path) -> dict[str, tuple[Any, ...]]:
@@ -99,7 +69,7 @@ async def test_a_sandbox_built_release_is_retired_with_its_manifest_and_readied_
     """v1 (built in the sandbox: app.py appended to, static_root written) is retired into the spare
     with its build's changes; readied, the spare is exactly current's tag: the build's write undone,
     its outputs gone."""
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=BUILD)
     meta = await anyio.to_thread.run_sync(retired_meta, d)
     assert meta is not None and meta.name == name(repo6, "v1") and meta.build_changes == ("app.py",)
     tree = d.layout.spare_dir / TREE
@@ -118,7 +88,7 @@ async def test_a_build_deploy_is_prepared_from_the_spare_exactly_and_leaves_othe
 ) -> None:
     """v5 with the build is prepared from the ready spare (mode spare): the release is the tag's tree
     plus exactly the build's result (app.py appended to once), and v2..v4 keep every inode and byte."""
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=BUILD)
     await ready(d)
     releases = root / "releases"
 
@@ -141,7 +111,7 @@ async def test_a_build_deploy_is_prepared_from_the_spare_exactly_and_leaves_othe
 async def test_the_spare_is_refilled_and_used_again_with_the_build(root: Path, repo6: GitRepo) -> None:
     """Steady state: after v5 (from the spare) the prune refills the slot with v2, readied and used by
     v6, which is exact."""
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=BUILD)
     await ready(d)
     await deploy(d, root, "v5")
     assert [(e["event"], e["release"]) for e in await ready(d)] == [("spare_ready", name(repo6, "v2"))]
@@ -155,7 +125,7 @@ async def test_the_spare_is_refilled_and_used_again_with_the_build(root: Path, r
 async def test_a_build_deploy_before_readying_recycles_the_spare_inline_exactly(root: Path, repo6: GitRepo) -> None:
     """A deploy that comes before the idle pass recycles the sandbox-built spare inline (restoring and
     checking it at deploy time): exactly the tag plus the build's result, v3 and v4 untouched."""
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=BUILD)
     releases = root / "releases"
     kept = await anyio.to_thread.run_sync(lambda: {t: snapshot(releases / name(repo6, t)) for t in ("v3", "v4")})
     event = await deploy(d, root, "v5")
@@ -175,7 +145,7 @@ async def test_a_collapsed_build_change_is_restored_whole(
     directory (pkg), which readying removes whole and writes back; v5 from the spare is exact."""
     monkeypatch.setattr(sandbox_module, "MAX_CHANGES", 2)
     build = "echo x >> pkg/late.py && echo y >> pkg/__init__.py && echo n > pkg/new.py && echo z >> app.py"
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build)
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=build)
     meta = await anyio.to_thread.run_sync(retired_meta, d)
     assert meta is not None and meta.build_changes == ("app.py", "pkg")
     assert [e["event"] for e in await ready(d)] == ["spare_ready"]
@@ -190,7 +160,7 @@ async def test_a_collapsed_build_change_is_restored_whole(
 async def test_a_directory_the_build_chmods_is_recorded_and_restored(root: Path, repo6: GitRepo) -> None:
     """A build that chmods a tracked directory: the directory is in build_changes, and the readied
     spare has the tag's directory back (git keeps no directory mode: a full checkout's)."""
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), "chmod 700 pkg")
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command="chmod 700 pkg")
     meta = await anyio.to_thread.run_sync(retired_meta, d)
     assert meta is not None and meta.build_changes == ("pkg",)
     assert [e["event"] for e in await ready(d)] == ["spare_ready"]
@@ -201,7 +171,7 @@ async def test_a_directory_the_build_chmods_is_recorded_and_restored(root: Path,
 async def test_a_release_built_in_place_is_never_retired_into_the_spare(root: Path, repo6: GitRepo) -> None:
     """--build-sandbox off: built releases keep no manifest, the prune deletes them (no spare), and
     every release is a full checkout."""
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_sandbox="off")
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=BUILD, build_sandbox="off")
     assert not await anyio.Path(d.layout.spare_dir).exists()
     assert not await anyio.Path(root / "releases" / name(repo6, "v1")).exists()
     assert [p.name for p in d.layout.meta_dir.iterdir() if p.suffix == ".index"] == []
@@ -240,7 +210,7 @@ async def test_a_spare_whose_build_changes_are_in_doubt_is_discarded_touching_no
     """A recorded change that is not a plain path inside the tree, or lies under a symlink: the spare
     is discarded (retired_changed), the file outside is untouched, and the next deploy is exact."""
     changes, link_pkg = doubt
-    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"))
+    d = await chain(root, repo6, ("v1", "v2", "v3", "v4"), build_command=BUILD)
     outside = d.layout.state_dir / "outside"  # ../../outside from the spare's tree
     await anyio.to_thread.run_sync(lambda: outside.mkdir())
     await anyio.to_thread.run_sync((outside / "late.py").write_text, "keep\n")
