@@ -39,7 +39,7 @@ import anyio
 import structlog
 
 from coordinator.exceptions import GitError
-from coordinator.fsutil import is_real_dir, temp_name
+from coordinator.fsutil import DIR_NOFOLLOW, is_real_dir, temp_name
 from coordinator.git import GitCache
 from coordinator.layout import Layout
 from coordinator.state import read_release_meta
@@ -57,7 +57,6 @@ __all__ = [
 
 log = structlog.get_logger("coordinator.changeset")
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GITLINK = b"160000"
 _OWED = re.compile(r"^(?P<name>.+)\.index\.from-(?P<old>[0-9a-f]{40}|[0-9a-f]{64})$")
 
@@ -135,12 +134,12 @@ async def apply_change(git: GitCache, change: Change, dest: Path, scratch_index:
 
 def _remove(dest: Path, removed: list[tuple[bytes, bool]]) -> None:
     """Unlink (rmdir, for a submodule) each path, then the directories that leaves empty (blocking)."""
-    fds: dict[tuple[bytes, ...], int] = {(): os.open(dest, _DIR_FLAGS)}
+    fds: dict[tuple[bytes, ...], int] = {(): os.open(dest, DIR_NOFOLLOW)}
 
     def opened(parts: tuple[bytes, ...]) -> int:
         fd = fds.get(parts)
         if fd is None:
-            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=opened(parts[:-1]))
+            fd = os.open(parts[-1], DIR_NOFOLLOW, dir_fd=opened(parts[:-1]))
             fds[parts] = fd
         return fd
 

@@ -25,6 +25,7 @@ from coordinator.failpoints import failpoint
 from coordinator.records import ErrorInfo
 
 __all__ = [
+    "DIR_NOFOLLOW",
     "atomic_write",
     "describe_os_error",
     "fsync_dir",
@@ -34,6 +35,9 @@ __all__ = [
     "sync_tree",
     "temp_name",
 ]
+
+#: open(2) flags for a directory of a release tree, walked one component at a time: never through a symlink
+DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _libc: ctypes.CDLL | None
 try:

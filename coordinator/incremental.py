@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from coordinator.exceptions import GitError
+from coordinator.fsutil import DIR_NOFOLLOW
 from coordinator.git import GitCache
 from coordinator.gittree import EMPTY_TREE
 
@@ -65,7 +66,6 @@ _LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSU
 #: bytes of path arguments per checkout-index call (far below ARG_MAX)
 _ARGS_CHUNK = 128 * 1024
 _GITLINK = b"160000"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: what checkout-index writes under the umask 022 every git call runs with
 _PERMS = {b"100644": 0o644, b"100755": 0o755}
 
@@ -289,7 +289,7 @@ class _DirStack:
 
     def __init__(self, previous: Path, dest: Path) -> None:
         self.names: list[bytes] = []
-        self.dest_fds = [os.open(dest, _DIR_FLAGS)]
+        self.dest_fds = [os.open(dest, DIR_NOFOLLOW)]
         self.prev_fds: list[int | None] = [_open_dir(os.fsencode(previous), None)]
 
     def enter(self, parts: Sequence[bytes]) -> tuple[int, int | None]:
@@ -326,7 +326,7 @@ def _open_dir(name: bytes, dir_fd: int | None) -> int | None:
     """An fd of directory ``name`` of the previous release, or None when it is missing, a symlink, not
     a directory or unreadable (its files are then written, not linked)."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, DIR_NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return None
 
@@ -334,7 +334,7 @@ def _open_dir(name: bytes, dir_fd: int | None) -> int | None:
 def _make_dir(name: bytes, dir_fd: int) -> int:
     """Create directory ``name`` with mode 0755 (as checkout-index does under umask 022); return its fd."""
     os.mkdir(name, 0o755, dir_fd=dir_fd)  # sorted entries: each directory is made once
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, DIR_NOFOLLOW, dir_fd=dir_fd)
     os.fchmod(fd, 0o755)  # whatever our own umask is
     return fd
 

@@ -69,7 +69,7 @@ import structlog
 from coordinator.changeset import apply_change, manifest_path, read_change_file
 from coordinator.exceptions import GitError
 from coordinator.failpoints import failpoint
-from coordinator.fsutil import fsync_dir, is_real_dir, remove_tree, temp_name
+from coordinator.fsutil import DIR_NOFOLLOW, fsync_dir, is_real_dir, remove_tree, temp_name
 from coordinator.git import GitCache
 from coordinator.incremental import SHA_RE, Abandoned, _chunks, _concurrently
 from coordinator.inuse import releases_in_use
@@ -93,8 +93,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("coordinator.recycle")
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,10 +261,10 @@ def _remove_links(dest: Path, paths: list[str]) -> None:
     that leaves empty; never following a symlink (blocking). Anything else there: give up."""
     for path in paths:
         parts = path.split("/")
-        fds = [os.open(dest, _DIR_FLAGS)]
+        fds = [os.open(dest, DIR_NOFOLLOW)]
         try:
             for part in parts[:-1]:
-                fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
+                fds.append(os.open(part, DIR_NOFOLLOW, dir_fd=fds[-1]))
             try:
                 st = os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=False)
                 target = os.readlink(parts[-1], dir_fd=fds[-1]) if stat.S_ISLNK(st.st_mode) else None
@@ -298,10 +296,10 @@ def _remove_build_changes(dest: Path, paths: list[str]) -> None:
         parts = path.split("/")
         if any(part in ("", ".", "..") for part in parts) or "\0" in path:
             raise GiveUp("retired_changed", f"build change {path!r}")
-        fds = [os.open(dest, _DIR_FLAGS)]
+        fds = [os.open(dest, DIR_NOFOLLOW)]
         try:
             for part in parts[:-1]:
-                fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))  # ELOOP/ENOTDIR: not a real directory
+                fds.append(os.open(part, DIR_NOFOLLOW, dir_fd=fds[-1]))  # ELOOP/ENOTDIR: not a real directory
             remove_tree(dest.joinpath(*parts))  # lstat first: a symlink is unlinked, never followed
         except FileNotFoundError:
             continue
