@@ -1003,13 +1003,21 @@ class Harness:
         if rest and rest[0].startswith("--work-tree="):
             wt = Path(rest[0].removeprefix("--work-tree="))
             spare = wt == self.root / ".coordinator" / "spare" / "tree"  # readied while idle
-            if not spare and (
-                wt.parent != self.root / "releases" or not wt.name.startswith(".") or ".tmp-" not in wt.name
+            # a published release: only its owed manifest completed while idle (read-tree -m -i, --refresh)
+            published = wt.parent == self.root / "releases" and not wt.name.startswith(".")
+            if (
+                not spare
+                and not published
+                and (wt.parent != self.root / "releases" or not wt.name.startswith(".") or ".tmp-" not in wt.name)
             ):
                 return "work tree outside releases/.<temp> and the spare"
             if rest[1:5] != ["-c", "core.autocrlf=false", "-c", "core.symlinks=true"]:
                 return "unexpected -c options"
             rest = rest[5:]
+            if published and rest[8:] != ["update-index", "--refresh"] and rest[8:11] != ["read-tree", "-m", "-i"]:
+                return "a command other than completing a manifest in a published release"
+            if rest == ["update-index", "-z", "--index-info"]:  # the changed entries, into a temporary index
+                return None
             if rest[:2] == ["read-tree", "--end-of-options"] and len(rest) == 3:
                 return None if rest[2] in self.info.commits else "read-tree of an unknown commit"
             if rest in (["checkout-index", "-a", "-f"], ["checkout-index", "-a", "-f", "-u"]):
