@@ -60,7 +60,7 @@ from coordinator.report import Attempt, Reporter
 from coordinator.spare import SpareKeeper
 from coordinator.stager import Stager
 from coordinator.state import load_state
-from coordinator.statefile import PendingVerify, State
+from coordinator.statefile import PendingVerify, ReleaseMeta, State
 from coordinator.steps import DeploySteps
 
 __all__ = ["Deployer"]
@@ -153,6 +153,10 @@ class Deployer:
         pause = read_pause(self.layout.pause_file)
         current, on_disk = self.store.observe_blocking()
         return reading, pause, current, on_disk
+
+    def _look_spare(self) -> tuple[MarkerReading, tuple[str | None, ReleaseMeta | None]]:
+        """What the idle pass reads: the marker, ``current`` and its metadata (blocking: one trip)."""
+        return read_marker_file(self.layout.marker, self.config.tag_pattern), self.store.current_meta_blocking()
 
     def retry_in(self) -> float | None:
         """Seconds until a request whose fetch failed may fetch again (None: none waits)."""
@@ -372,9 +376,8 @@ class Deployer:
         if settled == self._spare_settled:  # nothing deployed, published or pruned since the last pass
             return
         try:
-            digest = (await self.read_marker()).digest
-            current = await self.store.current()
-            meta = await self.store.meta(current) if current is not None else None
+            reading, (current, meta) = await anyio.to_thread.run_sync(self._look_spare)
+            digest = self._or_followed(reading).digest
             scope = anyio.CancelScope()
             self._spare_scope, self._spare_digest = scope, digest
             try:

@@ -130,6 +130,11 @@ class ReleaseStore:
     async def current(self) -> str | None:
         return await anyio.to_thread.run_sync(read_current, self.layout.root)
 
+    def current_meta_blocking(self) -> tuple[str | None, ReleaseMeta | None]:
+        """``current`` and its metadata, blocking (for a worker thread that reads more of the volume)."""
+        current = read_current(self.layout.root)
+        return current, read_release_meta(self.layout.meta_dir, current) if current is not None else None
+
     async def meta(self, name: str) -> ReleaseMeta | None:
         return await anyio.to_thread.run_sync(read_release_meta, self.layout.meta_dir, name)
 
